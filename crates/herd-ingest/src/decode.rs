@@ -1,0 +1,295 @@
+//! Request bodies → raw events (protocol spec §1.1, §1.2).
+//!
+//! Accepted: a batch envelope `{"api_key"|"token", "batch": [...], "sent_at"}`, an array of
+//! events, or one event object; gzip (detected by its magic bytes, or forced by
+//! `compression=gzip|gzip-js`), base64 (`compression=base64|b64`, or a legacy body that is still
+//! base64), and form bodies `data=<json or base64>` (also GET `?data=`). Decompressed size is
+//! capped at the route's limit.
+
+use std::io::Read;
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use crate::{Error, Result};
+
+/// Which family of endpoint received the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/batch/`: the server SDKs' path.
+    Batch,
+    /// `/capture/`, `/e/`, `/i/v0/e/`, `/track/`: browser and legacy libraries.
+    Legacy,
+    /// `/engage/`: legacy person updates; an event without a name becomes `$identify`.
+    Engage,
+}
+
+/// The parts of an HTTP request that capture looks at.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureInput {
+    /// The raw body.
+    pub body: bytes::Bytes,
+    /// `Content-Type`, if sent.
+    pub content_type: Option<String>,
+    /// `compression` query parameter.
+    pub compression: Option<String>,
+    /// `data` query parameter (GET on legacy paths).
+    pub data: Option<String>,
+    /// `_` query parameter: sent_at in ms since the epoch.
+    pub sent_at_ms: Option<String>,
+}
+
+/// A decoded request: token and sent_at from the envelope, and the raw events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Token from the envelope (`api_key` or `token`), if any.
+    pub envelope_token: Option<Value>,
+    /// `sent_at` as sent (envelope field), if any.
+    pub sent_at: Option<String>,
+    /// The events, not yet validated.
+    pub events: Vec<Value>,
+}
+
+const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 0x08];
+
+/// Decodes a request body into raw events. `limit` caps the decompressed size.
+pub fn decode(input: &CaptureInput, route: Route, limit: usize) -> Result<Decoded> {
+    let mut compression = input.compression.clone();
+    let mut raw: Vec<u8> = if input.body.is_empty() {
+        match &input.data {
+            Some(d) => d.clone().into_bytes(),
+            None => return Err(Error::bad("request body is empty")),
+        }
+    } else {
+        input.body.to_vec()
+    };
+    if raw.len() > limit {
+        return Err(too_large(limit));
+    }
+
+    let is_form = input
+        .content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
+        || raw.starts_with(b"data=");
+    if is_form && !raw.starts_with(&GZIP_MAGIC) {
+        let mut data = None;
+        for (k, v) in url::form_urlencoded::parse(&raw) {
+            match k.as_ref() {
+                "data" => data = Some(v.into_owned()),
+                "compression" => compression = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        raw = data
+            .ok_or_else(|| Error::bad("form body has no data= field"))?
+            .into_bytes();
+    }
+
+    let compression = compression.as_deref().map(str::to_ascii_lowercase);
+    if raw.starts_with(&GZIP_MAGIC) || matches!(compression.as_deref(), Some("gzip" | "gzip-js")) {
+        raw = gunzip(&raw, limit)?;
+    } else {
+        match compression.as_deref() {
+            Some("base64" | "b64") => raw = base64_decode(&raw)?,
+            Some("lz64" | "lz-string") => {
+                return Err(Error::bad(
+                    "compression lz64 is not supported: send gzip, base64 or plain JSON",
+                ));
+            }
+            Some("" | "none") | None => {}
+            Some(other) => {
+                return Err(Error::bad(format!("unknown compression {other:?}")));
+            }
+        }
+    }
+
+    let value: Value = match serde_json::from_slice(&raw) {
+        Ok(v) => v,
+        Err(json_err) => {
+            // Legacy bodies may still be base64 after the steps above.
+            let decoded = (route != Route::Batch)
+                .then(|| base64_decode(&raw).ok())
+                .flatten()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            match decoded {
+                Some(v) => v,
+                None => {
+                    return Err(Error::bad(format!("request body is not valid JSON: {json_err}")));
+                }
+            }
+        }
+    };
+    shape(value)
+}
+
+fn shape(value: Value) -> Result<Decoded> {
+    match value {
+        Value::Object(mut obj) if obj.contains_key("batch") => {
+            let envelope_token = obj
+                .remove("api_key")
+                .filter(|v| !v.is_null())
+                .or_else(|| obj.remove("token").filter(|v| !v.is_null()));
+            let sent_at = match obj.remove("sent_at") {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            };
+            let events = match obj.remove("batch") {
+                Some(Value::Array(a)) => a,
+                _ => return Err(Error::bad("batch must be an array of events")),
+            };
+            if events.is_empty() {
+                return Err(Error::bad("batch is empty"));
+            }
+            Ok(Decoded { envelope_token, sent_at, events })
+        }
+        Value::Array(events) => {
+            if events.is_empty() {
+                return Err(Error::bad("batch is empty"));
+            }
+            Ok(Decoded { envelope_token: None, sent_at: None, events })
+        }
+        Value::Object(obj) => Ok(Decoded {
+            envelope_token: None,
+            sent_at: None,
+            events: vec![Value::Object(obj)],
+        }),
+        other => Err(Error::bad(format!(
+            "request body must be a JSON object or array, got {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+/// A short name for a JSON value's kind, for error messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn too_large(limit: usize) -> Error {
+    Error::PayloadTooLarge(format!(
+        "maximum event size exceeded: the decoded body is over {limit} bytes"
+    ))
+}
+
+fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len() * 4);
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit as u64 + 1);
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| Error::bad(format!("body is not valid gzip: {e}")))?;
+    if out.len() > limit {
+        return Err(too_large(limit));
+    }
+    Ok(out)
+}
+
+fn base64_decode(raw: &[u8]) -> Result<Vec<u8>> {
+    let trimmed: Vec<u8> = raw.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let engines = [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    for engine in engines {
+        if let Ok(b) = engine.decode(&trimmed) {
+            return Ok(b);
+        }
+    }
+    Err(Error::bad("body is not valid base64"))
+}
+
+/// The token an event carries itself: `token`, `$token`, `api_key`, then `properties.token`.
+pub fn event_token(event: &Map<String, Value>) -> Option<&Value> {
+    ["token", "$token", "api_key"]
+        .iter()
+        .find_map(|k| event.get(*k).filter(|v| !v.is_null()))
+        .or_else(|| {
+            event
+                .get("properties")
+                .and_then(|p| p.get("token"))
+                .filter(|v| v.is_string())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn input(body: &[u8]) -> CaptureInput {
+        CaptureInput {
+            body: bytes::Bytes::copy_from_slice(body),
+            ..Default::default()
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).expect("gzip");
+        e.finish().expect("gzip")
+    }
+
+    const BATCH: &str = r#"{"api_key":"phc_x","sent_at":"2024-01-01T00:00:00Z","batch":[{"event":"a","distinct_id":"u"}]}"#;
+
+    #[test]
+    fn envelope_array_and_single_event() {
+        let d = decode(&input(BATCH.as_bytes()), Route::Batch, 1 << 20).expect("batch");
+        assert_eq!(d.envelope_token, Some(Value::from("phc_x")));
+        assert_eq!(d.sent_at.as_deref(), Some("2024-01-01T00:00:00Z"));
+        assert_eq!(d.events.len(), 1);
+        let d = decode(&input(br#"[{"event":"a"},{"event":"b"}]"#), Route::Legacy, 1 << 20).expect("array");
+        assert_eq!((d.events.len(), d.envelope_token), (2, None));
+        let d = decode(&input(br#"{"event":"a","token":"t"}"#), Route::Legacy, 1 << 20).expect("single");
+        assert_eq!(d.events.len(), 1);
+    }
+
+    #[test]
+    fn gzip_by_magic_base64_and_form_bodies() {
+        let d = decode(&input(&gzip(BATCH.as_bytes())), Route::Batch, 1 << 20).expect("gzip");
+        assert_eq!(d.events.len(), 1);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(BATCH);
+        let mut i = input(b64.as_bytes());
+        i.compression = Some("base64".into());
+        assert_eq!(decode(&i, Route::Batch, 1 << 20).expect("b64").events.len(), 1);
+        // A legacy body that is still base64.
+        assert_eq!(decode(&input(b64.as_bytes()), Route::Legacy, 1 << 20).expect("legacy b64").events.len(), 1);
+        let form: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("data", &b64)
+            .finish();
+        let mut i = input(form.as_bytes());
+        i.content_type = Some("application/x-www-form-urlencoded".into());
+        assert_eq!(decode(&i, Route::Legacy, 1 << 20).expect("form").events.len(), 1);
+        let i = CaptureInput { data: Some(BATCH.into()), ..Default::default() };
+        assert_eq!(decode(&i, Route::Legacy, 1 << 20).expect("GET data").events.len(), 1);
+    }
+
+    #[test]
+    fn bad_bodies_say_what_is_wrong() {
+        let msg = |r: Result<Decoded>| match r {
+            Err(e) => e.to_string(),
+            Ok(_) => "ok".into(),
+        };
+        assert!(msg(decode(&input(b"{nope"), Route::Batch, 1 << 20)).contains("not valid JSON"));
+        let gz = gzip(BATCH.as_bytes());
+        assert!(msg(decode(&input(&gz[..gz.len() / 2]), Route::Batch, 1 << 20)).contains("gzip"));
+        assert!(msg(decode(&input(br#"{"batch":[]}"#), Route::Batch, 1 << 20)).contains("empty"));
+        assert!(msg(decode(&input(br#"{"batch":{}}"#), Route::Batch, 1 << 20)).contains("array"));
+        assert!(msg(decode(&input(b"42"), Route::Batch, 1 << 20)).contains("a number"));
+        assert!(msg(decode(&input(b""), Route::Batch, 1 << 20)).contains("empty"));
+        // A small gzip body that inflates past the limit.
+        let bomb = gzip(&vec![b' '; 4096]);
+        assert!(matches!(
+            decode(&input(&bomb), Route::Batch, 1024),
+            Err(Error::PayloadTooLarge(_))
+        ));
+    }
+}

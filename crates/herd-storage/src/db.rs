@@ -1,0 +1,714 @@
+//! [`Db`]: the event store of one data folder — projects, their tables, the WAL, the flusher.
+//!
+//! ```text
+//!  ingest ──lock(project)──▶ ProjectGuard: group types, dedup, group state (undo on drop)
+//!                                   │ commit(events, group rows, warnings)
+//!                                   ▼
+//!                   WAL append (ticket) + active buffer ──▶ wait_durable(ticket) ──▶ 200
+//!  flusher: freeze active buffers + rotate WAL (under the ingest gate)
+//!           ▶ Parquet per day ▶ catalog commit ▶ drop frozen ▶ delete old WAL segments
+//! ```
+//!
+//! Deduplication: within a project, an event whose `uuid` was already stored for the same UTC
+//! day of `timestamp` is dropped before it reaches the WAL. Each day's uuid set is loaded lazily
+//! from that day's files and buffers (so it is exact across restarts) and the least recently
+//! used days are evicted past a memory cap. A request made only of duplicates still waits until
+//! everything queued before it is durable, so a retry is never acknowledged ahead of the
+//! original's fsync.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use herd_core::groups::{groups_batch, groups_from_batch};
+use herd_core::schema::{events_col, groups_schema};
+use herd_core::time::{day_of, day_string};
+use herd_core::warning::warnings_batch;
+use herd_core::{GroupRow, GroupState, GroupTypeMapping, GroupTypeSlot, IngestWarning, ProjectId};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, RwLock as AsyncRwLock, RwLockReadGuard};
+
+use crate::buffer::{Buffer, split_by_day};
+use crate::catalog::{self, Catalog, FileEntry};
+use crate::parquet_files::{self, decode_uuids, uuids_of};
+use crate::projects::{self, NewProject, Project};
+use crate::record::WalRecord;
+use crate::store::Storage;
+use crate::wal::Wal;
+use crate::{Error, Result, layout};
+
+/// Tunables of the store.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// Folder of the write-ahead log (local disk).
+    pub wal_dir: PathBuf,
+    /// Flush a project's buffer once its oldest row is this old.
+    pub flush_interval: Duration,
+    /// Flush once a project's buffer holds this many events.
+    pub flush_rows: usize,
+    /// Keep at most this many uuids in the dedup index before evicting whole days.
+    pub dedup_max_uuids: usize,
+}
+
+impl DbConfig {
+    /// Defaults with the given WAL folder.
+    pub fn new(wal_dir: PathBuf) -> Self {
+        Self {
+            wal_dir,
+            flush_interval: Duration::from_secs(5),
+            flush_rows: 500_000,
+            dedup_max_uuids: 20_000_000,
+        }
+    }
+}
+
+/// Everything a reader needs to see a project's tables at one instant.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    /// The committed files.
+    pub catalog: Arc<Catalog>,
+    /// Acknowledged events not yet in a file (events schema).
+    pub buffered_events: Vec<RecordBatch>,
+    /// Groups rows not yet in a file.
+    pub buffered_groups: Vec<GroupRow>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    catalog: Arc<Catalog>,
+    active: Buffer,
+    frozen: Vec<Buffer>,
+}
+
+#[derive(Debug, Default)]
+struct DaySet {
+    uuids: HashSet<u128>,
+    last_used: u64,
+}
+
+#[derive(Debug, Default)]
+struct DedupIndex {
+    days: HashMap<i32, DaySet>,
+    total: usize,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct ProjectState {
+    mapping: GroupTypeMapping,
+    groups: HashMap<(u8, String), GroupState>,
+    dedup: DedupIndex,
+}
+
+/// One project: its descriptor, its ingest-side state and its visible tables.
+#[derive(Debug)]
+pub struct ProjectHandle {
+    project: Project,
+    state: Arc<AsyncMutex<ProjectState>>,
+    tables: parking_lot::Mutex<Tables>,
+}
+
+impl ProjectHandle {
+    /// The project.
+    pub fn project(&self) -> &Project {
+        &self.project
+    }
+}
+
+#[derive(Debug)]
+enum Undo {
+    Uuid(i32, u128),
+    Group((u8, String), Option<GroupState>),
+}
+
+/// Exclusive access to one project's ingest state for the length of one request.
+///
+/// Changes made through it (dedup entries, group state) are undone if it is dropped without
+/// [`ProjectGuard::commit`], so a request that fails never half-applies.
+#[derive(Debug)]
+pub struct ProjectGuard<'a> {
+    db: &'a Db,
+    handle: Arc<ProjectHandle>,
+    state: OwnedMutexGuard<ProjectState>,
+    _gate: RwLockReadGuard<'a, ()>,
+    undo: Vec<Undo>,
+}
+
+impl ProjectGuard<'_> {
+    /// The project.
+    pub fn project(&self) -> &Project {
+        &self.handle.project
+    }
+
+    /// The project's group types.
+    pub fn mapping(&self) -> &GroupTypeMapping {
+        &self.state.mapping
+    }
+
+    /// The slot of a group type, assigning and durably persisting a new one when needed.
+    pub async fn resolve_group_type(&mut self, group_type: &str) -> Result<GroupTypeSlot> {
+        let mut next = self.state.mapping.clone();
+        let slot = next.resolve_or_assign(group_type);
+        if let GroupTypeSlot::Assigned(index) = slot {
+            let bytes = serde_json::to_vec_pretty(&next.to_json())
+                .map_err(|e| Error::corrupt("group_types.json", e.to_string()))?;
+            self.db
+                .storage
+                .put_durable(&layout::group_types_file(self.handle.project.id), Bytes::from(bytes))
+                .await?;
+            tracing::info!(project = self.handle.project.id, group_type, index, "new group type");
+            self.state.mapping = next;
+        }
+        Ok(slot)
+    }
+
+    /// Records `uuid` for its day; `false` when it was already stored (a duplicate).
+    pub async fn insert_uuid(&mut self, uuid: u128, timestamp: i64) -> Result<bool> {
+        let day = day_of(timestamp);
+        self.ensure_day_loaded(day).await?;
+        let dedup = &mut self.state.dedup;
+        dedup.clock += 1;
+        let clock = dedup.clock;
+        let set = dedup.days.entry(day).or_default();
+        set.last_used = clock;
+        if set.uuids.insert(uuid) {
+            dedup.total += 1;
+            self.undo.push(Undo::Uuid(day, uuid));
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    async fn ensure_day_loaded(&mut self, day: i32) -> Result<()> {
+        if self.state.dedup.days.contains_key(&day) {
+            return Ok(());
+        }
+        let uuids = self.db.load_day_uuids(&self.handle, day).await?;
+        let dedup = &mut self.state.dedup;
+        dedup.total += uuids.len();
+        dedup.days.insert(day, DaySet { uuids, last_used: dedup.clock });
+        // Evict the least recently used other days past the cap.
+        while dedup.total > self.db.config.dedup_max_uuids && dedup.days.len() > 1 {
+            let Some((&victim, _)) = dedup
+                .days
+                .iter()
+                .filter(|(d, _)| **d != day)
+                .min_by_key(|(_, s)| s.last_used)
+            else {
+                break;
+            };
+            if let Some(set) = dedup.days.remove(&victim) {
+                dedup.total -= set.uuids.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// The current state of a group.
+    pub fn group(&self, index: u8, key: &str) -> Option<&GroupState> {
+        self.state.groups.get(&(index, key.to_string()))
+    }
+
+    /// Replaces the current state of a group.
+    pub fn set_group(&mut self, index: u8, key: &str, state: GroupState) {
+        let k = (index, key.to_string());
+        let old = self.state.groups.insert(k.clone(), state);
+        self.undo.push(Undo::Group(k, old));
+    }
+
+    /// Makes the request's rows part of the project: queues them on the WAL and adds them to
+    /// the write buffer. Returns the WAL ticket to wait on before acknowledging.
+    pub fn commit(
+        &mut self,
+        events: Option<RecordBatch>,
+        groups: Vec<GroupRow>,
+        warnings: Vec<IngestWarning>,
+    ) -> Result<u64> {
+        let events = events.filter(|b| b.num_rows() > 0);
+        if events.is_none() && groups.is_empty() && warnings.is_empty() {
+            self.undo.clear();
+            return Ok(self.db.wal.last_ticket());
+        }
+        let record = WalRecord {
+            project: self.handle.project.id,
+            events,
+            groups,
+            warnings,
+        };
+        let ticket = self.db.wal.append(&record.encode()?)?;
+        self.undo.clear();
+        self.handle
+            .tables
+            .lock()
+            .active
+            .push(record.events, record.groups, record.warnings);
+        Ok(ticket)
+    }
+}
+
+impl Drop for ProjectGuard<'_> {
+    fn drop(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::Uuid(day, uuid) => {
+                    if let Some(set) = self.state.dedup.days.get_mut(&day)
+                        && set.uuids.remove(&uuid)
+                    {
+                        self.state.dedup.total -= 1;
+                    }
+                }
+                Undo::Group(key, Some(old)) => {
+                    self.state.groups.insert(key, old);
+                }
+                Undo::Group(key, None) => {
+                    self.state.groups.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// What a flush did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushStats {
+    /// Events written to Parquet.
+    pub events: usize,
+    /// Files written.
+    pub files: usize,
+}
+
+/// The event store of one data folder.
+#[derive(Debug)]
+pub struct Db {
+    storage: Storage,
+    wal: Wal,
+    config: DbConfig,
+    projects: parking_lot::RwLock<HashMap<ProjectId, Arc<ProjectHandle>>>,
+    /// Held shared by ingestion, exclusively by a flush while it freezes buffers and rotates
+    /// the WAL: every record in an old segment is then in a frozen buffer.
+    gate: AsyncRwLock<()>,
+    flush_lock: AsyncMutex<()>,
+    last_reload: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl Db {
+    /// Opens the store: loads projects, replays the WAL, and flushes what it replayed.
+    pub async fn open(storage: Storage, config: DbConfig) -> Result<Arc<Db>> {
+        let (wal, replayed) = Wal::open(&config.wal_dir)?;
+        let db = Arc::new(Db {
+            storage,
+            wal,
+            config,
+            projects: Default::default(),
+            gate: AsyncRwLock::new(()),
+            flush_lock: AsyncMutex::new(()),
+            last_reload: Default::default(),
+        });
+        db.reload_projects().await?;
+        let mut replayed_records = 0usize;
+        let mut replayed_events = 0usize;
+        for segment in replayed {
+            for bytes in segment.records {
+                let record = WalRecord::decode(&bytes)?;
+                replayed_records += 1;
+                replayed_events += db.replay(record).await?;
+            }
+        }
+        // Writes whatever was replayed and deletes every segment from before this start.
+        db.flush().await?;
+        if replayed_records > 0 {
+            tracing::info!(replayed_records, replayed_events, "replayed the write-ahead log");
+        }
+        Ok(db)
+    }
+
+    /// The storage root.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DbConfig {
+        &self.config
+    }
+
+    async fn replay(&self, record: WalRecord) -> Result<usize> {
+        let Some(handle) = self.project(record.project) else {
+            tracing::warn!(project = record.project, "WAL record for an unknown project skipped");
+            return Ok(0);
+        };
+        let mut guard = self.lock_handle(handle).await;
+        let mut kept_events = None;
+        if let Some(batch) = &record.events {
+            let ts = batch
+                .column(events_col::TIMESTAMP)
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+                .ok_or_else(|| Error::corrupt("WAL record", "timestamp column type"))?;
+            let uuids: Vec<u128> = uuids_of(batch.column(events_col::UUID).as_ref(), "WAL record")?.collect();
+            let mut keep = Vec::with_capacity(batch.num_rows());
+            for (row, uuid) in uuids.iter().enumerate() {
+                keep.push(guard.insert_uuid(*uuid, ts.value(row)).await?);
+            }
+            let mask = arrow::array::BooleanArray::from(keep);
+            kept_events = Some(arrow::compute::filter_record_batch(batch, &mask)?);
+        }
+        let n = kept_events.as_ref().map_or(0, RecordBatch::num_rows);
+        let mut groups = Vec::new();
+        for row in record.groups {
+            let newer = guard
+                .group(row.group_type_index, &row.group_key)
+                .is_none_or(|g| g.version < row.version);
+            if newer {
+                guard.set_group(row.group_type_index, &row.group_key, row.to_state());
+                groups.push(row);
+            }
+        }
+        // Already in the WAL: straight to the buffer.
+        guard.undo.clear();
+        guard
+            .handle
+            .tables
+            .lock()
+            .active
+            .push(kept_events, groups, record.warnings);
+        Ok(n)
+    }
+
+    /// Re-reads the project registry (cheap; rate-limited to once a second when asked for an
+    /// unknown token).
+    pub async fn reload_projects(&self) -> Result<()> {
+        *self.last_reload.lock() = Some(Instant::now());
+        for project in projects::load_all(&self.storage).await? {
+            if self.projects.read().contains_key(&project.id) {
+                continue;
+            }
+            let handle = Arc::new(self.open_project(project).await?);
+            self.projects
+                .write()
+                .entry(handle.project.id)
+                .or_insert(handle);
+        }
+        Ok(())
+    }
+
+    async fn open_project(&self, project: Project) -> Result<ProjectHandle> {
+        let catalog = catalog::load_latest(&self.storage, project.id).await?;
+        let mapping = match self
+            .storage
+            .get_opt(&layout::group_types_file(project.id))
+            .await?
+        {
+            Some(bytes) => {
+                let value: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::corrupt("group_types.json", e.to_string()))?;
+                GroupTypeMapping::from_json(&value)?
+            }
+            None => GroupTypeMapping::default(),
+        };
+        let mut groups: HashMap<(u8, String), GroupState> = HashMap::new();
+        for file in &catalog.groups {
+            let bytes = self.storage.get(&file.path.as_str().into()).await?;
+            for batch in parquet_files::decode(bytes, &file.path, &groups_schema())? {
+                for row in groups_from_batch(&batch)? {
+                    let key = (row.group_type_index, row.group_key.clone());
+                    if groups.get(&key).is_none_or(|g| g.version < row.version) {
+                        groups.insert(key, row.to_state());
+                    }
+                }
+            }
+        }
+        Ok(ProjectHandle {
+            project,
+            state: Arc::new(AsyncMutex::new(ProjectState {
+                mapping,
+                groups,
+                dedup: DedupIndex::default(),
+            })),
+            tables: parking_lot::Mutex::new(Tables {
+                catalog: Arc::new(catalog),
+                ..Default::default()
+            }),
+        })
+    }
+
+    /// Creates a project in this store and opens it.
+    pub async fn create_project(&self, new: NewProject) -> Result<Project> {
+        let project = projects::create(&self.storage, new).await?;
+        self.reload_projects().await?;
+        Ok(project)
+    }
+
+    /// Every project, by id.
+    pub fn projects(&self) -> Vec<Project> {
+        let mut all: Vec<Project> = self
+            .projects
+            .read()
+            .values()
+            .map(|h| h.project.clone())
+            .collect();
+        all.sort_by_key(|p| p.id);
+        all
+    }
+
+    /// A project by id.
+    pub fn project(&self, id: ProjectId) -> Option<Arc<ProjectHandle>> {
+        self.projects.read().get(&id).cloned()
+    }
+
+    /// The project a public token belongs to. An unknown token re-reads the registry (at most
+    /// once a second), so projects created by `herd project create` are picked up.
+    pub async fn project_by_token(&self, token: &str) -> Result<Option<Arc<ProjectHandle>>> {
+        let find = || {
+            self.projects
+                .read()
+                .values()
+                .find(|h| h.project.token == token)
+                .cloned()
+        };
+        if let Some(h) = find() {
+            return Ok(Some(h));
+        }
+        let stale = self
+            .last_reload
+            .lock()
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(1));
+        if stale {
+            self.reload_projects().await?;
+        }
+        Ok(find())
+    }
+
+    /// The project a secret key belongs to.
+    pub fn project_by_secret(&self, key: &str) -> Option<Arc<ProjectHandle>> {
+        self.projects
+            .read()
+            .values()
+            .find(|h| h.project.secret_key == key)
+            .cloned()
+    }
+
+    async fn lock_handle(&self, handle: Arc<ProjectHandle>) -> ProjectGuard<'_> {
+        let gate = self.gate.read().await;
+        let state = handle.state.clone().lock_owned().await;
+        ProjectGuard {
+            db: self,
+            handle,
+            state,
+            _gate: gate,
+            undo: Vec::new(),
+        }
+    }
+
+    /// Locks a project for one request.
+    pub async fn lock(&self, handle: &Arc<ProjectHandle>) -> ProjectGuard<'_> {
+        self.lock_handle(handle.clone()).await
+    }
+
+    /// Waits until WAL ticket `ticket` (and everything before it) is durable.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<()> {
+        self.wal.wait_durable(ticket).await
+    }
+
+    /// The project's tables as one consistent snapshot.
+    pub fn snapshot(&self, project: ProjectId) -> Option<TableSnapshot> {
+        let handle = self.project(project)?;
+        let tables = handle.tables.lock();
+        let buffers = tables.frozen.iter().chain(std::iter::once(&tables.active));
+        let mut buffered_events = Vec::new();
+        let mut buffered_groups = Vec::new();
+        for b in buffers {
+            buffered_events.extend(b.events.iter().cloned());
+            buffered_groups.extend(b.groups.iter().cloned());
+        }
+        Some(TableSnapshot {
+            catalog: tables.catalog.clone(),
+            buffered_events,
+            buffered_groups,
+        })
+    }
+
+    /// The current properties of every group of a project (type index, key) → state.
+    pub async fn current_groups(&self, project: ProjectId) -> Option<HashMap<(u8, String), GroupState>> {
+        let handle = self.project(project)?;
+        let state = handle.state.lock().await;
+        Some(state.groups.clone())
+    }
+
+    /// The project's group-type mapping.
+    pub async fn group_types(&self, project: ProjectId) -> Option<GroupTypeMapping> {
+        let handle = self.project(project)?;
+        let state = handle.state.lock().await;
+        Some(state.mapping.clone())
+    }
+
+    async fn load_day_uuids(&self, handle: &ProjectHandle, day: i32) -> Result<HashSet<u128>> {
+        let (files, buffered): (Vec<FileEntry>, Vec<RecordBatch>) = {
+            let tables = handle.tables.lock();
+            let day_text = day_string(day);
+            let files = tables.catalog.events_of_day(&day_text).cloned().collect();
+            let buffered = tables
+                .frozen
+                .iter()
+                .chain(std::iter::once(&tables.active))
+                .flat_map(|b| b.events.iter().cloned())
+                .collect();
+            (files, buffered)
+        };
+        let mut set = HashSet::new();
+        for file in files {
+            let bytes = self.storage.get(&file.path.as_str().into()).await?;
+            set.extend(decode_uuids(bytes, &file.path)?);
+        }
+        for batch in buffered {
+            let ts = batch
+                .column(events_col::TIMESTAMP)
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+                .ok_or_else(|| Error::corrupt("write buffer", "timestamp column type"))?;
+            let uuids = uuids_of(batch.column(events_col::UUID).as_ref(), "write buffer")?;
+            for (row, uuid) in uuids.enumerate() {
+                if day_of(ts.value(row)) == day {
+                    set.insert(uuid);
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Whether any project's buffer is due for a flush.
+    pub fn flush_due(&self) -> bool {
+        self.projects.read().values().any(|h| {
+            let t = h.tables.lock();
+            t.active.rows >= self.config.flush_rows
+                || t.active
+                    .oldest
+                    .is_some_and(|o| o.elapsed() >= self.config.flush_interval)
+        })
+    }
+
+    /// Writes every buffered row to Parquet, commits the catalogs, and deletes the WAL
+    /// segments that are now redundant.
+    pub async fn flush(&self) -> Result<FlushStats> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let handles: Vec<Arc<ProjectHandle>> = self.projects.read().values().cloned().collect();
+        let live_segment = {
+            let _gate = self.gate.write().await;
+            for h in &handles {
+                let mut t = h.tables.lock();
+                if !t.active.is_empty() {
+                    let frozen = std::mem::take(&mut t.active);
+                    t.frozen.push(frozen);
+                }
+            }
+            self.wal.rotate().await?
+        };
+        let mut stats = FlushStats::default();
+        let mut first_error = None;
+        for h in &handles {
+            match self.flush_project(h).await {
+                Ok(s) => {
+                    stats.events += s.events;
+                    stats.files += s.files;
+                }
+                Err(e) => {
+                    tracing::error!(project = h.project.id, error = %e, "flush failed; rows stay buffered and in the WAL");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        self.wal.delete_segments_before(live_segment)?;
+        if stats.files > 0 {
+            tracing::debug!(events = stats.events, files = stats.files, "flushed");
+        }
+        Ok(stats)
+    }
+
+    async fn flush_project(&self, handle: &ProjectHandle) -> Result<FlushStats> {
+        let (frozen, base) = {
+            let t = handle.tables.lock();
+            (t.frozen.clone(), t.catalog.clone())
+        };
+        if frozen.is_empty() {
+            return Ok(FlushStats::default());
+        }
+        let project = handle.project.id;
+        let mut next = (*base).clone();
+        next.version += 1;
+        let mut stats = FlushStats::default();
+
+        let events: Vec<RecordBatch> = frozen.iter().flat_map(|b| b.events.iter().cloned()).collect();
+        for (day, batches) in split_by_day(&events)? {
+            let day_text = day_string(day);
+            let sorted = parquet_files::sort_events(&batches)?;
+            let path = layout::new_events_file(project, &day_text);
+            let bytes = parquet_files::encode_events(&sorted, path.as_ref())?;
+            let ts = sorted
+                .column(events_col::TIMESTAMP)
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+                .ok_or_else(|| Error::corrupt("write buffer", "timestamp column type"))?;
+            let entry = FileEntry {
+                path: path.to_string(),
+                rows: sorted.num_rows() as u64,
+                bytes: bytes.len() as u64,
+                day: Some(day_text),
+                min_ts: ts.values().iter().min().copied(),
+                max_ts: ts.values().iter().max().copied(),
+            };
+            self.storage.put_durable(&path, bytes).await?;
+            stats.events += sorted.num_rows();
+            stats.files += 1;
+            next.events.push(entry);
+        }
+        let groups: Vec<GroupRow> = frozen.iter().flat_map(|b| b.groups.iter().cloned()).collect();
+        if !groups.is_empty() {
+            let path = layout::new_groups_file(project);
+            let bytes = parquet_files::encode_plain(&groups_batch(&groups), path.as_ref())?;
+            next.groups.push(FileEntry {
+                path: path.to_string(),
+                rows: groups.len() as u64,
+                bytes: bytes.len() as u64,
+                day: None,
+                min_ts: None,
+                max_ts: None,
+            });
+            self.storage.put_durable(&path, bytes).await?;
+            stats.files += 1;
+        }
+        let warnings: Vec<IngestWarning> =
+            frozen.iter().flat_map(|b| b.warnings.iter().cloned()).collect();
+        if !warnings.is_empty() {
+            let path = layout::new_warnings_file(project);
+            let bytes = parquet_files::encode_plain(&warnings_batch(&warnings), path.as_ref())?;
+            next.warnings.push(FileEntry {
+                path: path.to_string(),
+                rows: warnings.len() as u64,
+                bytes: bytes.len() as u64,
+                day: None,
+                min_ts: None,
+                max_ts: None,
+            });
+            self.storage.put_durable(&path, bytes).await?;
+            stats.files += 1;
+        }
+        catalog::commit(&self.storage, project, &next).await?;
+        let mut t = handle.tables.lock();
+        t.catalog = Arc::new(next);
+        t.frozen.drain(..frozen.len());
+        Ok(stats)
+    }
+
+    /// Flushes everything and stops the WAL writer (graceful shutdown).
+    pub async fn close(&self) -> Result<FlushStats> {
+        let stats = self.flush().await?;
+        self.wal.close();
+        Ok(stats)
+    }
+}
