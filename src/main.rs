@@ -1,1 +1,175 @@
-fn main() {}
+//! `herd`: the one binary. Thin over the libraries: parse flags, call a crate, print.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herd_server::ServeConfig;
+use herd_storage::Storage;
+use herd_storage::projects::{self, NewProject};
+
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, about = "Group analytics on Arrow and DataFusion")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve HTTP capture and gRPC on a data folder (creates a default project when empty).
+    Serve(ServeArgs),
+    /// Manage projects and their keys.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Data location: a folder, file://…, memory:// or s3://bucket/prefix.
+    #[arg(long, env = "HERD_DATA", default_value = "./herd-data")]
+    data: String,
+    /// Write-ahead log folder (local disk); default: <data>/wal for a local data folder.
+    #[arg(long, env = "HERD_WAL_DIR")]
+    wal_dir: Option<PathBuf>,
+    /// HTTP capture listen address.
+    #[arg(long, env = "HERD_HTTP", default_value = "127.0.0.1:8000")]
+    http: String,
+    /// gRPC listen address.
+    #[arg(long, env = "HERD_GRPC", default_value = "127.0.0.1:50051")]
+    grpc: String,
+    /// Flush the write buffer to Parquet when its oldest event is this many milliseconds old.
+    #[arg(long, env = "HERD_FLUSH_INTERVAL_MS", default_value_t = 5000)]
+    flush_interval_ms: u64,
+    /// Flush the write buffer when it holds this many events.
+    #[arg(long, env = "HERD_FLUSH_ROWS", default_value_t = 500_000)]
+    flush_rows: usize,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "HERD_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectCommand {
+    /// Create a project and print it as one JSON line.
+    Create {
+        /// Data location.
+        #[arg(long, env = "HERD_DATA", default_value = "./herd-data")]
+        data: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Public token to use (keep the one baked into your apps when migrating).
+        #[arg(long)]
+        token: Option<String>,
+        /// Secret key to use.
+        #[arg(long)]
+        secret_key: Option<String>,
+    },
+    /// List projects as JSON lines.
+    List {
+        /// Data location.
+        #[arg(long, env = "HERD_DATA", default_value = "./herd-data")]
+        data: String,
+    },
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Project { command } => {
+            init_logs(false);
+            match command {
+                ProjectCommand::Create { data, name, token, secret_key } => {
+                    let storage = Storage::open(&data)?;
+                    let project = projects::create(
+                        &storage,
+                        NewProject { name, token, secret_key },
+                    )
+                    .await
+                    .context("create project")?;
+                    print_json(&project)
+                }
+                ProjectCommand::List { data } => {
+                    let storage = Storage::open(&data)?;
+                    for p in projects::load_all(&storage).await? {
+                        print_json(&p)?;
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs(args.log_json);
+    let config = ServeConfig {
+        data: args.data,
+        wal_dir: args.wal_dir,
+        http: args.http,
+        grpc: args.grpc,
+        flush_interval: Duration::from_millis(args.flush_interval_ms),
+        flush_rows: args.flush_rows,
+    };
+    let server = herd_server::start(config).await.context("start herd serve")?;
+    if let Some(project) = &server.created_project {
+        print_json(project)?;
+    }
+    print_json(&serde_json::json!({
+        "listening": {"http": server.http_addr.to_string(), "grpc": server.grpc_addr.to_string()}
+    }))?;
+    let stop = server.stop_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests, flushing the write buffer");
+        let _ = stop.send(true);
+    });
+    server.wait().await.context("herd serve")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -144,7 +144,7 @@ pub fn groups_batch(rows: &[GroupRow]) -> RecordBatch {
 /// Reads groups-table rows back from a batch in the groups schema.
 pub fn groups_from_batch(batch: &RecordBatch) -> crate::Result<Vec<GroupRow>> {
     use arrow::array::{Array, StringArray};
-    fn col<'a, T: Array + 'static>(b: &'a RecordBatch, i: usize) -> crate::Result<&'a T> {
+    fn col<T: Array + 'static>(b: &RecordBatch, i: usize) -> crate::Result<&T> {
         b.column(i)
             .as_any()
             .downcast_ref::<T>()

@@ -1,1 +1,167 @@
-//! herd-server
+//! herd-server: herd's network edge.
+//!
+//! Owns the HTTP capture endpoints ([`http`]), the gRPC listener with the standard health
+//! service ([`grpc`]), configuration ([`config`]), the background flusher, and graceful
+//! shutdown: stop accepting, finish in-flight requests, flush the write buffer, stop the WAL.
+//! Every library error is mapped to a status exactly once, in [`http::ApiError`].
+
+pub mod config;
+pub mod grpc;
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_ingest::Ingestor;
+use herd_storage::projects::{NewProject, Project};
+use herd_storage::{Db, DbConfig, Storage};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::ServeConfig;
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened or flushed.
+    #[error(transparent)]
+    Storage(#[from] herd_storage::Error),
+    /// A listener could not be bound.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(String),
+}
+
+/// herd-server's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A started server: its addresses and a handle to stop it.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where HTTP capture listens.
+    pub http_addr: SocketAddr,
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// The default project created because the data folder was empty, if any.
+    pub created_project: Option<Project>,
+    db: Arc<Db>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl RunningServer {
+    /// The store behind the server.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// Stops accepting, waits for in-flight requests, flushes the buffer to Parquet, and
+    /// stops the WAL writer.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after [`RunningServer::stop_handle`] fires), then
+    /// flushes and closes the store.
+    pub async fn wait(self) -> Result<()> {
+        let mut first_error = None;
+        for task in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(Error::Grpc(format!("task failed: {e}")));
+                }
+            }
+        }
+        let stats = self.db.close().await?;
+        tracing::info!(events = stats.events, files = stats.files, "flushed on shutdown");
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// A sender that stops the server when `true` is sent.
+    pub fn stop_handle(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Opens the store, creates a default project on an empty folder, binds both listeners and
+/// starts serving.
+pub async fn start(config: ServeConfig) -> Result<RunningServer> {
+    let storage = Storage::open(&config.data)?;
+    let wal_dir = config.resolve_wal_dir(&storage)?;
+    let mut db_config = DbConfig::new(wal_dir);
+    db_config.flush_interval = config.flush_interval;
+    db_config.flush_rows = config.flush_rows;
+    let db = Db::open(storage, db_config).await?;
+    let created_project = if db.projects().is_empty() {
+        Some(db.create_project(NewProject::default()).await?)
+    } else {
+        None
+    };
+
+    let http_listener = TcpListener::bind(&config.http)
+        .await
+        .map_err(|source| Error::Bind { addr: config.http.clone(), source })?;
+    let grpc_listener = TcpListener::bind(&config.grpc)
+        .await
+        .map_err(|source| Error::Bind { addr: config.grpc.clone(), source })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr: config.http.clone(), source })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr: config.grpc.clone(), source })?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let ingestor = Arc::new(Ingestor::new(db.clone()));
+    let tasks = vec![
+        tokio::spawn(http::serve(http_listener, ingestor, stopped(stop_rx.clone()))),
+        tokio::spawn(grpc::serve(grpc_listener, stopped(stop_rx.clone()))),
+        tokio::spawn(flusher(db.clone(), stopped(stop_rx))),
+    ];
+    tracing::info!(%http_addr, %grpc_addr, data = db.storage().location(), "herd serving");
+    Ok(RunningServer {
+        http_addr,
+        grpc_addr,
+        created_project,
+        db,
+        stop,
+        tasks,
+    })
+}
+
+/// Resolves when `true` is sent (or the sender is dropped).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn flusher(db: Arc<Db>, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tick.tick() => {
+                if db.flush_due() && let Err(e) = db.flush().await {
+                    tracing::error!(error = %e, "background flush failed; will retry");
+                }
+            }
+        }
+    }
+}

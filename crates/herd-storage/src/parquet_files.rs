@@ -181,7 +181,7 @@ mod tests {
         let meta = reader.metadata();
         let rg = meta.row_group(0);
         assert_eq!(rg.sorting_columns().map(|s| s.len()), Some(2));
-        assert_eq!(rg.column(0).compression(), Compression::ZSTD(ZstdLevel::try_new(3).expect("level")));
+        assert!(matches!(rg.column(0).compression(), Compression::ZSTD(_)));
         let uuid_col = meta.file_metadata().schema_descr().column(0);
         assert_eq!(uuid_col.logical_type_ref(), Some(&LogicalType::Uuid));
 

@@ -1,0 +1,53 @@
+//! `herd serve` configuration: a plain struct with defaults; the CLI fills it from flags and
+//! `HERD_*` environment variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herd_storage::Storage;
+
+use crate::{Error, Result};
+
+/// Everything `herd serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Data location: a folder path or a URL (`file://`, `memory://`, `s3://`).
+    pub data: String,
+    /// WAL folder; default `<data>/wal` when the data location is a local folder.
+    pub wal_dir: Option<PathBuf>,
+    /// HTTP listen address.
+    pub http: String,
+    /// gRPC listen address.
+    pub grpc: String,
+    /// Flush the write buffer when its oldest row is this old.
+    pub flush_interval: Duration,
+    /// Flush the write buffer when it holds this many events.
+    pub flush_rows: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            data: "./herd-data".into(),
+            wal_dir: None,
+            http: "127.0.0.1:8000".into(),
+            grpc: "127.0.0.1:50051".into(),
+            flush_interval: Duration::from_secs(5),
+            flush_rows: 500_000,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The WAL folder to use with this storage.
+    pub fn resolve_wal_dir(&self, storage: &Storage) -> Result<PathBuf> {
+        match (&self.wal_dir, storage.local_root()) {
+            (Some(dir), _) => Ok(dir.clone()),
+            (None, Some(root)) => Ok(root.join("wal")),
+            (None, None) => Err(Error::Config(format!(
+                "--wal-dir is required when --data is not a local folder ({}): the WAL needs a local disk for fsync",
+                self.data
+            ))),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! HTTP capture (protocol spec §1, §4): `/batch/`, `/capture/`, `/e/`, `/i/v0/e/`, `/track/`,
+//! `/engage/`, with and without the trailing slash; POST everywhere, GET `?data=` on the legacy
+//! paths. Success is exactly `200 {"status": 1}` (`204` for `beacon=1`); errors are JSON
+//! `{"type", "code", "detail"}` with 400, 401, 413 or 503.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use herd_ingest::capture::{BATCH_LIMIT, SINGLE_LIMIT};
+use herd_ingest::{CaptureInput, Ingestor, Route};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::Result;
+
+/// An error on its way to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    detail: String,
+}
+
+impl From<herd_ingest::Error> for ApiError {
+    fn from(e: herd_ingest::Error) -> Self {
+        use herd_ingest::Error as E;
+        let (status, kind, code) = match &e {
+            E::BadRequest(_) => (StatusCode::BAD_REQUEST, "validation_error", "invalid_payload"),
+            E::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
+            E::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "validation_error", "payload_too_large"),
+            E::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "storage_unavailable"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "capture failed");
+        } else {
+            tracing::debug!(error = %e, %status, "capture refused");
+        }
+        Self { status, kind, code, detail: e.to_string() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"type": self.kind, "code": self.code, "detail": self.detail});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// The capture routes.
+pub fn router(ingestor: Arc<Ingestor>) -> Router {
+    let mut app = Router::new().route("/_health", get(|| async { "ok" }));
+    for (path, route) in [
+        ("/batch", Route::Batch),
+        ("/capture", Route::Legacy),
+        ("/e", Route::Legacy),
+        ("/i/v0/e", Route::Legacy),
+        ("/track", Route::Legacy),
+        ("/engage", Route::Engage),
+    ] {
+        let handler = move |state, method, query, headers, addr, body| {
+            capture(state, route, method, query, headers, addr, body)
+        };
+        app = app
+            .route(path, any(handler))
+            .route(&format!("{path}/"), any(handler));
+    }
+    // Limits are enforced per route inside the handler, with a JSON 413.
+    app.layer(DefaultBodyLimit::disable()).with_state(ingestor)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn capture(
+    State(ingestor): State<Arc<Ingestor>>,
+    route: Route,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    match capture_inner(&ingestor, route, &method, query, &headers, addr, body).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn capture_inner(
+    ingestor: &Ingestor,
+    route: Route,
+    method: &Method,
+    mut query: HashMap<String, String>,
+    headers: &HeaderMap,
+    addr: SocketAddr,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if method == Method::OPTIONS {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let allowed = method == Method::POST || (method == Method::GET && route != Route::Batch);
+    if !allowed {
+        return Err(ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "validation_error",
+            code: "method_not_allowed",
+            detail: format!("{method} is not accepted here: send POST"),
+        });
+    }
+    let limit = if route == Route::Batch { BATCH_LIMIT } else { SINGLE_LIMIT };
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let cause = e.into_inner();
+        if cause.is::<http_body_util::LengthLimitError>() {
+            ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                kind: "validation_error",
+                code: "payload_too_large",
+                detail: format!("maximum event size exceeded: the body is over {limit} bytes"),
+            }
+        } else {
+            ApiError {
+                status: StatusCode::BAD_REQUEST,
+                kind: "validation_error",
+                code: "invalid_payload",
+                detail: format!("could not read the request body: {cause}"),
+            }
+        }
+    })?;
+    let beacon = query.get("beacon").is_some_and(|b| b == "1");
+    let input = CaptureInput {
+        body,
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        compression: query.remove("compression"),
+        data: query.remove("data"),
+        sent_at_ms: query.remove("_"),
+    };
+    let now = chrono::Utc::now().timestamp_micros();
+    ingestor
+        .capture(route, &input, Some(addr.ip().to_string()), now)
+        .await?;
+    if beacon {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok((StatusCode::OK, axum::Json(json!({"status": 1}))).into_response())
+}
+
+/// Serves HTTP on `listener` until `stop` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    ingestor: Arc<Ingestor>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let app = router(ingestor);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(|e| crate::Error::Grpc(format!("HTTP server: {e}")))
+}
