@@ -67,11 +67,17 @@ pub fn decode(input: &CaptureInput, route: Route, limit: usize) -> Result<Decode
         return Err(too_large(limit));
     }
 
-    let is_form = input
+    // A form body carries `data=`; a JSON body sent with a form content type (curl -d) is
+    // still JSON.
+    let looks_json = matches!(
+        raw.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    );
+    let form_type = input
         .content_type
         .as_deref()
-        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
-        || raw.starts_with(b"data=");
+        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+    let is_form = raw.starts_with(b"data=") || (form_type && !looks_json);
     if is_form && !raw.starts_with(&GZIP_MAGIC) {
         let mut data = None;
         for (k, v) in url::form_urlencoded::parse(&raw) {
