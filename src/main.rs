@@ -10,7 +10,11 @@ use herd_storage::Storage;
 use herd_storage::projects::{self, NewProject};
 
 #[derive(Debug, Parser)]
-#[command(name = "herd", version, about = "Group analytics on Arrow and DataFusion")]
+#[command(
+    name = "herd",
+    version,
+    about = "Group analytics on Arrow and DataFusion"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -103,11 +107,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Project { command } => {
             init_logs(false);
             match command {
-                ProjectCommand::Create { data, name, token, secret_key } => {
+                ProjectCommand::Create {
+                    data,
+                    name,
+                    token,
+                    secret_key,
+                } => {
                     let storage = Storage::open(&data)?;
                     let project = projects::create(
                         &storage,
-                        NewProject { name, token, secret_key },
+                        NewProject {
+                            name,
+                            token,
+                            secret_key,
+                        },
                     )
                     .await
                     .context("create project")?;
@@ -135,7 +148,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         flush_interval: Duration::from_millis(args.flush_interval_ms),
         flush_rows: args.flush_rows,
     };
-    let server = herd_server::start(config).await.context("start herd serve")?;
+    let server = herd_server::start(config)
+        .await
+        .context("start herd serve")?;
     if let Some(project) = &server.created_project {
         print_json(project)?;
     }

@@ -19,7 +19,10 @@ async fn posthog_python_and_posthog_node_land_exact_rows() {
     let project = create_project(dir.path());
     let id = project["id"].as_u64().expect("id");
     let server = Server::start(dir.path(), &["--flush-interval-ms", "200"]);
-    assert!(server.printed.is_empty(), "no default project on a folder that has one");
+    assert!(
+        server.printed.is_empty(),
+        "no default project on a folder that has one"
+    );
 
     let py = Command::new(python())
         .arg(repo().join("tests/clients/posthog_python.py"))
@@ -62,9 +65,15 @@ async fn posthog_python_and_posthog_node_land_exact_rows() {
 
     // posthog-python, gzip off.
     let e = by_uuid(1);
-    assert_eq!((e.event.as_str(), e.distinct_id.as_str()), ("signed_up", "py-user"));
+    assert_eq!(
+        (e.event.as_str(), e.distinct_id.as_str()),
+        ("signed_up", "py-user")
+    );
     assert_eq!(e.timestamp, ts("2024-01-02T03:04:05Z"));
-    assert_eq!(e.groups, ["id:5".to_string(), "42".into(), empty(), empty(), empty()]);
+    assert_eq!(
+        e.groups,
+        ["id:5".to_string(), "42".into(), empty(), empty(), empty()]
+    );
     let p = props(&e);
     assert_eq!(p["plan"], "pro");
     assert_eq!(p["$lib"], "posthog-python");
@@ -74,37 +83,59 @@ async fn posthog_python_and_posthog_node_land_exact_rows() {
     let e = by_uuid(2);
     assert_eq!(e.event, "$groupidentify");
     assert_eq!(e.groups, [empty(), empty(), empty(), empty(), empty()]);
-    assert_eq!(props(&e)["$group_set"], json!({"name": "Acme", "employees": 11}));
+    assert_eq!(
+        props(&e)["$group_set"],
+        json!({"name": "Acme", "employees": 11})
+    );
     let e = by_uuid(3);
     assert_eq!(e.event, "$set");
     assert_eq!(props(&e)["$set"], json!({"email": "a@b.c"}));
     let e = by_uuid(4);
-    assert_eq!((e.event.as_str(), e.distinct_id.as_str()), ("$create_alias", "anon-1"));
+    assert_eq!(
+        (e.event.as_str(), e.distinct_id.as_str()),
+        ("$create_alias", "anon-1")
+    );
     assert_eq!(props(&e)["alias"], "py-user");
     // posthog-python, gzip on.
     let e = by_uuid(5);
     assert_eq!(e.event, "created_project");
-    assert_eq!(e.groups, ["id:5".to_string(), empty(), empty(), empty(), empty()]);
+    assert_eq!(
+        e.groups,
+        ["id:5".to_string(), empty(), empty(), empty(), empty()]
+    );
     assert_eq!(by_uuid(6).event, "$groupidentify");
 
     // posthog-node, compression on.
     let e = by_uuid(11);
-    assert_eq!((e.event.as_str(), e.distinct_id.as_str()), ("invited_teammate", "node-user"));
+    assert_eq!(
+        (e.event.as_str(), e.distinct_id.as_str()),
+        ("invited_teammate", "node-user")
+    );
     assert_eq!(e.timestamp, ts("2024-01-04T00:00:00Z"));
-    assert_eq!(e.groups, ["id:5".to_string(), "42".into(), empty(), empty(), empty()]);
+    assert_eq!(
+        e.groups,
+        ["id:5".to_string(), "42".into(), empty(), empty(), empty()]
+    );
     assert_eq!(props(&e)["$lib"], "posthog-node");
     let node_identify: Vec<_> = events
         .iter()
         .filter(|e| e.event == "$groupidentify" && e.distinct_id == "$company_id:5")
         .collect();
-    assert_eq!(node_identify.len(), 1, "node's $groupidentify uses $<type>_<key> as distinct_id");
+    assert_eq!(
+        node_identify.len(),
+        1,
+        "node's $groupidentify uses $<type>_<key> as distinct_id"
+    );
     let identify: Vec<_> = events.iter().filter(|e| e.event == "$identify").collect();
     assert_eq!(identify.len(), 1);
     assert_eq!(props(identify[0])["$set"]["email"], "n@b.c");
     // posthog-node, compression off: a third group type takes slot 2.
     let e = by_uuid(12);
     assert_eq!(e.event, "upgraded_plan");
-    assert_eq!(e.groups, [empty(), empty(), "core".to_string(), empty(), empty()]);
+    assert_eq!(
+        e.groups,
+        [empty(), empty(), "core".to_string(), empty(), empty()]
+    );
     let alias: Vec<_> = events
         .iter()
         .filter(|e| e.event == "$create_alias" && e.distinct_id == "node-user")
@@ -113,7 +144,10 @@ async fn posthog_python_and_posthog_node_land_exact_rows() {
     assert_eq!(props(alias[0])["alias"], "anon-2");
     for e in &events {
         for g in &e.groups {
-            assert!(!g.contains('"'), "group keys are stored without JSON quotes");
+            assert!(
+                !g.contains('"'),
+                "group keys are stored without JSON quotes"
+            );
         }
     }
 
@@ -124,7 +158,13 @@ async fn posthog_python_and_posthog_node_land_exact_rows() {
 
     // Groups table: every change is a row with the full merged properties.
     let mut groups = read_groups(dir.path(), id).await;
-    groups.sort_by(|a, b| (a.group_type_index, &a.group_key, a.version).cmp(&(b.group_type_index, &b.group_key, b.version)));
+    groups.sort_by(|a, b| {
+        (a.group_type_index, &a.group_key, a.version).cmp(&(
+            b.group_type_index,
+            &b.group_key,
+            b.version,
+        ))
+    });
     let summary: Vec<_> = groups
         .iter()
         .map(|g| {
@@ -135,8 +175,18 @@ async fn posthog_python_and_posthog_node_land_exact_rows() {
     assert_eq!(
         summary,
         vec![
-            (0, "id:5".to_string(), 1, json!({"name": "Acme", "employees": 11})),
-            (0, "id:5".to_string(), 2, json!({"name": "Acme", "employees": 11, "plan": "enterprise"})),
+            (
+                0,
+                "id:5".to_string(),
+                1,
+                json!({"name": "Acme", "employees": 11})
+            ),
+            (
+                0,
+                "id:5".to_string(),
+                2,
+                json!({"name": "Acme", "employees": 11, "plan": "enterprise"})
+            ),
             (1, "42".to_string(), 1, json!({"name": "Website"})),
         ]
     );

@@ -25,7 +25,7 @@ fn batch_body(worker: u128, batch: u128) -> serde_json::Value {
         .map(|i| {
             let n = batch * BATCH + i;
             json!({
-                "event": if n % 7 == 0 { "signed_up" } else { "$pageview" },
+                "event": if n.is_multiple_of(7) { "signed_up" } else { "$pageview" },
                 "distinct_id": format!("user-{worker}-{}", n % 50),
                 "uuid": event_uuid(worker, batch, i).to_string(),
                 // Spread over a few days so several day partitions are involved.
@@ -52,11 +52,18 @@ async fn kill_9_loses_no_acknowledged_event_and_invents_none() {
 
     let mut workers = Vec::new();
     for w in 0..WORKERS {
-        let (client, url, acked, sent, kill_tx) =
-            (client.clone(), url.clone(), acked.clone(), sent.clone(), kill_tx.clone());
+        let (client, url, acked, sent, kill_tx) = (
+            client.clone(),
+            url.clone(),
+            acked.clone(),
+            sent.clone(),
+            kill_tx.clone(),
+        );
         workers.push(tokio::spawn(async move {
             for b in 0..BATCHES_PER_WORKER {
-                sent.lock().expect("lock").extend((0..BATCH).map(|i| event_uuid(w, b, i)));
+                sent.lock()
+                    .expect("lock")
+                    .extend((0..BATCH).map(|i| event_uuid(w, b, i)));
                 let resp = client.post(&url).json(&batch_body(w, b)).send().await;
                 match resp {
                     Ok(r) if r.status() == 200 => {
@@ -88,7 +95,10 @@ async fn kill_9_loses_no_acknowledged_event_and_invents_none() {
     let acked = acked.lock().expect("lock").clone();
     let sent = sent.lock().expect("lock").clone();
     assert!(acked.len() >= KILL_AFTER);
-    assert!(sent.len() > acked.len(), "some batches were in flight or unsent at the kill");
+    assert!(
+        sent.len() > acked.len(),
+        "some batches were in flight or unsent at the kill"
+    );
 
     // Restart on the same folder: the WAL is replayed. Then stop cleanly to flush.
     let server = Server::start(dir.path(), &["--flush-interval-ms", "150"]);
@@ -101,9 +111,17 @@ async fn kill_9_loses_no_acknowledged_event_and_invents_none() {
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "events stored more than once: {twice:?}");
     let missing: Vec<_> = acked.iter().filter(|u| !counts.contains_key(u)).collect();
-    assert!(missing.is_empty(), "{} acknowledged events lost, e.g. {:?}", missing.len(), missing.first());
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
     let invented: Vec<_> = counts.keys().filter(|u| !sent.contains(u)).collect();
-    assert!(invented.is_empty(), "events that were never sent: {invented:?}");
+    assert!(
+        invented.is_empty(),
+        "events that were never sent: {invented:?}"
+    );
 
     // Clients retry whatever they did not get a 200 for (and may resend the rest): resend all
     // batches, all of them, to the restarted server. Every event then exists exactly once.
@@ -111,7 +129,12 @@ async fn kill_9_loses_no_acknowledged_event_and_invents_none() {
     let url = server.url("/batch/");
     for w in 0..WORKERS {
         for b in 0..BATCHES_PER_WORKER {
-            let r = client.post(&url).json(&batch_body(w, b)).send().await.expect("send");
+            let r = client
+                .post(&url)
+                .json(&batch_body(w, b))
+                .send()
+                .await
+                .expect("send");
             assert_eq!(r.status(), 200);
         }
     }
@@ -119,9 +142,16 @@ async fn kill_9_loses_no_acknowledged_event_and_invents_none() {
     let events = read_events(dir.path(), id).await;
     let expected = (WORKERS * BATCHES_PER_WORKER * BATCH) as usize;
     assert!(expected >= 10_000);
-    assert_eq!(events.len(), expected, "every sent event exactly once after the retries");
+    assert_eq!(
+        events.len(),
+        expected,
+        "every sent event exactly once after the retries"
+    );
     let unique: HashSet<_> = events.iter().map(|e| e.uuid).collect();
     assert_eq!(unique.len(), expected);
-    let sample = events.iter().find(|e| e.uuid == event_uuid(1, 3, 5)).expect("sample event");
+    let sample = events
+        .iter()
+        .find(|e| e.uuid == event_uuid(1, 3, 5))
+        .expect("sample event");
     assert_eq!(sample.groups[0], format!("c{}", (3 * BATCH + 5) % 13));
 }

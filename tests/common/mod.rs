@@ -31,7 +31,11 @@ pub fn create_project(data: &Path) -> Value {
         .args(["--name", "e2e", "--token", TOKEN, "--secret-key", SECRET])
         .output()
         .expect("run herd project create");
-    assert!(out.status.success(), "project create failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "project create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("project create prints one JSON line")
 }
 
@@ -58,7 +62,16 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn herd serve");
-        let stdout = child.stdout.take().expect("stdout");
+        let stdout = child.stdout.take();
+        // Owned by the Server from here on, so a failed start still kills and reaps it.
+        let mut server = Server {
+            child: Some(child),
+            http: String::new(),
+            grpc: String::new(),
+            printed: Vec::new(),
+            data: data.to_path_buf(),
+        };
+        let stdout = stdout.expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -68,22 +81,17 @@ impl Server {
                 }
             }
         });
-        let mut printed = Vec::new();
         loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("herd serve did not print its listening line within 60 s");
             let v: Value = serde_json::from_str(&line).expect("herd serve prints JSON lines");
             if let Some(l) = v.get("listening") {
-                return Server {
-                    child: Some(child),
-                    http: format!("http://{}", l["http"].as_str().expect("http addr")),
-                    grpc: l["grpc"].as_str().expect("grpc addr").to_string(),
-                    printed,
-                    data: data.to_path_buf(),
-                };
+                server.http = format!("http://{}", l["http"].as_str().expect("http addr"));
+                server.grpc = l["grpc"].as_str().expect("grpc addr").to_string();
+                return server;
             }
-            printed.push(v);
+            server.printed.push(v);
         }
     }
 
@@ -112,7 +120,10 @@ impl Server {
         let mut child = self.child.take().expect("running");
         for _ in 0..600 {
             if let Some(status) = child.try_wait().expect("wait") {
-                assert!(status.success(), "herd serve exited with {status} after SIGTERM");
+                assert!(
+                    status.success(),
+                    "herd serve exited with {status} after SIGTERM"
+                );
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -139,7 +150,9 @@ async fn read_table<T>(
     rows: impl Fn(&arrow::array::RecordBatch) -> Vec<T>,
 ) -> Vec<T> {
     let storage = Storage::open(data.to_str().expect("utf8 path")).expect("open storage");
-    let catalog = catalog::load_latest(&storage, project).await.expect("catalog");
+    let catalog = catalog::load_latest(&storage, project)
+        .await
+        .expect("catalog");
     let mut out = Vec::new();
     for path in pick(&catalog) {
         let bytes = storage.get(&path.as_str().into()).await.expect("read file");

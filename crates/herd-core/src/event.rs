@@ -164,7 +164,10 @@ pub fn events_from_batch(batch: &RecordBatch) -> crate::Result<Vec<Event>> {
     Ok(out)
 }
 
-fn downcast<'a, T: Array + 'static>(array: &'a ArrayRef, name: &'static str) -> crate::Result<&'a T> {
+fn downcast<'a, T: Array + 'static>(
+    array: &'a ArrayRef,
+    name: &'static str,
+) -> crate::Result<&'a T> {
     array
         .as_any()
         .downcast_ref::<T>()
@@ -186,7 +189,13 @@ mod tests {
             distinct_id: "user-1".into(),
             timestamp: 1_700_000_000_000_000,
             properties: r#"{"plan":"pro"}"#.into(),
-            groups: ["id:5".into(), "42".into(), String::new(), String::new(), String::new()],
+            groups: [
+                "id:5".into(),
+                "42".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
             created_at: 1_700_000_000_000_001,
         };
         let mut b = EventBatchBuilder::with_capacity(1);

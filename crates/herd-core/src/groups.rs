@@ -125,7 +125,9 @@ pub fn groups_batch(rows: &[GroupRow]) -> RecordBatch {
         props.append_value(&r.group_properties);
     }
     let ts = |f: fn(&GroupRow) -> i64| -> ArrayRef {
-        Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"))
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"),
+        )
     };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(UInt8Array::from_iter_values(
@@ -194,17 +196,30 @@ mod tests {
 
     #[test]
     fn set_semantics_and_version_bumps_only_on_change() {
-        let s1 = GroupState::merge(None, &obj(json!({"name": "Acme", "plan": "free"})), 100, 100)
-            .expect("new");
+        let s1 = GroupState::merge(
+            None,
+            &obj(json!({"name": "Acme", "plan": "free"})),
+            100,
+            100,
+        )
+        .expect("new");
         assert_eq!(
             GroupState::merge(Some(&s1), &obj(json!({"plan": "free"})), 200, 200),
             None,
             "same value: no change"
         );
-        let s2 = GroupState::merge(Some(&s1), &obj(json!({"plan": "pro", "seats": 3})), 200, 200)
-            .expect("changed");
+        let s2 = GroupState::merge(
+            Some(&s1),
+            &obj(json!({"plan": "pro", "seats": 3})),
+            200,
+            200,
+        )
+        .expect("changed");
         assert_eq!(s2.version, 2);
-        assert_eq!(s2.properties, obj(json!({"name": "Acme", "plan": "pro", "seats": 3})));
+        assert_eq!(
+            s2.properties,
+            obj(json!({"name": "Acme", "plan": "pro", "seats": 3}))
+        );
         assert_eq!(s2.created_at, 100);
         let s3 = GroupState::merge(Some(&s2), &obj(json!({})), 50, 300).expect("earlier ts");
         assert_eq!((s3.created_at, s3.version), (50, 3));

@@ -48,7 +48,9 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
         }
     }
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros());
+        return d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_micros());
     }
     if let Ok(t) = DateTime::parse_from_rfc2822(text) {
         return Some(t.timestamp_micros());
@@ -72,7 +74,10 @@ fn widen_hour_offset(text: &str) -> Option<String> {
         return None;
     }
     let sign = bytes[n - 3];
-    if (sign == b'+' || sign == b'-') && bytes[n - 2].is_ascii_digit() && bytes[n - 1].is_ascii_digit() {
+    if (sign == b'+' || sign == b'-')
+        && bytes[n - 2].is_ascii_digit()
+        && bytes[n - 1].is_ascii_digit()
+    {
         Some(format!("{text}:00"))
     } else {
         None
@@ -99,7 +104,10 @@ pub fn resolve_timestamp(inputs: TimeInputs<'_>, now: i64) -> i64 {
         ts = match inputs.sent_at {
             Some(sent_at) if !inputs.ignore_sent_at => {
                 let skew = sent_at.saturating_sub(now);
-                let excess = skew.saturating_abs().saturating_sub(SKEW_DEAD_BAND_US).max(0);
+                let excess = skew
+                    .saturating_abs()
+                    .saturating_sub(SKEW_DEAD_BAND_US)
+                    .max(0);
                 parsed.saturating_sub(skew.signum().saturating_mul(excess))
             }
             _ => parsed,
@@ -127,16 +135,16 @@ pub fn day_of(ts_us: i64) -> i32 {
 
 /// `YYYY-MM-DD` of a day number from [`day_of`].
 pub fn day_string(day: i32) -> String {
-    let date = NaiveDate::from_num_days_from_ce_opt(day + 719_163)
-        .unwrap_or(NaiveDate::MIN);
+    let date = NaiveDate::from_num_days_from_ce_opt(day + 719_163).unwrap_or(NaiveDate::MIN);
     date.format("%Y-%m-%d").to_string()
 }
 
 /// The day number of a `YYYY-MM-DD` string.
 pub fn parse_day(text: &str) -> Option<i32> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .map(|d| d.signed_duration_since(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or(NaiveDate::MIN)).num_days() as i32)
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(|d| {
+        d.signed_duration_since(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or(NaiveDate::MIN))
+            .num_days() as i32
+    })
 }
 
 #[cfg(test)]
@@ -170,7 +178,14 @@ mod tests {
         let now = t("2024-01-02T00:00:00Z");
         let ts = "2024-01-01T23:00:00Z";
         let sent_at = Some(now + 100 * S);
-        let got = resolve_timestamp(TimeInputs { timestamp: Some(ts), sent_at, ..Default::default() }, now);
+        let got = resolve_timestamp(
+            TimeInputs {
+                timestamp: Some(ts),
+                sent_at,
+                ..Default::default()
+            },
+            now,
+        );
         assert_eq!(got, t(ts));
     }
 
@@ -180,15 +195,34 @@ mod tests {
         let ts = "2024-01-01T23:00:00Z";
         // Client clock 1 hour fast.
         let sent_at = Some(now + 3600 * S);
-        let got = resolve_timestamp(TimeInputs { timestamp: Some(ts), sent_at, ..Default::default() }, now);
+        let got = resolve_timestamp(
+            TimeInputs {
+                timestamp: Some(ts),
+                sent_at,
+                ..Default::default()
+            },
+            now,
+        );
         assert_eq!(got, t(ts) - (3600 - 150) * S);
         // Client clock 1 hour slow.
         let sent_at = Some(now - 3600 * S);
-        let got = resolve_timestamp(TimeInputs { timestamp: Some(ts), sent_at, ..Default::default() }, now);
+        let got = resolve_timestamp(
+            TimeInputs {
+                timestamp: Some(ts),
+                sent_at,
+                ..Default::default()
+            },
+            now,
+        );
         assert_eq!(got, t(ts) + (3600 - 150) * S);
         // $ignore_sent_at turns correction off.
         let got = resolve_timestamp(
-            TimeInputs { timestamp: Some(ts), sent_at, ignore_sent_at: true, ..Default::default() },
+            TimeInputs {
+                timestamp: Some(ts),
+                sent_at,
+                ignore_sent_at: true,
+                ..Default::default()
+            },
             now,
         );
         assert_eq!(got, t(ts));
@@ -198,16 +232,38 @@ mod tests {
     fn offset_overrides_and_clamps_apply() {
         let now = t("2024-01-02T00:00:00Z");
         let got = resolve_timestamp(
-            TimeInputs { timestamp: Some("2020-01-01T00:00:00Z"), offset_ms: Some(5000), ..Default::default() },
+            TimeInputs {
+                timestamp: Some("2020-01-01T00:00:00Z"),
+                offset_ms: Some(5000),
+                ..Default::default()
+            },
             now,
         );
         assert_eq!(got, now - 5 * S);
-        let got = resolve_timestamp(TimeInputs { timestamp: Some("2024-01-03T00:00:00Z"), ..Default::default() }, now);
+        let got = resolve_timestamp(
+            TimeInputs {
+                timestamp: Some("2024-01-03T00:00:00Z"),
+                ..Default::default()
+            },
+            now,
+        );
         assert_eq!(got, now, "24h in the future is clamped to now");
-        let got = resolve_timestamp(TimeInputs { timestamp: Some("2024-01-02T22:00:00Z"), ..Default::default() }, now);
+        let got = resolve_timestamp(
+            TimeInputs {
+                timestamp: Some("2024-01-02T22:00:00Z"),
+                ..Default::default()
+            },
+            now,
+        );
         assert_eq!(got, t("2024-01-02T22:00:00Z"), "22h ahead is kept");
         assert_eq!(resolve_timestamp(TimeInputs::default(), now), now);
-        let got = resolve_timestamp(TimeInputs { timestamp: Some("garbage"), ..Default::default() }, now);
+        let got = resolve_timestamp(
+            TimeInputs {
+                timestamp: Some("garbage"),
+                ..Default::default()
+            },
+            now,
+        );
         assert_eq!(got, now);
     }
 

@@ -70,7 +70,13 @@ pub fn warnings_from_batch(batch: &RecordBatch) -> crate::Result<Vec<IngestWarni
         what: "warnings batch",
         reason: "unexpected column types".into(),
     };
-    let s = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().ok_or_else(bad);
+    let s = |i: usize| {
+        batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(bad)
+    };
     let (kind, uuid, details) = (s(0)?, s(1)?, s(2)?);
     let ts = batch
         .column(3)

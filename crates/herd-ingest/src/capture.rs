@@ -92,7 +92,11 @@ impl Ingestor {
         client_ip: Option<String>,
         now: i64,
     ) -> Result<CaptureOutcome> {
-        let limit = if route == Route::Batch { BATCH_LIMIT } else { SINGLE_LIMIT };
+        let limit = if route == Route::Batch {
+            BATCH_LIMIT
+        } else {
+            SINGLE_LIMIT
+        };
         let decoded = decode(input, route, limit)?;
         let token = resolve_token(&decoded)?;
         let sent_at = decoded
@@ -107,11 +111,9 @@ impl Ingestor {
             now,
             client_ip,
         };
-        let handle = self
-            .db
-            .project_by_token(&token)
-            .await?
-            .ok_or_else(|| Error::Unauthorized("invalid api key: no project has this token".into()))?;
+        let handle = self.db.project_by_token(&token).await?.ok_or_else(|| {
+            Error::Unauthorized("invalid api key: no project has this token".into())
+        })?;
         let mut prepared = Vec::with_capacity(decoded.events.len());
         for (i, raw) in decoded.events.into_iter().enumerate() {
             let size = raw.to_string().len();
@@ -131,10 +133,18 @@ impl Ingestor {
             (outcome.0, outcome.1)
         };
         self.db.wait_durable(ticket).await?;
-        self.counters.accepted.fetch_add(outcome.accepted as u64, Ordering::Relaxed);
-        self.counters.duplicates.fetch_add(outcome.duplicates as u64, Ordering::Relaxed);
-        self.counters.dropped.fetch_add(outcome.dropped as u64, Ordering::Relaxed);
-        self.counters.warnings.fetch_add(outcome.warnings as u64, Ordering::Relaxed);
+        self.counters
+            .accepted
+            .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
+        self.counters
+            .duplicates
+            .fetch_add(outcome.duplicates as u64, Ordering::Relaxed);
+        self.counters
+            .dropped
+            .fetch_add(outcome.dropped as u64, Ordering::Relaxed);
+        self.counters
+            .warnings
+            .fetch_add(outcome.warnings as u64, Ordering::Relaxed);
         Ok(outcome)
     }
 
@@ -226,7 +236,11 @@ enum Identify {
     /// Drop the event with this warning.
     Drop(IngestWarning),
     /// Merge `set` into group (type, key).
-    Merge { group_type: String, key: String, set: Map<String, Value> },
+    Merge {
+        group_type: String,
+        key: String,
+        set: Map<String, Value>,
+    },
 }
 
 fn classify_identify(e: &PreparedEvent, now: i64) -> (Identify, Option<IngestWarning>) {
@@ -237,12 +251,22 @@ fn classify_identify(e: &PreparedEvent, now: i64) -> (Identify, Option<IngestWar
     let group_type = match p.get("$group_type") {
         Some(Value::String(t)) if !t.is_empty() => t.clone(),
         _ => {
-            let w = warning("invalid_group_identify", e, serde_json::json!({"reason": "missing $group_type"}), now);
+            let w = warning(
+                "invalid_group_identify",
+                e,
+                serde_json::json!({"reason": "missing $group_type"}),
+                now,
+            );
             return (Identify::None, Some(w));
         }
     };
     let Some(key) = p.get("$group_key").and_then(group_key_text) else {
-        let w = warning("invalid_group_identify", e, serde_json::json!({"reason": "missing $group_key"}), now);
+        let w = warning(
+            "invalid_group_identify",
+            e,
+            serde_json::json!({"reason": "missing $group_key"}),
+            now,
+        );
         return (Identify::None, Some(w));
     };
     if key.chars().count() > MAX_GROUP_KEY_CHARS {
@@ -268,7 +292,14 @@ fn classify_identify(e: &PreparedEvent, now: i64) -> (Identify, Option<IngestWar
             return (Identify::Drop(w), None);
         }
     };
-    (Identify::Merge { group_type, key, set }, None)
+    (
+        Identify::Merge {
+            group_type,
+            key,
+            set,
+        },
+        None,
+    )
 }
 
 async fn apply_events(
@@ -331,10 +362,17 @@ async fn apply_events(
             }
         }
 
-        if let Identify::Merge { group_type, key, set } = identify {
+        if let Identify::Merge {
+            group_type,
+            key,
+            set,
+        } = identify
+        {
             match guard.resolve_group_type(&group_type).await? {
                 GroupTypeSlot::Existing(i) | GroupTypeSlot::Assigned(i) => {
-                    if let Some(next) = GroupState::merge(guard.group(i, &key), &set, e.timestamp, now) {
+                    if let Some(next) =
+                        GroupState::merge(guard.group(i, &key), &set, e.timestamp, now)
+                    {
                         group_rows.push(GroupRow::from_state(i, &key, &next, now));
                         guard.set_group(i, &key, next);
                     }

@@ -121,7 +121,9 @@ pub fn decode(input: &CaptureInput, route: Route, limit: usize) -> Result<Decode
             match decoded {
                 Some(v) => v,
                 None => {
-                    return Err(Error::bad(format!("request body is not valid JSON: {json_err}")));
+                    return Err(Error::bad(format!(
+                        "request body is not valid JSON: {json_err}"
+                    )));
                 }
             }
         }
@@ -147,13 +149,21 @@ fn shape(value: Value) -> Result<Decoded> {
             if events.is_empty() {
                 return Err(Error::bad("batch is empty"));
             }
-            Ok(Decoded { envelope_token, sent_at, events })
+            Ok(Decoded {
+                envelope_token,
+                sent_at,
+                events,
+            })
         }
         Value::Array(events) => {
             if events.is_empty() {
                 return Err(Error::bad("batch is empty"));
             }
-            Ok(Decoded { envelope_token: None, sent_at: None, events })
+            Ok(Decoded {
+                envelope_token: None,
+                sent_at: None,
+                events,
+            })
         }
         Value::Object(obj) => Ok(Decoded {
             envelope_token: None,
@@ -198,7 +208,11 @@ fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>> {
 }
 
 fn base64_decode(raw: &[u8]) -> Result<Vec<u8>> {
-    let trimmed: Vec<u8> = raw.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let trimmed: Vec<u8> = raw
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     let engines = [
         base64::engine::general_purpose::STANDARD,
         base64::engine::general_purpose::STANDARD_NO_PAD,
@@ -252,9 +266,19 @@ mod tests {
         assert_eq!(d.envelope_token, Some(Value::from("phc_x")));
         assert_eq!(d.sent_at.as_deref(), Some("2024-01-01T00:00:00Z"));
         assert_eq!(d.events.len(), 1);
-        let d = decode(&input(br#"[{"event":"a"},{"event":"b"}]"#), Route::Legacy, 1 << 20).expect("array");
+        let d = decode(
+            &input(br#"[{"event":"a"},{"event":"b"}]"#),
+            Route::Legacy,
+            1 << 20,
+        )
+        .expect("array");
         assert_eq!((d.events.len(), d.envelope_token), (2, None));
-        let d = decode(&input(br#"{"event":"a","token":"t"}"#), Route::Legacy, 1 << 20).expect("single");
+        let d = decode(
+            &input(br#"{"event":"a","token":"t"}"#),
+            Route::Legacy,
+            1 << 20,
+        )
+        .expect("single");
         assert_eq!(d.events.len(), 1);
     }
 
@@ -265,17 +289,41 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD.encode(BATCH);
         let mut i = input(b64.as_bytes());
         i.compression = Some("base64".into());
-        assert_eq!(decode(&i, Route::Batch, 1 << 20).expect("b64").events.len(), 1);
+        assert_eq!(
+            decode(&i, Route::Batch, 1 << 20).expect("b64").events.len(),
+            1
+        );
         // A legacy body that is still base64.
-        assert_eq!(decode(&input(b64.as_bytes()), Route::Legacy, 1 << 20).expect("legacy b64").events.len(), 1);
+        assert_eq!(
+            decode(&input(b64.as_bytes()), Route::Legacy, 1 << 20)
+                .expect("legacy b64")
+                .events
+                .len(),
+            1
+        );
         let form: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("data", &b64)
             .finish();
         let mut i = input(form.as_bytes());
         i.content_type = Some("application/x-www-form-urlencoded".into());
-        assert_eq!(decode(&i, Route::Legacy, 1 << 20).expect("form").events.len(), 1);
-        let i = CaptureInput { data: Some(BATCH.into()), ..Default::default() };
-        assert_eq!(decode(&i, Route::Legacy, 1 << 20).expect("GET data").events.len(), 1);
+        assert_eq!(
+            decode(&i, Route::Legacy, 1 << 20)
+                .expect("form")
+                .events
+                .len(),
+            1
+        );
+        let i = CaptureInput {
+            data: Some(BATCH.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&i, Route::Legacy, 1 << 20)
+                .expect("GET data")
+                .events
+                .len(),
+            1
+        );
     }
 
     #[test]

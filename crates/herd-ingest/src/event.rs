@@ -53,13 +53,19 @@ pub struct PreparedEvent {
 pub fn prepare(index: usize, raw: Value, ctx: &RequestContext) -> Result<PreparedEvent> {
     let at = |msg: String| Error::bad(format!("event {index}: {msg}"));
     let Value::Object(mut obj) = raw else {
-        return Err(at(format!("must be a JSON object, got {}", json_kind(&raw))));
+        return Err(at(format!(
+            "must be a JSON object, got {}",
+            json_kind(&raw)
+        )));
     };
     let mut properties = match obj.remove("properties") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(p)) => p,
         Some(other) => {
-            return Err(at(format!("properties must be an object, got {}", json_kind(&other))));
+            return Err(at(format!(
+                "properties must be an object, got {}",
+                json_kind(&other)
+            )));
         }
     };
 
@@ -72,7 +78,10 @@ pub fn prepare(index: usize, raw: Value, ctx: &RequestContext) -> Result<Prepare
             return Err(at("missing event name (field \"event\")".into()));
         }
         Some(other) => {
-            return Err(at(format!("event name must be a string, got {}", json_kind(&other))));
+            return Err(at(format!(
+                "event name must be a string, got {}",
+                json_kind(&other)
+            )));
         }
     };
 
@@ -80,7 +89,12 @@ pub fn prepare(index: usize, raw: Value, ctx: &RequestContext) -> Result<Prepare
         .remove("distinct_id")
         .filter(|v| !v.is_null())
         .or_else(|| obj.remove("$distinct_id").filter(|v| !v.is_null()))
-        .or_else(|| properties.get("distinct_id").filter(|v| !v.is_null()).cloned());
+        .or_else(|| {
+            properties
+                .get("distinct_id")
+                .filter(|v| !v.is_null())
+                .cloned()
+        });
     let distinct_id = match distinct_value {
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
@@ -101,7 +115,12 @@ pub fn prepare(index: usize, raw: Value, ctx: &RequestContext) -> Result<Prepare
         Some(Value::String(s)) => {
             Uuid::parse_str(&s).map_err(|_| at(format!("invalid uuid {s:?}")))?
         }
-        Some(other) => return Err(at(format!("uuid must be a string, got {}", json_kind(&other)))),
+        Some(other) => {
+            return Err(at(format!(
+                "uuid must be a string, got {}",
+                json_kind(&other)
+            )));
+        }
     };
 
     for key in ["$set", "$set_once"] {
@@ -188,13 +207,30 @@ mod tests {
         assert_eq!(e.distinct_id, "42");
         assert_eq!(e.properties["$set"], json!({"email": "a@b.c", "name": "n"}));
         assert_eq!(e.uuid.to_string(), "01890dd5-0b3a-7d4c-8a5c-9f0b3c1d2e3f");
-        assert_eq!(e.timestamp, herd_core::time::parse_timestamp("2024-01-01T10:00:00Z").expect("ts"));
-        let long = prepare(0, json!({"event": "a", "$distinct_id": "x\u{0}".repeat(300)}), &ctx()).expect("valid");
+        assert_eq!(
+            e.timestamp,
+            herd_core::time::parse_timestamp("2024-01-01T10:00:00Z").expect("ts")
+        );
+        let long = prepare(
+            0,
+            json!({"event": "a", "$distinct_id": "x\u{0}".repeat(300)}),
+            &ctx(),
+        )
+        .expect("valid");
         assert_eq!(long.distinct_id.chars().count(), 200);
         assert!(long.distinct_id.starts_with("x\u{FFFD}"));
-        let from_props = prepare(0, json!({"event": "a", "properties": {"distinct_id": "p"}, "uuid": ""}), &ctx()).expect("valid");
+        let from_props = prepare(
+            0,
+            json!({"event": "a", "properties": {"distinct_id": "p"}, "uuid": ""}),
+            &ctx(),
+        )
+        .expect("valid");
         assert_eq!(from_props.distinct_id, "p");
-        assert_eq!(from_props.uuid.get_version_num(), 7, "generated uuids are v7");
+        assert_eq!(
+            from_props.uuid.get_version_num(),
+            7,
+            "generated uuids are v7"
+        );
     }
 
     #[test]
@@ -203,8 +239,14 @@ mod tests {
         assert!(err(json!({"event": "", "distinct_id": "u"})).contains("missing event name"));
         assert!(err(json!({"event": "a"})).contains("missing distinct_id"));
         assert!(err(json!({"event": "a", "distinct_id": ""})).contains("missing distinct_id"));
-        assert!(err(json!({"event": "a", "distinct_id": "u", "uuid": "nope"})).contains("invalid uuid \"nope\""));
-        assert!(err(json!({"event": "a", "distinct_id": "u", "properties": [1]})).contains("properties must be an object"));
+        assert!(
+            err(json!({"event": "a", "distinct_id": "u", "uuid": "nope"}))
+                .contains("invalid uuid \"nope\"")
+        );
+        assert!(
+            err(json!({"event": "a", "distinct_id": "u", "properties": [1]}))
+                .contains("properties must be an object")
+        );
         assert!(err(json!([1])).contains("must be a JSON object"));
     }
 

@@ -34,17 +34,38 @@ impl From<herd_ingest::Error> for ApiError {
     fn from(e: herd_ingest::Error) -> Self {
         use herd_ingest::Error as E;
         let (status, kind, code) = match &e {
-            E::BadRequest(_) => (StatusCode::BAD_REQUEST, "validation_error", "invalid_payload"),
-            E::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
-            E::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "validation_error", "payload_too_large"),
-            E::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "storage_unavailable"),
+            E::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "validation_error",
+                "invalid_payload",
+            ),
+            E::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+            ),
+            E::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "validation_error",
+                "payload_too_large",
+            ),
+            E::Storage(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "storage_unavailable",
+            ),
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "capture failed");
         } else {
             tracing::debug!(error = %e, %status, "capture refused");
         }
-        Self { status, kind, code, detail: e.to_string() }
+        Self {
+            status,
+            kind,
+            code,
+            detail: e.to_string(),
+        }
     }
 }
 
@@ -114,7 +135,11 @@ async fn capture_inner(
             detail: format!("{method} is not accepted here: send POST"),
         });
     }
-    let limit = if route == Route::Batch { BATCH_LIMIT } else { SINGLE_LIMIT };
+    let limit = if route == Route::Batch {
+        BATCH_LIMIT
+    } else {
+        SINGLE_LIMIT
+    };
     let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let cause = e.into_inner();
         if cause.is::<http_body_util::LengthLimitError>() {
@@ -161,8 +186,11 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let app = router(ingestor);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|e| crate::Error::Grpc(format!("HTTP server: {e}")))
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
+    .map_err(|e| crate::Error::Grpc(format!("HTTP server: {e}")))
 }

@@ -89,7 +89,11 @@ impl RunningServer {
             }
         }
         let stats = self.db.close().await?;
-        tracing::info!(events = stats.events, files = stats.files, "flushed on shutdown");
+        tracing::info!(
+            events = stats.events,
+            files = stats.files,
+            "flushed on shutdown"
+        );
         first_error.map_or(Ok(()), Err)
     }
 
@@ -116,21 +120,33 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
 
     let http_listener = TcpListener::bind(&config.http)
         .await
-        .map_err(|source| Error::Bind { addr: config.http.clone(), source })?;
+        .map_err(|source| Error::Bind {
+            addr: config.http.clone(),
+            source,
+        })?;
     let grpc_listener = TcpListener::bind(&config.grpc)
         .await
-        .map_err(|source| Error::Bind { addr: config.grpc.clone(), source })?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|source| Error::Bind { addr: config.http.clone(), source })?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|source| Error::Bind { addr: config.grpc.clone(), source })?;
+        .map_err(|source| Error::Bind {
+            addr: config.grpc.clone(),
+            source,
+        })?;
+    let http_addr = http_listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.http.clone(),
+        source,
+    })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.grpc.clone(),
+        source,
+    })?;
 
     let (stop, stop_rx) = watch::channel(false);
     let ingestor = Arc::new(Ingestor::new(db.clone()));
     let tasks = vec![
-        tokio::spawn(http::serve(http_listener, ingestor, stopped(stop_rx.clone()))),
+        tokio::spawn(http::serve(
+            http_listener,
+            ingestor,
+            stopped(stop_rx.clone()),
+        )),
         tokio::spawn(grpc::serve(grpc_listener, stopped(stop_rx.clone()))),
         tokio::spawn(flusher(db.clone(), stopped(stop_rx))),
     ];

@@ -37,8 +37,14 @@ impl Buffer {
     }
 
     /// Adds rows.
-    pub fn push(&mut self, events: Option<RecordBatch>, groups: Vec<GroupRow>, warnings: Vec<IngestWarning>) {
-        let added = events.as_ref().map_or(0, RecordBatch::num_rows) + groups.len() + warnings.len();
+    pub fn push(
+        &mut self,
+        events: Option<RecordBatch>,
+        groups: Vec<GroupRow>,
+        warnings: Vec<IngestWarning>,
+    ) {
+        let added =
+            events.as_ref().map_or(0, RecordBatch::num_rows) + groups.len() + warnings.len();
         if added == 0 {
             return;
         }
@@ -61,7 +67,11 @@ pub fn split_by_day(batches: &[RecordBatch]) -> Result<Vec<(i32, Vec<RecordBatch
             .as_any()
             .downcast_ref::<TimestampMicrosecondArray>()
             .ok_or_else(|| Error::corrupt("write buffer", "timestamp column has the wrong type"))?;
-        let first = if ts.is_empty() { 0 } else { day_of(ts.value(0)) };
+        let first = if ts.is_empty() {
+            0
+        } else {
+            day_of(ts.value(0))
+        };
         if ts.values().iter().all(|&t| day_of(t) == first) {
             out.entry(first).or_default().push(batch.clone());
             continue;

@@ -61,7 +61,9 @@ fn format_version() -> u32 {
 impl Catalog {
     /// Events files of one day partition.
     pub fn events_of_day<'a>(&'a self, day: &'a str) -> impl Iterator<Item = &'a FileEntry> + 'a {
-        self.events.iter().filter(move |f| f.day.as_deref() == Some(day))
+        self.events
+            .iter()
+            .filter(move |f| f.day.as_deref() == Some(day))
     }
 
     /// Total events rows.
@@ -118,8 +120,7 @@ pub async fn load_latest(storage: &Storage, project: ProjectId) -> Result<Catalo
 
 /// Commits `next` (whose version must be the previous one plus one), then prunes old versions.
 pub async fn commit(storage: &Storage, project: ProjectId, next: &Catalog) -> Result<()> {
-    let bytes = serde_json::to_vec(next)
-        .map_err(|e| Error::corrupt("catalog", e.to_string()))?;
+    let bytes = serde_json::to_vec(next).map_err(|e| Error::corrupt("catalog", e.to_string()))?;
     let path = layout::catalog_version(project, next.version);
     if !storage.put_new_durable(&path, Bytes::from(bytes)).await? {
         return Err(Error::CatalogConflict {
@@ -173,8 +174,18 @@ mod tests {
             commit(&storage, 1, &c).await,
             Err(Error::CatalogConflict { version: 10, .. })
         ));
-        let kept = storage.list(&layout::catalog_dir(1)).await.expect("list").len();
+        let kept = storage
+            .list(&layout::catalog_dir(1))
+            .await
+            .expect("list")
+            .len();
         assert_eq!(kept, KEEP_VERSIONS + 1);
-        assert_eq!(load_latest(&storage, 2).await.expect("other project").version, 0);
+        assert_eq!(
+            load_latest(&storage, 2)
+                .await
+                .expect("other project")
+                .version,
+            0
+        );
     }
 }

@@ -134,6 +134,9 @@ pub struct ProjectGuard<'a> {
     state: OwnedMutexGuard<ProjectState>,
     _gate: RwLockReadGuard<'a, ()>,
     undo: Vec<Undo>,
+    /// Dedup clock when the guard was taken: days used since then are never evicted, so one
+    /// request always sees its own uuids.
+    start_clock: u64,
 }
 
 impl ProjectGuard<'_> {
@@ -156,9 +159,17 @@ impl ProjectGuard<'_> {
                 .map_err(|e| Error::corrupt("group_types.json", e.to_string()))?;
             self.db
                 .storage
-                .put_durable(&layout::group_types_file(self.handle.project.id), Bytes::from(bytes))
+                .put_durable(
+                    &layout::group_types_file(self.handle.project.id),
+                    Bytes::from(bytes),
+                )
                 .await?;
-            tracing::info!(project = self.handle.project.id, group_type, index, "new group type");
+            tracing::info!(
+                project = self.handle.project.id,
+                group_type,
+                index,
+                "new group type"
+            );
             self.state.mapping = next;
         }
         Ok(slot)
@@ -189,13 +200,20 @@ impl ProjectGuard<'_> {
         let uuids = self.db.load_day_uuids(&self.handle, day).await?;
         let dedup = &mut self.state.dedup;
         dedup.total += uuids.len();
-        dedup.days.insert(day, DaySet { uuids, last_used: dedup.clock });
-        // Evict the least recently used other days past the cap.
-        while dedup.total > self.db.config.dedup_max_uuids && dedup.days.len() > 1 {
+        dedup.days.insert(
+            day,
+            DaySet {
+                uuids,
+                last_used: dedup.clock,
+            },
+        );
+        // Evict the least recently used days past the cap, never one this request used.
+        let start_clock = self.start_clock;
+        while dedup.total > self.db.config.dedup_max_uuids {
             let Some((&victim, _)) = dedup
                 .days
                 .iter()
-                .filter(|(d, _)| **d != day)
+                .filter(|(d, s)| **d != day && s.last_used <= start_clock)
                 .min_by_key(|(_, s)| s.last_used)
             else {
                 break;
@@ -320,7 +338,11 @@ impl Db {
         // Writes whatever was replayed and deletes every segment from before this start.
         db.flush().await?;
         if replayed_records > 0 {
-            tracing::info!(replayed_records, replayed_events, "replayed the write-ahead log");
+            tracing::info!(
+                replayed_records,
+                replayed_events,
+                "replayed the write-ahead log"
+            );
         }
         Ok(db)
     }
@@ -337,7 +359,10 @@ impl Db {
 
     async fn replay(&self, record: WalRecord) -> Result<usize> {
         let Some(handle) = self.project(record.project) else {
-            tracing::warn!(project = record.project, "WAL record for an unknown project skipped");
+            tracing::warn!(
+                project = record.project,
+                "WAL record for an unknown project skipped"
+            );
             return Ok(0);
         };
         let mut guard = self.lock_handle(handle).await;
@@ -348,7 +373,8 @@ impl Db {
                 .as_any()
                 .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
                 .ok_or_else(|| Error::corrupt("WAL record", "timestamp column type"))?;
-            let uuids: Vec<u128> = uuids_of(batch.column(events_col::UUID).as_ref(), "WAL record")?.collect();
+            let uuids: Vec<u128> =
+                uuids_of(batch.column(events_col::UUID).as_ref(), "WAL record")?.collect();
             let mut keep = Vec::with_capacity(batch.num_rows());
             for (row, uuid) in uuids.iter().enumerate() {
                 keep.push(guard.insert_uuid(*uuid, ts.value(row)).await?);
@@ -493,13 +519,16 @@ impl Db {
 
     async fn lock_handle(&self, handle: Arc<ProjectHandle>) -> ProjectGuard<'_> {
         let gate = self.gate.read().await;
-        let state = handle.state.clone().lock_owned().await;
+        let mut state = handle.state.clone().lock_owned().await;
+        state.dedup.clock += 1;
+        let start_clock = state.dedup.clock;
         ProjectGuard {
             db: self,
             handle,
             state,
             _gate: gate,
             undo: Vec::new(),
+            start_clock,
         }
     }
 
@@ -532,7 +561,10 @@ impl Db {
     }
 
     /// The current properties of every group of a project (type index, key) → state.
-    pub async fn current_groups(&self, project: ProjectId) -> Option<HashMap<(u8, String), GroupState>> {
+    pub async fn current_groups(
+        &self,
+        project: ProjectId,
+    ) -> Option<HashMap<(u8, String), GroupState>> {
         let handle = self.project(project)?;
         let state = handle.state.lock().await;
         Some(state.groups.clone())
@@ -643,7 +675,10 @@ impl Db {
         next.version += 1;
         let mut stats = FlushStats::default();
 
-        let events: Vec<RecordBatch> = frozen.iter().flat_map(|b| b.events.iter().cloned()).collect();
+        let events: Vec<RecordBatch> = frozen
+            .iter()
+            .flat_map(|b| b.events.iter().cloned())
+            .collect();
         for (day, batches) in split_by_day(&events)? {
             let day_text = day_string(day);
             let sorted = parquet_files::sort_events(&batches)?;
@@ -667,7 +702,10 @@ impl Db {
             stats.files += 1;
             next.events.push(entry);
         }
-        let groups: Vec<GroupRow> = frozen.iter().flat_map(|b| b.groups.iter().cloned()).collect();
+        let groups: Vec<GroupRow> = frozen
+            .iter()
+            .flat_map(|b| b.groups.iter().cloned())
+            .collect();
         if !groups.is_empty() {
             let path = layout::new_groups_file(project);
             let bytes = parquet_files::encode_plain(&groups_batch(&groups), path.as_ref())?;
@@ -682,8 +720,10 @@ impl Db {
             self.storage.put_durable(&path, bytes).await?;
             stats.files += 1;
         }
-        let warnings: Vec<IngestWarning> =
-            frozen.iter().flat_map(|b| b.warnings.iter().cloned()).collect();
+        let warnings: Vec<IngestWarning> = frozen
+            .iter()
+            .flat_map(|b| b.warnings.iter().cloned())
+            .collect();
         if !warnings.is_empty() {
             let path = layout::new_warnings_file(project);
             let bytes = parquet_files::encode_plain(&warnings_batch(&warnings), path.as_ref())?;

@@ -53,7 +53,10 @@ pub fn new_events_file(project: ProjectId, day: &str) -> Path {
 
 /// A new groups file.
 pub fn new_groups_file(project: ProjectId) -> Path {
-    Path::from(format!("projects/{project}/groups/{}.parquet", uuid::Uuid::now_v7()))
+    Path::from(format!(
+        "projects/{project}/groups/{}.parquet",
+        uuid::Uuid::now_v7()
+    ))
 }
 
 /// A new ingestion-warnings file.
@@ -74,8 +77,10 @@ mod tests {
         assert_eq!(p.as_ref(), "catalog/3/00000000000000000012.json");
         assert_eq!(parse_catalog_version(&p), Some(12));
         assert!(catalog_version(3, 9).as_ref() < catalog_version(3, 10).as_ref());
-        assert!(new_events_file(1, "2024-01-02")
-            .as_ref()
-            .starts_with("projects/1/events/date=2024-01-02/"));
+        assert!(
+            new_events_file(1, "2024-01-02")
+                .as_ref()
+                .starts_with("projects/1/events/date=2024-01-02/")
+        );
     }
 }

@@ -11,8 +11,8 @@ use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use herd_core::schema::{events_col, events_schema};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -106,7 +106,10 @@ pub fn decode(bytes: Bytes, path: &str, expected: &SchemaRef) -> Result<Vec<Reco
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch?;
-        out.push(RecordBatch::try_new(expected.clone(), batch.columns().to_vec())?);
+        out.push(RecordBatch::try_new(
+            expected.clone(),
+            batch.columns().to_vec(),
+        )?);
     }
     Ok(out)
 }
@@ -163,7 +166,13 @@ mod tests {
             distinct_id: format!("u{n}"),
             timestamp: ts,
             properties: "{}".into(),
-            groups: ["c".into(), String::new(), String::new(), String::new(), String::new()],
+            groups: [
+                "c".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
             created_at: ts,
         }
     }
@@ -189,6 +198,9 @@ mod tests {
         let events = herd_core::event::events_from_batch(&back[0]).expect("events");
         let order: Vec<u128> = events.iter().map(|e| e.uuid.as_u128()).collect();
         assert_eq!(order, vec![3, 2, 1]);
-        assert_eq!(decode_uuids(bytes, "t.parquet").expect("uuids"), vec![3, 2, 1]);
+        assert_eq!(
+            decode_uuids(bytes, "t.parquet").expect("uuids"),
+            vec![3, 2, 1]
+        );
     }
 }

@@ -156,7 +156,17 @@ mod tests {
         )
         .await;
         assert!(dup.is_err());
-        assert!(create(&s, NewProject { token: Some("phx_personal1".into()), ..Default::default() }).await.is_err());
+        assert!(
+            create(
+                &s,
+                NewProject {
+                    token: Some("phx_personal1".into()),
+                    ..Default::default()
+                }
+            )
+            .await
+            .is_err()
+        );
         assert_eq!(load_all(&s).await.expect("load"), vec![a, b]);
     }
 }

@@ -68,7 +68,8 @@ impl WalRecord {
         if bytes.len() < 16 {
             return Err(corrupt("shorter than its header"));
         }
-        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         if u32_at(0) != FORMAT {
             return Err(corrupt("unknown format version"));
         }
@@ -90,7 +91,10 @@ impl WalRecord {
             }
             let batch = arrow::compute::concat_batches(&events_schema(), &batches)?;
             // Re-attach the canonical schema (extension metadata included).
-            Some(RecordBatch::try_new(events_schema(), batch.columns().to_vec())?)
+            Some(RecordBatch::try_new(
+                events_schema(),
+                batch.columns().to_vec(),
+            )?)
         } else {
             None
         };
@@ -117,7 +121,13 @@ mod tests {
             distinct_id: "u".into(),
             timestamp: 1,
             properties: "{}".into(),
-            groups: ["a".into(), String::new(), String::new(), String::new(), String::new()],
+            groups: [
+                "a".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
             created_at: 2,
         });
         let rec = WalRecord {
@@ -135,8 +145,16 @@ mod tests {
         };
         let back = WalRecord::decode(&rec.encode().expect("encode")).expect("decode");
         assert_eq!(back, rec);
-        let empty = WalRecord { project: 1, events: None, groups: vec![], warnings: vec![] };
-        assert_eq!(WalRecord::decode(&empty.encode().expect("encode")).expect("decode"), empty);
+        let empty = WalRecord {
+            project: 1,
+            events: None,
+            groups: vec![],
+            warnings: vec![],
+        };
+        assert_eq!(
+            WalRecord::decode(&empty.encode().expect("encode")).expect("decode"),
+            empty
+        );
         assert!(WalRecord::decode(b"junk").is_err());
     }
 }

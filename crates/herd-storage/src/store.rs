@@ -121,7 +121,11 @@ impl Storage {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self.store.put_opts(path, PutPayload::from(bytes), opts).await {
+        match self
+            .store
+            .put_opts(path, PutPayload::from(bytes), opts)
+            .await
+        {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => return Ok(false),
             Err(e) => return Err(e.into()),
@@ -194,9 +198,20 @@ mod tests {
         ] {
             let p = Path::from("a/b.json");
             assert_eq!(storage.get_opt(&p).await.expect("get"), None);
-            storage.put_durable(&p, Bytes::from_static(b"1")).await.expect("put");
-            assert!(!storage.put_new_durable(&p, Bytes::from_static(b"2")).await.expect("cas"));
-            assert_eq!(storage.get(&p).await.expect("get"), Bytes::from_static(b"1"));
+            storage
+                .put_durable(&p, Bytes::from_static(b"1"))
+                .await
+                .expect("put");
+            assert!(
+                !storage
+                    .put_new_durable(&p, Bytes::from_static(b"2"))
+                    .await
+                    .expect("cas")
+            );
+            assert_eq!(
+                storage.get(&p).await.expect("get"),
+                Bytes::from_static(b"1")
+            );
             assert_eq!(storage.list(&Path::from("a")).await.expect("list").len(), 1);
             storage.delete(&p).await.expect("delete");
             storage.delete(&p).await.expect("delete twice");

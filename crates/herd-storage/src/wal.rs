@@ -188,7 +188,9 @@ impl Wal {
         let ticket = *next + 1;
         sender
             .send(Command::Append { framed, ticket })
-            .map_err(|_| Error::WalUnavailable(self.failure().unwrap_or_else(|| "writer stopped".into())))?;
+            .map_err(|_| {
+                Error::WalUnavailable(self.failure().unwrap_or_else(|| "writer stopped".into()))
+            })?;
         *next = ticket;
         Ok(ticket)
     }
@@ -230,8 +232,9 @@ impl Wal {
                 .send(Command::Rotate { reply })
                 .map_err(|_| Error::WalUnavailable("writer stopped".into()))?;
         }
-        rx.await
-            .map_err(|_| Error::WalUnavailable(self.failure().unwrap_or_else(|| "rotation failed".into())))
+        rx.await.map_err(|_| {
+            Error::WalUnavailable(self.failure().unwrap_or_else(|| "rotation failed".into()))
+        })
     }
 
     /// Deletes every segment numbered below `seq` (their records are in Parquet now).
@@ -363,7 +366,13 @@ mod tests {
         // Every truncation point keeps exactly the whole frames before it.
         for cut in 0..bytes.len() {
             let (frames, torn) = read_frames(&bytes[..cut]);
-            let whole = if cut >= 15 + 15 { 2 } else if cut >= 15 { 1 } else { 0 };
+            let whole = if cut >= 15 + 15 {
+                2
+            } else if cut >= 15 {
+                1
+            } else {
+                0
+            };
             assert_eq!(frames.len(), whole, "cut at {cut}");
             assert_eq!(torn, cut != 0 && cut != 15, "cut at {cut}");
         }
