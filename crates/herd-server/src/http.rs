@@ -140,24 +140,7 @@ async fn capture_inner(
     } else {
         SINGLE_LIMIT
     };
-    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let cause = e.into_inner();
-        if cause.is::<http_body_util::LengthLimitError>() {
-            ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                kind: "validation_error",
-                code: "payload_too_large",
-                detail: format!("maximum event size exceeded: the body is over {limit} bytes"),
-            }
-        } else {
-            ApiError {
-                status: StatusCode::BAD_REQUEST,
-                kind: "validation_error",
-                code: "invalid_payload",
-                detail: format!("could not read the request body: {cause}"),
-            }
-        }
-    })?;
+    let body = read_body(body, limit).await?;
     let beacon = query.get("beacon").is_some_and(|b| b == "1");
     let input = CaptureInput {
         body,
@@ -177,6 +160,43 @@ async fn capture_inner(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     Ok((StatusCode::OK, axum::Json(json!({"status": 1}))).into_response())
+}
+
+/// Reads a body of at most `limit` bytes. A larger one is read on (and discarded) up to a hard
+/// cap before the 413 goes out, so the client sees the answer instead of a reset connection
+/// in the middle of its upload.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    const DRAIN_CAP: usize = 256 << 20;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "validation_error",
+            code: "invalid_payload",
+            detail: format!("could not read the request body: {e}"),
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > DRAIN_CAP {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "validation_error",
+            code: "payload_too_large",
+            detail: format!("maximum event size exceeded: the body is over {limit} bytes"),
+        });
+    }
+    Ok(buf.freeze())
 }
 
 /// Serves HTTP on `listener` until `stop` resolves, then lets in-flight requests finish.

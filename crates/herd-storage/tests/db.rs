@@ -16,7 +16,11 @@ const DAY: i64 = 86_400_000_000;
 fn event(n: u128, ts: i64) -> Event {
     Event {
         uuid: uuid::Uuid::from_u128(n),
-        event: if n.is_multiple_of(2) { "a".into() } else { "b".into() },
+        event: if n.is_multiple_of(2) {
+            "a".into()
+        } else {
+            "b".into()
+        },
         distinct_id: format!("u{n}"),
         timestamp: ts,
         properties: "{}".into(),
@@ -238,4 +242,44 @@ fn copy_dir(from: &Path, to: &Path) {
         let entry = entry.expect("entry");
         std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
     }
+}
+
+#[tokio::test]
+async fn projects_never_see_each_others_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path(), 1_000).await;
+    let a = db
+        .create_project(NewProject::default())
+        .await
+        .expect("a")
+        .id;
+    let b = db
+        .create_project(NewProject::default())
+        .await
+        .expect("b")
+        .id;
+    let shared = event(1, 0);
+    assert_eq!(
+        ingest(&db, a, &[shared.clone(), event(2, 0)], vec![]).await,
+        2
+    );
+    assert_eq!(
+        ingest(&db, b, &[shared.clone()], vec![]).await,
+        1,
+        "dedup is per project"
+    );
+    db.flush().await.expect("flush");
+    assert_eq!(stored(&db, a).await.len(), 2);
+    assert_eq!(stored(&db, b).await, vec![shared]);
+    let snap_b = db.snapshot(b).expect("b");
+    assert!(
+        snap_b
+            .catalog
+            .all_paths()
+            .all(|p| p.starts_with(&format!("projects/{b}/")))
+    );
+    assert_ne!(
+        db.project(a).expect("a").project().token,
+        db.project(b).expect("b").project().token
+    );
 }
