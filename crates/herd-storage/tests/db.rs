@@ -264,7 +264,7 @@ async fn projects_never_see_each_others_rows() {
         2
     );
     assert_eq!(
-        ingest(&db, b, &[shared.clone()], vec![]).await,
+        ingest(&db, b, std::slice::from_ref(&shared), vec![]).await,
         1,
         "dedup is per project"
     );
