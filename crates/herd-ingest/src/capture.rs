@@ -115,12 +115,16 @@ impl Ingestor {
             Error::Unauthorized("invalid api key: no project has this token".into())
         })?;
         let mut prepared = Vec::with_capacity(decoded.events.len());
+        // Only a body over the event limit can hold an event over it.
+        let check_sizes = decoded.json_bytes > MAX_EVENT_BYTES;
         for (i, raw) in decoded.events.into_iter().enumerate() {
-            let size = raw.to_string().len();
-            if size > MAX_EVENT_BYTES {
-                return Err(Error::PayloadTooLarge(format!(
-                    "event {i}: {size} bytes is over the {MAX_EVENT_BYTES}-byte event limit"
-                )));
+            if check_sizes {
+                let size = raw.to_string().len();
+                if size > MAX_EVENT_BYTES {
+                    return Err(Error::PayloadTooLarge(format!(
+                        "event {i}: {size} bytes is over the {MAX_EVENT_BYTES}-byte event limit"
+                    )));
+                }
             }
             prepared.push(prepare(i, raw, &ctx)?);
         }

@@ -48,6 +48,8 @@ pub struct Decoded {
     pub sent_at: Option<String>,
     /// The events, not yet validated.
     pub events: Vec<Value>,
+    /// Size of the decoded JSON text, bytes (no event can be larger).
+    pub json_bytes: usize,
 }
 
 const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 0x08];
@@ -128,7 +130,9 @@ pub fn decode(input: &CaptureInput, route: Route, limit: usize) -> Result<Decode
             }
         }
     };
-    shape(value)
+    let mut decoded = shape(value)?;
+    decoded.json_bytes = raw.len();
+    Ok(decoded)
 }
 
 fn shape(value: Value) -> Result<Decoded> {
@@ -153,6 +157,7 @@ fn shape(value: Value) -> Result<Decoded> {
                 envelope_token,
                 sent_at,
                 events,
+                json_bytes: 0,
             })
         }
         Value::Array(events) => {
@@ -163,12 +168,14 @@ fn shape(value: Value) -> Result<Decoded> {
                 envelope_token: None,
                 sent_at: None,
                 events,
+                json_bytes: 0,
             })
         }
         Value::Object(obj) => Ok(Decoded {
             envelope_token: None,
             sent_at: None,
             events: vec![Value::Object(obj)],
+            json_bytes: 0,
         }),
         other => Err(Error::bad(format!(
             "request body must be a JSON object or array, got {}",
