@@ -10,17 +10,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use herd_core::group_types::group_key_text;
+use herd_core::EventBatchBuilder;
 use herd_core::time::parse_timestamp;
-use herd_core::{
-    EventBatchBuilder, GroupRow, GroupState, GroupTypeSlot, IngestWarning, MAX_GROUP_KEY_CHARS,
-    MAX_GROUP_TYPES,
-};
 use herd_storage::{Db, ProjectGuard};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::decode::{CaptureInput, Decoded, Route, decode, event_token};
 use crate::event::{PreparedEvent, RequestContext, prepare};
+use crate::groups::{Disposition, GroupInputs, Produced, process_event, refuse};
 use crate::{Error, Result};
 
 /// Largest single event, serialised (PostHog's Kafka message limit).
@@ -129,7 +126,9 @@ impl Ingestor {
             prepared.push(prepare(i, raw, &ctx)?);
         }
         for e in &prepared {
-            check_groups_shape(e)?;
+            // Refuse a malformed $groups before anything is stored.
+            GroupInputs::from_properties(&e.event, &e.properties)
+                .map_err(|reason| refuse(e.index, reason))?;
         }
         let (ticket, outcome) = {
             let mut guard = self.db.lock(&handle).await;
@@ -208,104 +207,6 @@ fn resolve_token(decoded: &Decoded) -> Result<String> {
     })
 }
 
-fn personless(e: &PreparedEvent) -> bool {
-    e.properties.get("$process_person_profile") == Some(&Value::Bool(false))
-}
-
-fn check_groups_shape(e: &PreparedEvent) -> Result<()> {
-    match e.properties.get("$groups") {
-        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
-        Some(other) => Err(Error::bad(format!(
-            "event {}: properties.$groups must be an object of group type to group key, got {}",
-            e.index,
-            crate::decode::json_kind(other)
-        ))),
-    }
-}
-
-fn warning(kind: &str, e: &PreparedEvent, details: Value, now: i64) -> IngestWarning {
-    tracing::warn!(kind, uuid = %e.uuid, event = %e.event, %details, "ingestion warning");
-    IngestWarning {
-        kind: kind.to_string(),
-        event_uuid: e.uuid.to_string(),
-        details: details.to_string(),
-        timestamp: now,
-    }
-}
-
-/// What to do with a `$groupidentify`.
-enum Identify {
-    /// Not a `$groupidentify`, or nothing to merge.
-    None,
-    /// Drop the event with this warning.
-    Drop(IngestWarning),
-    /// Merge `set` into group (type, key).
-    Merge {
-        group_type: String,
-        key: String,
-        set: Map<String, Value>,
-    },
-}
-
-fn classify_identify(e: &PreparedEvent, now: i64) -> (Identify, Option<IngestWarning>) {
-    if e.event != "$groupidentify" || personless(e) {
-        return (Identify::None, None);
-    }
-    let p = &e.properties;
-    let group_type = match p.get("$group_type") {
-        Some(Value::String(t)) if !t.is_empty() => t.clone(),
-        _ => {
-            let w = warning(
-                "invalid_group_identify",
-                e,
-                serde_json::json!({"reason": "missing $group_type"}),
-                now,
-            );
-            return (Identify::None, Some(w));
-        }
-    };
-    let Some(key) = p.get("$group_key").and_then(group_key_text) else {
-        let w = warning(
-            "invalid_group_identify",
-            e,
-            serde_json::json!({"reason": "missing $group_key"}),
-            now,
-        );
-        return (Identify::None, Some(w));
-    };
-    if key.chars().count() > MAX_GROUP_KEY_CHARS {
-        let w = warning(
-            "group_key_too_long",
-            e,
-            serde_json::json!({"group_type": group_type, "length": key.chars().count()}),
-            now,
-        );
-        return (Identify::Drop(w), None);
-    }
-    let set = match p.get("$group_set") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(other) => {
-            let w = warning(
-                "invalid_group_set",
-                e,
-                serde_json::json!({"group_type": group_type, "group_key": key,
-                                   "got": crate::decode::json_kind(other)}),
-                now,
-            );
-            return (Identify::Drop(w), None);
-        }
-    };
-    (
-        Identify::Merge {
-            group_type,
-            key,
-            set,
-        },
-        None,
-    )
-}
-
 async fn apply_events(
     guard: &mut ProjectGuard<'_>,
     prepared: Vec<PreparedEvent>,
@@ -316,94 +217,47 @@ async fn apply_events(
         ..Default::default()
     };
     let mut builder = EventBatchBuilder::with_capacity(prepared.len());
-    let mut group_rows: Vec<GroupRow> = Vec::new();
-    let mut warnings: Vec<IngestWarning> = Vec::new();
-
+    let mut produced = Produced::default();
     for mut e in prepared {
-        let (identify, identify_warning) = classify_identify(&e, now);
-        warnings.extend(identify_warning);
-        if let Identify::Drop(w) = identify {
-            warnings.push(w);
-            outcome.dropped += 1;
-            continue;
-        }
-        if !guard.insert_uuid(e.uuid.as_u128(), e.timestamp).await? {
-            outcome.duplicates += 1;
-            continue;
-        }
-
-        let mut slots: [String; MAX_GROUP_TYPES] = Default::default();
-        if !personless(&e)
-            && let Some(Value::Object(groups)) = e.properties.get("$groups").cloned()
-        {
-            for (group_type, key) in &groups {
-                let Some(key) = group_key_text(key) else {
-                    continue;
-                };
-                if key.chars().count() > MAX_GROUP_KEY_CHARS {
-                    warnings.push(warning(
-                        "group_key_too_long",
-                        &e,
-                        serde_json::json!({"group_type": group_type, "length": key.chars().count()}),
-                        now,
-                    ));
-                    continue;
-                }
-                match guard.resolve_group_type(group_type).await? {
-                    GroupTypeSlot::Existing(i) | GroupTypeSlot::Assigned(i) => {
-                        e.properties
-                            .insert(format!("$group_{i}"), Value::String(key.clone()));
-                        slots[i as usize] = key;
-                    }
-                    GroupTypeSlot::Full => warnings.push(warning(
-                        "group_type_limit_reached",
-                        &e,
-                        serde_json::json!({"group_type": group_type,
-                                           "limit": MAX_GROUP_TYPES}),
-                        now,
-                    )),
-                }
-            }
-        }
-
-        if let Identify::Merge {
-            group_type,
-            key,
-            set,
-        } = identify
-        {
-            match guard.resolve_group_type(&group_type).await? {
-                GroupTypeSlot::Existing(i) | GroupTypeSlot::Assigned(i) => {
-                    if let Some(next) =
-                        GroupState::merge(guard.group(i, &key), &set, e.timestamp, now)
-                    {
-                        group_rows.push(GroupRow::from_state(i, &key, &next, now));
-                        guard.set_group(i, &key, next);
-                    }
-                }
-                GroupTypeSlot::Full => warnings.push(warning(
-                    "group_type_limit_reached",
-                    &e,
-                    serde_json::json!({"group_type": group_type, "limit": MAX_GROUP_TYPES}),
-                    now,
-                )),
-            }
-        }
-
-        let properties = Value::Object(std::mem::take(&mut e.properties)).to_string();
-        builder.push_parts(
+        let inputs = GroupInputs::from_properties(&e.event, &e.properties)
+            .map_err(|reason| refuse(e.index, reason))?;
+        match process_event(
+            guard,
             e.uuid,
             &e.event,
-            &e.distinct_id,
             e.timestamp,
-            &properties,
-            &slots,
             now,
-        );
-        outcome.accepted += 1;
+            inputs,
+            &mut produced,
+        )
+        .await?
+        {
+            Disposition::Duplicate => outcome.duplicates += 1,
+            Disposition::Dropped => outcome.dropped += 1,
+            Disposition::Store(slots) => {
+                // PostHog also writes the slot keys into the properties as `$group_N`.
+                for (i, key) in slots.iter().enumerate() {
+                    if !key.is_empty() {
+                        e.properties
+                            .insert(format!("$group_{i}"), Value::String(key.clone()));
+                    }
+                }
+                let properties = Value::Object(std::mem::take(&mut e.properties)).to_string();
+                builder.push_parts(
+                    e.uuid,
+                    &e.event,
+                    &e.distinct_id,
+                    e.timestamp,
+                    &properties,
+                    &slots,
+                    now,
+                );
+                outcome.accepted += 1;
+            }
+        }
     }
-    outcome.warnings = warnings.len();
+    outcome.warnings = produced.warnings.len();
     let events = (!builder.is_empty()).then(|| builder.finish());
-    let ticket = guard.commit(events, group_rows, warnings)?;
+    let ticket = guard.commit(events, produced.groups, produced.warnings)?;
     Ok((ticket, outcome))
 }

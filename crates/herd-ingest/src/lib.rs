@@ -11,6 +11,7 @@ pub mod capture;
 pub mod decode;
 pub mod error;
 pub mod event;
+pub mod groups;
 
 pub use capture::{CaptureOutcome, Ingestor};
 pub use decode::{CaptureInput, Route};

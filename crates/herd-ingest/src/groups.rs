@@ -1,0 +1,325 @@
+//! The group rules every ingestion path shares — capture, backfill and the generator run
+//! events through [`process_event`], so there is one implementation of them:
+//!
+//! ```text
+//!  $groupidentify with a key > 400 chars or a non-object $group_set ─▶ dropped (+ warning)
+//!  uuid already stored for that day ─────────────────────────────────▶ duplicate, dropped
+//!  each (type, key) of $groups ─▶ slot of the type (assigned first come, at most 5)
+//!        no slot left ─▶ group dropped from the event (+ warning), event kept
+//!  $groupidentify ─▶ merge $group_set into the group ($set semantics) ─▶ groups row if changed
+//! ```
+//! Personless events (`$process_person_profile: false`) get no groups and merge nothing.
+
+use herd_core::group_types::group_key_text;
+use herd_core::{
+    GroupRow, GroupState, GroupTypeSlot, IngestWarning, MAX_GROUP_KEY_CHARS, MAX_GROUP_TYPES,
+};
+use herd_storage::ProjectGuard;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::decode::json_kind;
+use crate::{Error, Result};
+
+/// The group-relevant facts of one event, however it arrived.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupInputs {
+    /// `(group type, key)` pairs of `$groups`, in the order sent.
+    pub groups: Vec<(String, Value)>,
+    /// `$process_person_profile == false`.
+    pub personless: bool,
+    /// `$group_type`, `$group_key`, `$group_set` when the event is a `$groupidentify`.
+    pub identify: Option<IdentifyInputs>,
+}
+
+/// The raw fields of a `$groupidentify`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IdentifyInputs {
+    /// `$group_type`.
+    pub group_type: Option<Value>,
+    /// `$group_key`.
+    pub group_key: Option<Value>,
+    /// `$group_set`.
+    pub group_set: Option<Value>,
+}
+
+/// Only the properties the group rules read; everything else is skipped unparsed.
+#[derive(Deserialize)]
+struct PartialProperties {
+    #[serde(rename = "$groups", default)]
+    groups: Option<Value>,
+    #[serde(rename = "$process_person_profile", default)]
+    process_person_profile: Option<Value>,
+    #[serde(rename = "$group_type", default)]
+    group_type: Option<Value>,
+    #[serde(rename = "$group_key", default)]
+    group_key: Option<Value>,
+    #[serde(rename = "$group_set", default)]
+    group_set: Option<Value>,
+}
+
+impl GroupInputs {
+    /// From a parsed properties object. `$groups` that is not an object is refused.
+    pub fn from_properties(event: &str, properties: &Map<String, Value>) -> Result<Self, String> {
+        Self::build(
+            event,
+            properties.get("$groups").cloned(),
+            properties.get("$process_person_profile").cloned(),
+            properties.get("$group_type").cloned(),
+            properties.get("$group_key").cloned(),
+            properties.get("$group_set").cloned(),
+        )
+    }
+
+    /// From properties JSON text, reading only the fields above (fast path for backfill).
+    pub fn from_json_text(event: &str, properties: &str) -> Result<Self, String> {
+        // Most events name no group at all: skip the parse.
+        if !properties.contains("$group") && !properties.contains("$process_person_profile") {
+            return Ok(Self::default());
+        }
+        let p: PartialProperties = serde_json::from_str(properties)
+            .map_err(|e| format!("properties are not a JSON object: {e}"))?;
+        Self::build(
+            event,
+            p.groups,
+            p.process_person_profile,
+            p.group_type,
+            p.group_key,
+            p.group_set,
+        )
+    }
+
+    fn build(
+        event: &str,
+        groups: Option<Value>,
+        process_person_profile: Option<Value>,
+        group_type: Option<Value>,
+        group_key: Option<Value>,
+        group_set: Option<Value>,
+    ) -> Result<Self, String> {
+        let groups = match groups {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Object(m)) => m.into_iter().collect(),
+            Some(other) => {
+                return Err(format!(
+                    "properties.$groups must be an object of group type to group key, got {}",
+                    json_kind(&other)
+                ));
+            }
+        };
+        Ok(Self {
+            groups,
+            personless: process_person_profile == Some(Value::Bool(false)),
+            identify: (event == "$groupidentify").then_some(IdentifyInputs {
+                group_type,
+                group_key,
+                group_set,
+            }),
+        })
+    }
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Store it with these `$group_0..4` values.
+    Store([String; MAX_GROUP_TYPES]),
+    /// Its uuid is already stored for that day.
+    Duplicate,
+    /// A rule dropped it (a warning says which).
+    Dropped,
+}
+
+/// Rows produced while processing events, committed together.
+#[derive(Debug, Default)]
+pub struct Produced {
+    /// Groups-table rows.
+    pub groups: Vec<GroupRow>,
+    /// Ingestion warnings.
+    pub warnings: Vec<IngestWarning>,
+}
+
+fn warning(kind: &str, uuid: Uuid, event: &str, details: Value, now: i64) -> IngestWarning {
+    tracing::warn!(kind, %uuid, event, %details, "ingestion warning");
+    IngestWarning {
+        kind: kind.to_string(),
+        event_uuid: uuid.to_string(),
+        details: details.to_string(),
+        timestamp: now,
+    }
+}
+
+/// A `$groupidentify` that passed the checks.
+struct Merge {
+    group_type: String,
+    key: String,
+    set: Map<String, Value>,
+}
+
+/// Applies the group rules to one event under the project lock.
+#[allow(clippy::too_many_arguments)]
+pub async fn process_event(
+    guard: &mut ProjectGuard<'_>,
+    uuid: Uuid,
+    event: &str,
+    timestamp: i64,
+    now: i64,
+    inputs: GroupInputs,
+    produced: &mut Produced,
+) -> Result<Disposition> {
+    let warn = |kind: &str, details: Value| warning(kind, uuid, event, details, now);
+    let mut merge = None;
+    if let Some(identify) = inputs.identify.filter(|_| !inputs.personless) {
+        match check_identify(identify) {
+            Ok(m) => merge = m,
+            Err((kind, details, drop)) => {
+                produced.warnings.push(warn(kind, details));
+                if drop {
+                    return Ok(Disposition::Dropped);
+                }
+            }
+        }
+    }
+    if !guard.insert_uuid(uuid.as_u128(), timestamp).await? {
+        return Ok(Disposition::Duplicate);
+    }
+
+    let mut slots: [String; MAX_GROUP_TYPES] = Default::default();
+    if !inputs.personless {
+        for (group_type, key) in &inputs.groups {
+            let Some(key) = group_key_text(key) else {
+                continue;
+            };
+            if key.chars().count() > MAX_GROUP_KEY_CHARS {
+                produced.warnings.push(warn(
+                    "group_key_too_long",
+                    json!({"group_type": group_type, "length": key.chars().count()}),
+                ));
+                continue;
+            }
+            match guard.resolve_group_type(group_type).await? {
+                GroupTypeSlot::Existing(i) | GroupTypeSlot::Assigned(i) => slots[i as usize] = key,
+                GroupTypeSlot::Full => produced.warnings.push(warn(
+                    "group_type_limit_reached",
+                    json!({"group_type": group_type, "limit": MAX_GROUP_TYPES}),
+                )),
+            }
+        }
+    }
+
+    if let Some(Merge {
+        group_type,
+        key,
+        set,
+    }) = merge
+    {
+        match guard.resolve_group_type(&group_type).await? {
+            GroupTypeSlot::Existing(i) | GroupTypeSlot::Assigned(i) => {
+                if let Some(next) = GroupState::merge(guard.group(i, &key), &set, timestamp, now) {
+                    produced
+                        .groups
+                        .push(GroupRow::from_state(i, &key, &next, now));
+                    guard.set_group(i, &key, next);
+                }
+            }
+            GroupTypeSlot::Full => produced.warnings.push(warn(
+                "group_type_limit_reached",
+                json!({"group_type": group_type, "limit": MAX_GROUP_TYPES}),
+            )),
+        }
+    }
+    Ok(Disposition::Store(slots))
+}
+
+/// `Ok(Some)`: merge; `Ok(None)`: nothing to merge; `Err((kind, details, drop_event))`.
+#[allow(clippy::type_complexity)]
+fn check_identify(i: IdentifyInputs) -> Result<Option<Merge>, (&'static str, Value, bool)> {
+    let group_type = match i.group_type {
+        Some(Value::String(t)) if !t.is_empty() => t,
+        _ => {
+            return Err((
+                "invalid_group_identify",
+                json!({"reason": "missing $group_type"}),
+                false,
+            ));
+        }
+    };
+    let Some(key) = i.group_key.as_ref().and_then(group_key_text) else {
+        return Err((
+            "invalid_group_identify",
+            json!({"reason": "missing $group_key"}),
+            false,
+        ));
+    };
+    if key.chars().count() > MAX_GROUP_KEY_CHARS {
+        return Err((
+            "group_key_too_long",
+            json!({"group_type": group_type, "length": key.chars().count()}),
+            true,
+        ));
+    }
+    let set = match i.group_set {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            return Err((
+                "invalid_group_set",
+                json!({"group_type": group_type, "group_key": key, "got": json_kind(&other)}),
+                true,
+            ));
+        }
+    };
+    Ok(Some(Merge {
+        group_type,
+        key,
+        set,
+    }))
+}
+
+/// Maps a refusal of the inputs to the request error capture returns.
+pub(crate) fn refuse(index: usize, reason: String) -> Error {
+    Error::BadRequest(format!("event {index}: {reason}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_parse_reads_only_the_group_fields() {
+        let text = r#"{"$browser":"Chrome","$groups":{"company":"id:5","project":42},"nested":{"$groups":1}}"#;
+        let g = GroupInputs::from_json_text("signed_up", text).expect("valid");
+        assert_eq!(
+            g.groups,
+            vec![
+                ("company".to_string(), json!("id:5")),
+                ("project".to_string(), json!(42))
+            ]
+        );
+        assert!(!g.personless && g.identify.is_none());
+        let same = GroupInputs::from_properties(
+            "signed_up",
+            serde_json::from_str::<Value>(text)
+                .expect("json")
+                .as_object()
+                .expect("object"),
+        )
+        .expect("valid");
+        assert_eq!(same, g);
+        let none = GroupInputs::from_json_text("$pageview", r#"{"$browser":"x"}"#).expect("valid");
+        assert_eq!(none, GroupInputs::default());
+        let id = GroupInputs::from_json_text(
+            "$groupidentify",
+            r#"{"$group_type":"company","$group_key":"id:5","$group_set":{"a":1},"$process_person_profile":false}"#,
+        )
+        .expect("valid");
+        assert!(id.personless);
+        assert_eq!(
+            id.identify.expect("identify").group_set,
+            Some(json!({"a": 1}))
+        );
+        assert!(GroupInputs::from_json_text("e", r#"{"$groups":"x"}"#).is_err());
+        assert!(GroupInputs::from_json_text("e", r#"{"$groups": [1]"#).is_err());
+    }
+}
