@@ -12,6 +12,17 @@ pub enum Error {
     /// The body or one event is over its size limit (HTTP 413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A backfill source cannot be used; names the file and what is wrong with it.
+    #[error("backfill source {file}: {reason}")]
+    Source {
+        /// The file (or SOURCE argument).
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Arrow failed on rows herd built itself.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
     /// The store failed; nothing was acknowledged (HTTP 503, clients retry).
     #[error("storage: {0}")]
     Storage(#[from] herd_storage::Error),

@@ -7,11 +7,15 @@
 //!
 //! It owns no storage format (herd-storage) and no network edge (herd-server).
 
+pub mod backfill;
+pub mod bulk;
 pub mod capture;
 pub mod decode;
 pub mod error;
 pub mod event;
+pub mod generate;
 pub mod groups;
+pub mod source;
 
 pub use capture::{CaptureOutcome, Ingestor};
 pub use decode::{CaptureInput, Route};

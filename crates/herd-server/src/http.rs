@@ -54,6 +54,11 @@ impl From<herd_ingest::Error> for ApiError {
                 "server_error",
                 "storage_unavailable",
             ),
+            E::Source { .. } | E::Arrow(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal",
+            ),
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "capture failed");

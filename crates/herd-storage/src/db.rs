@@ -267,6 +267,25 @@ impl ProjectGuard<'_> {
     }
 }
 
+impl ProjectGuard<'_> {
+    /// Adds rows to the write buffer without a WAL record: for bulk loads (backfill,
+    /// generate) whose durability comes from re-reading their source from a checkpoint, where
+    /// dedup makes re-processing exact. They reach Parquet at the next flush.
+    pub fn commit_unlogged(
+        &mut self,
+        events: Option<RecordBatch>,
+        groups: Vec<GroupRow>,
+        warnings: Vec<IngestWarning>,
+    ) {
+        self.undo.clear();
+        self.handle.tables.lock().active.push(
+            events.filter(|b| b.num_rows() > 0),
+            groups,
+            warnings,
+        );
+    }
+}
+
 impl Drop for ProjectGuard<'_> {
     fn drop(&mut self) {
         while let Some(undo) = self.undo.pop() {
@@ -310,11 +329,28 @@ pub struct Db {
     gate: AsyncRwLock<()>,
     flush_lock: AsyncMutex<()>,
     last_reload: parking_lot::Mutex<Option<Instant>>,
+    /// Exclusive lock on `<wal_dir>/LOCK`: one writing process per data folder.
+    _lock: std::fs::File,
 }
 
 impl Db {
     /// Opens the store: loads projects, replays the WAL, and flushes what it replayed.
     pub async fn open(storage: Storage, config: DbConfig) -> Result<Arc<Db>> {
+        std::fs::create_dir_all(&config.wal_dir)
+            .map_err(|e| Error::io(format!("create WAL folder {}", config.wal_dir.display()), e))?;
+        let lock_path = config.wal_dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(format!("open {}", lock_path.display()), e))?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => Error::Locked(storage.location().to_string()),
+            std::fs::TryLockError::Error(e) => {
+                Error::io(format!("lock {}", lock_path.display()), e)
+            }
+        })?;
         let (wal, replayed) = Wal::open(&config.wal_dir)?;
         let db = Arc::new(Db {
             storage,
@@ -324,6 +360,7 @@ impl Db {
             gate: AsyncRwLock::new(()),
             flush_lock: AsyncMutex::new(()),
             last_reload: Default::default(),
+            _lock: lock,
         });
         db.reload_projects().await?;
         let mut replayed_records = 0usize;
@@ -394,13 +431,7 @@ impl Db {
             }
         }
         // Already in the WAL: straight to the buffer.
-        guard.undo.clear();
-        guard
-            .handle
-            .tables
-            .lock()
-            .active
-            .push(kept_events, groups, record.warnings);
+        guard.commit_unlogged(kept_events, groups, record.warnings);
         Ok(n)
     }
 
@@ -609,6 +640,14 @@ impl Db {
             }
         }
         Ok(set)
+    }
+
+    /// Events waiting in a project's buffers (not yet in Parquet).
+    pub fn buffered_rows(&self, project: ProjectId) -> usize {
+        self.project(project).map_or(0, |h| {
+            let t = h.tables.lock();
+            t.active.rows + t.frozen.iter().map(|b| b.rows).sum::<usize>()
+        })
     }
 
     /// Whether any project's buffer is due for a flush.

@@ -52,6 +52,9 @@ pub enum Error {
     /// A project id or token is already in use.
     #[error("project {0}")]
     ProjectExists(String),
+    /// Another process holds the data folder's write lock.
+    #[error("{0} is in use by another herd process (serve or backfill): stop it first")]
+    Locked(String),
     /// The write-ahead log stopped accepting records after an I/O failure.
     #[error("write-ahead log unavailable: {0}")]
     WalUnavailable(String),
