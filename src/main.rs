@@ -1,5 +1,7 @@
 //! `herd`: the one binary. Thin over the libraries: parse flags, call a crate, print.
 
+mod commands;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +26,10 @@ struct Cli {
 enum Command {
     /// Serve HTTP capture and gRPC on a data folder (creates a default project when empty).
     Serve(ServeArgs),
+    /// Load Parquet history (herd's layout or PostHog-style exports) into a project.
+    Backfill(commands::backfill::BackfillArgs),
+    /// Generate a deterministic PostHog-like dataset (through the backfill path).
+    Generate(commands::generate::GenerateArgs),
     /// Manage projects and their keys.
     Project {
         #[command(subcommand)]
@@ -104,6 +110,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Backfill(args) => {
+            init_logs(false);
+            commands::backfill::run(args).await
+        }
+        Command::Generate(args) => {
+            init_logs(false);
+            commands::generate::run(args).await
+        }
         Command::Project { command } => {
             init_logs(false);
             match command {

@@ -180,22 +180,35 @@ pub async fn run(
                 seen += n;
                 continue;
             }
-            let rows = if seen < skip {
-                slice_rows(&rows, (skip - seen) as usize)
+            let mut rows = if seen < skip {
+                slice_rows(&rows, (skip - seen) as usize, usize::MAX)
             } else {
                 rows
             };
-            seen += n;
-            read_this_run += rows.len() as u64;
-            if loader.load(&rows, now).await? {
-                cp.files.insert(name.clone(), seen);
-                save_checkpoint(db, &cp_path, &cp).await?;
+            let first = seen.max(skip);
+            // Stop exactly at the limit.
+            let room = limit.saturating_sub(read_this_run);
+            if (rows.len() as u64) > room {
+                rows = slice_rows(&rows, 0, room as usize);
             }
-            progress(Progress {
-                read: read_this_run,
-                total,
-                events: loader.stats().events,
-            });
+            // Load in chunks of at most flush_rows, so checkpoints follow the flushes closely.
+            let chunk = opts.flush_rows.clamp(1, source::READ_BATCH_ROWS);
+            let mut offset = 0;
+            while offset < rows.len() {
+                let part = slice_rows(&rows, offset, chunk);
+                offset += part.len();
+                read_this_run += part.len() as u64;
+                if loader.load(&part, now).await? {
+                    cp.files.insert(name.clone(), first + offset as u64);
+                    save_checkpoint(db, &cp_path, &cp).await?;
+                }
+                progress(Progress {
+                    read: read_this_run,
+                    total,
+                    events: loader.stats().events,
+                });
+            }
+            seen = first + rows.len() as u64;
             if read_this_run >= limit {
                 loader.flush().await?;
                 cp.files.insert(name.clone(), seen);
@@ -227,8 +240,12 @@ pub async fn run(
     })
 }
 
-fn slice_rows(rows: &crate::bulk::SourceRows, offset: usize) -> crate::bulk::SourceRows {
-    let len = rows.len().saturating_sub(offset);
+fn slice_rows(
+    rows: &crate::bulk::SourceRows,
+    offset: usize,
+    max_len: usize,
+) -> crate::bulk::SourceRows {
+    let len = rows.len().saturating_sub(offset).min(max_len);
     let s = |a: &arrow::array::StringArray| a.slice(offset, len);
     crate::bulk::SourceRows {
         uuid: rows.uuid.slice(offset, len),

@@ -135,6 +135,9 @@ struct Company {
     plan: u8,
     identified: bool,
     projects_identified: u8,
+    /// Timestamp of its last `$groupidentify`: each one is later than the one before, so
+    /// merges in event-time order give the order they were generated in.
+    last_identify: i64,
 }
 
 /// The generator: call [`Generator::next_batch`] until it returns `None`.
@@ -234,6 +237,7 @@ impl Generator {
                     plan,
                     identified: false,
                     projects_identified: 0,
+                    last_identify: i64::MIN,
                 }
             })
             .collect();
@@ -385,6 +389,8 @@ impl Generator {
         if left == 0 {
             return;
         }
+        let ts = ts.max(self.companies[c as usize].last_identify.saturating_add(1));
+        self.companies[c as usize].last_identify = ts;
         let company = &self.companies[c as usize];
         let industry = INDUSTRIES[(mix(c ^ 0x1D) % INDUSTRIES.len() as u64) as usize];
         let employees = 1u64 << (1 + mix(c ^ 0xE) % 13);

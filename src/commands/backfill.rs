@@ -1,0 +1,77 @@
+//! `herd backfill`: load Parquet history into a project.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use herd_ingest::backfill::{self, BackfillOptions};
+
+use super::progress::Progress;
+
+/// Arguments of `herd backfill`.
+#[derive(Debug, Args)]
+pub(crate) struct BackfillArgs {
+    /// Data folder (or URL) to load into.
+    #[arg(long, env = "HERD_DATA", default_value = "./herd-data")]
+    pub(crate) data: String,
+    /// Write-ahead log folder of the data folder (default: <data>/wal).
+    #[arg(long, env = "HERD_WAL_DIR")]
+    pub(crate) wal_dir: Option<PathBuf>,
+    /// Project id to load into (default: the first project; created when there is none).
+    #[arg(long)]
+    pub(crate) project: Option<u64>,
+    /// Group types of sources with `$group_N` columns: `company=0,project=1`. Default: the
+    /// source folder's group_types.json when it is a herd data folder.
+    #[arg(long, conflicts_with = "group_types_file")]
+    pub(crate) group_types: Option<String>,
+    /// The same as a JSON file: {"company": 0, "project": 1}.
+    #[arg(long)]
+    pub(crate) group_types_file: Option<PathBuf>,
+    /// A groups table export (group_type or group_type_index, group_key, group_properties,
+    /// created_at), applied after the events.
+    #[arg(long)]
+    pub(crate) groups: Option<String>,
+    /// Stop after this many source rows (run again to continue).
+    #[arg(long)]
+    pub(crate) limit_events: Option<u64>,
+    /// Write Parquet (and a checkpoint) every this many events.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) flush_rows: usize,
+    /// Parquet files, folders, globs, or object-store URLs (s3://bucket/prefix/, file://…).
+    #[arg(required = true)]
+    pub(crate) sources: Vec<String>,
+}
+
+/// Runs `herd backfill` and prints the summary line.
+pub(crate) async fn run(args: BackfillArgs) -> anyhow::Result<()> {
+    let group_types = match (&args.group_types, &args.group_types_file) {
+        (Some(text), _) => Some(backfill::parse_group_types(text)?),
+        (None, Some(file)) => {
+            let bytes =
+                std::fs::read(file).map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;
+            let value: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", file.display()))?;
+            Some(herd_core::GroupTypeMapping::from_json(&value)?)
+        }
+        (None, None) => None,
+    };
+    let db = super::open_db(&args.data, args.wal_dir.clone(), args.flush_rows).await?;
+    let (project, created) = super::target_project(&db, args.project).await?;
+    if let Some(p) = created {
+        println!("{}", serde_json::to_string(&p)?);
+    }
+    let opts = BackfillOptions {
+        project,
+        sources: args.sources,
+        group_types,
+        groups: args.groups,
+        flush_rows: args.flush_rows,
+        limit_rows: args.limit_events,
+    };
+    let progress = Progress::new("events", 0);
+    let summary = backfill::run(&db, &opts, &|p| progress.update(p.read, p.total)).await;
+    progress.finish();
+    let summary = summary?;
+    db.close().await?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! The subcommands that work on a data folder directly (no server): backfill and generate,
+//! plus what they share: opening the store and showing progress.
+
+pub(crate) mod backfill;
+pub(crate) mod generate;
+pub(crate) mod progress;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use herd_core::ProjectId;
+use herd_storage::projects::{NewProject, Project};
+use herd_storage::{Db, DbConfig, Storage};
+
+/// Opens the store of `data` for a bulk job.
+pub(crate) async fn open_db(
+    data: &str,
+    wal_dir: Option<PathBuf>,
+    flush_rows: usize,
+) -> anyhow::Result<Arc<Db>> {
+    let storage = Storage::open(data)?;
+    let wal_dir = match (wal_dir, storage.local_root()) {
+        (Some(d), _) => d,
+        (None, Some(root)) => root.join("wal"),
+        (None, None) => anyhow::bail!("--wal-dir is required when --data is not a local folder"),
+    };
+    let mut config = DbConfig::new(wal_dir);
+    config.flush_rows = flush_rows;
+    // Bulk loads keep fewer days of uuids in memory (RSS stays bounded; inputs are usually
+    // time-ordered, so evicted days are rarely needed again).
+    config.dedup_max_uuids = 6_000_000;
+    Db::open(storage, config)
+        .await
+        .with_context(|| format!("open data folder {data}"))
+}
+
+/// The project to load into: the given id, else the only/first project, else a new default
+/// project (returned as created so the caller can print it).
+pub(crate) async fn target_project(
+    db: &Db,
+    id: Option<ProjectId>,
+) -> anyhow::Result<(ProjectId, Option<Project>)> {
+    if let Some(id) = id {
+        anyhow::ensure!(
+            db.project(id).is_some(),
+            "project {id} does not exist in this data folder"
+        );
+        return Ok((id, None));
+    }
+    if let Some(p) = db.projects().first() {
+        return Ok((p.id, None));
+    }
+    let p = db.create_project(NewProject::default()).await?;
+    Ok((p.id, Some(p)))
+}
