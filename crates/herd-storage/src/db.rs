@@ -152,6 +152,9 @@ impl ProjectGuard<'_> {
 
     /// The slot of a group type, assigning and durably persisting a new one when needed.
     pub async fn resolve_group_type(&mut self, group_type: &str) -> Result<GroupTypeSlot> {
+        if let Some(index) = self.state.mapping.index_of(group_type) {
+            return Ok(GroupTypeSlot::Existing(index));
+        }
         let mut next = self.state.mapping.clone();
         let slot = next.resolve_or_assign(group_type);
         if let GroupTypeSlot::Assigned(index) = slot {
