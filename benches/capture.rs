@@ -14,6 +14,10 @@ use bytes::Bytes;
 use herd_server::ServeConfig;
 use serde_json::json;
 
+/// The same allocator as the `herd` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
