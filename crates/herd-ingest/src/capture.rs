@@ -125,14 +125,16 @@ impl Ingestor {
             }
             prepared.push(prepare(i, raw, &ctx)?);
         }
-        for e in &prepared {
-            // Refuse a malformed $groups before anything is stored.
-            GroupInputs::from_properties(&e.event, &e.properties)
-                .map_err(|reason| refuse(e.index, reason))?;
-        }
+        // Everything that does not depend on the project's state happens before its lock:
+        // group inputs (refusing a malformed $groups before anything is stored) and the
+        // properties text.
+        let ready = prepared
+            .into_iter()
+            .map(Ready::new)
+            .collect::<Result<Vec<_>>>()?;
         let (ticket, outcome) = {
             let mut guard = self.db.lock(&handle).await;
-            let outcome = self.apply(&mut guard, prepared, now).await?;
+            let outcome = apply_events(&mut guard, ready, now).await?;
             (outcome.0, outcome.1)
         };
         self.db.wait_durable(ticket).await?;
@@ -149,17 +151,6 @@ impl Ingestor {
             .warnings
             .fetch_add(outcome.warnings as u64, Ordering::Relaxed);
         Ok(outcome)
-    }
-
-    /// Applies prepared events to a locked project; returns the WAL ticket and the outcome.
-    /// Used by capture and by backfill alike.
-    pub async fn apply(
-        &self,
-        guard: &mut ProjectGuard<'_>,
-        prepared: Vec<PreparedEvent>,
-        now: i64,
-    ) -> Result<(u64, CaptureOutcome)> {
-        apply_events(guard, prepared, now).await
     }
 }
 
@@ -207,20 +198,68 @@ fn resolve_token(decoded: &Decoded) -> Result<String> {
     })
 }
 
+/// A validated event, ready for the project lock.
+struct Ready {
+    event: PreparedEvent,
+    inputs: GroupInputs,
+    /// The properties as JSON text, without `$group_N` keys (added back from the slots).
+    properties: String,
+}
+
+impl Ready {
+    fn new(mut event: PreparedEvent) -> Result<Self> {
+        let inputs = GroupInputs::from_properties(&event.event, &event.properties)
+            .map_err(|reason| refuse(event.index, reason))?;
+        for slot in 0..herd_core::MAX_GROUP_TYPES {
+            event.properties.shift_remove(&format!("$group_{slot}"));
+        }
+        let properties = Value::Object(std::mem::take(&mut event.properties)).to_string();
+        Ok(Self {
+            event,
+            inputs,
+            properties,
+        })
+    }
+}
+
+/// Adds `"$group_N": key` for every filled slot to a JSON object's text (PostHog writes the
+/// slot keys into the properties too). The text must be a serialised object without those keys.
+fn with_group_keys(mut text: String, slots: &[String; herd_core::MAX_GROUP_TYPES]) -> String {
+    if slots.iter().all(String::is_empty) || !text.ends_with('}') {
+        return text;
+    }
+    text.pop();
+    let mut empty = text.trim_end() == "{";
+    for (i, key) in slots.iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+        if !empty {
+            text.push(',');
+        }
+        empty = false;
+        text.push_str(&format!("\"$group_{i}\":"));
+        text.push_str(&Value::String(key.clone()).to_string());
+    }
+    text.push('}');
+    text
+}
+
+/// Applies ready events to a locked project; returns the WAL ticket and the outcome.
 async fn apply_events(
     guard: &mut ProjectGuard<'_>,
-    prepared: Vec<PreparedEvent>,
+    ready: Vec<Ready>,
     now: i64,
 ) -> Result<(u64, CaptureOutcome)> {
     let mut outcome = CaptureOutcome {
         project: guard.project().id,
         ..Default::default()
     };
-    let mut builder = EventBatchBuilder::with_capacity(prepared.len());
+    let mut builder = EventBatchBuilder::with_capacity(ready.len());
     let mut produced = Produced::default();
-    for mut e in prepared {
-        let inputs = GroupInputs::from_properties(&e.event, &e.properties)
-            .map_err(|reason| refuse(e.index, reason))?;
+    for Ready {
+        event: e,
+        inputs,
+        properties,
+    } in ready
+    {
         match process_event(
             guard,
             e.uuid,
@@ -235,14 +274,7 @@ async fn apply_events(
             Disposition::Duplicate => outcome.duplicates += 1,
             Disposition::Dropped => outcome.dropped += 1,
             Disposition::Store(slots) => {
-                // PostHog also writes the slot keys into the properties as `$group_N`.
-                for (i, key) in slots.iter().enumerate() {
-                    if !key.is_empty() {
-                        e.properties
-                            .insert(format!("$group_{i}"), Value::String(key.clone()));
-                    }
-                }
-                let properties = Value::Object(std::mem::take(&mut e.properties)).to_string();
+                let properties = with_group_keys(properties, &slots);
                 builder.push_parts(
                     e.uuid,
                     &e.event,
@@ -260,4 +292,33 @@ async fn apply_events(
     let events = (!builder.is_empty()).then(|| builder.finish());
     let ticket = guard.commit(events, produced.groups, produced.warnings)?;
     Ok((ticket, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_keys_are_spliced_into_the_properties_text() {
+        let slots = |a: &str, c: &str| {
+            [
+                a.to_string(),
+                String::new(),
+                c.to_string(),
+                String::new(),
+                String::new(),
+            ]
+        };
+        let text = with_group_keys(r#"{"plan":"pro"}"#.into(), &slots("id:5", "t\"1"));
+        let v: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"plan": "pro", "$group_0": "id:5", "$group_2": "t\"1"})
+        );
+        assert_eq!(
+            with_group_keys("{}".into(), &slots("a", "")),
+            r#"{"$group_0":"a"}"#
+        );
+        assert_eq!(with_group_keys("{}".into(), &slots("", "")), "{}");
+    }
 }
