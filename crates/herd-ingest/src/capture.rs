@@ -15,9 +15,9 @@ use herd_core::time::parse_timestamp;
 use herd_storage::{Db, ProjectGuard};
 use serde_json::Value;
 
-use crate::decode::{CaptureInput, Decoded, Route, decode, event_token};
-use crate::event::{PreparedEvent, RequestContext, prepare};
-use crate::groups::{Disposition, GroupInputs, Produced, process_event, refuse};
+use crate::decode::{CaptureInput, Route, decode};
+use crate::event::{ParsedEvent, PreparedEvent, RequestContext, prepare};
+use crate::groups::{Disposition, Produced, process_event};
 use crate::{Error, Result};
 
 /// Largest single event, serialised (PostHog's Kafka message limit).
@@ -95,7 +95,17 @@ impl Ingestor {
             SINGLE_LIMIT
         };
         let decoded = decode(input, route, limit)?;
-        let token = resolve_token(&decoded)?;
+        let mut parsed = Vec::with_capacity(decoded.events.len());
+        for (i, raw) in decoded.events.iter().enumerate() {
+            let size = raw.get().len();
+            if size > MAX_EVENT_BYTES {
+                return Err(Error::PayloadTooLarge(format!(
+                    "event {i}: {size} bytes is over the {MAX_EVENT_BYTES}-byte event limit"
+                )));
+            }
+            parsed.push(ParsedEvent::parse(i, raw)?);
+        }
+        let token = resolve_token(decoded.envelope_token.as_ref(), &parsed)?;
         let sent_at = decoded
             .sent_at
             .as_deref()
@@ -111,30 +121,14 @@ impl Ingestor {
         let handle = self.db.project_by_token(&token).await?.ok_or_else(|| {
             Error::Unauthorized("invalid api key: no project has this token".into())
         })?;
-        let mut prepared = Vec::with_capacity(decoded.events.len());
-        // Only a body over the event limit can hold an event over it.
-        let check_sizes = decoded.json_bytes > MAX_EVENT_BYTES;
-        for (i, raw) in decoded.events.into_iter().enumerate() {
-            if check_sizes {
-                let size = raw.to_string().len();
-                if size > MAX_EVENT_BYTES {
-                    return Err(Error::PayloadTooLarge(format!(
-                        "event {i}: {size} bytes is over the {MAX_EVENT_BYTES}-byte event limit"
-                    )));
-                }
-            }
-            prepared.push(prepare(i, raw, &ctx)?);
+        // Everything that does not depend on the project's state happens before its lock.
+        let mut prepared = Vec::with_capacity(parsed.len());
+        for (i, p) in parsed.into_iter().enumerate() {
+            prepared.push(prepare(i, p, &ctx)?);
         }
-        // Everything that does not depend on the project's state happens before its lock:
-        // group inputs (refusing a malformed $groups before anything is stored) and the
-        // properties text.
-        let ready = prepared
-            .into_iter()
-            .map(Ready::new)
-            .collect::<Result<Vec<_>>>()?;
         let (ticket, outcome) = {
             let mut guard = self.db.lock(&handle).await;
-            let outcome = apply_events(&mut guard, ready, now).await?;
+            let outcome = apply_events(&mut guard, prepared, now).await?;
             (outcome.0, outcome.1)
         };
         self.db.wait_durable(ticket).await?;
@@ -171,13 +165,13 @@ fn token_text(v: &Value) -> Result<String> {
     }
 }
 
-fn resolve_token(decoded: &Decoded) -> Result<String> {
-    if let Some(t) = &decoded.envelope_token {
+fn resolve_token(envelope: Option<&Value>, events: &[ParsedEvent]) -> Result<String> {
+    if let Some(t) = envelope {
         return token_text(t);
     }
     let mut found: Option<String> = None;
-    for raw in &decoded.events {
-        let Some(t) = raw.as_object().and_then(event_token) else {
+    for e in events {
+        let Some(t) = e.token() else {
             continue;
         };
         let t = token_text(t)?;
@@ -196,30 +190,6 @@ fn resolve_token(decoded: &Decoded) -> Result<String> {
                 .into(),
         )
     })
-}
-
-/// A validated event, ready for the project lock.
-struct Ready {
-    event: PreparedEvent,
-    inputs: GroupInputs,
-    /// The properties as JSON text, without `$group_N` keys (added back from the slots).
-    properties: String,
-}
-
-impl Ready {
-    fn new(mut event: PreparedEvent) -> Result<Self> {
-        let inputs = GroupInputs::from_properties(&event.event, &event.properties)
-            .map_err(|reason| refuse(event.index, reason))?;
-        for slot in 0..herd_core::MAX_GROUP_TYPES {
-            event.properties.shift_remove(&format!("$group_{slot}"));
-        }
-        let properties = Value::Object(std::mem::take(&mut event.properties)).to_string();
-        Ok(Self {
-            event,
-            inputs,
-            properties,
-        })
-    }
 }
 
 /// Adds `"$group_N": key` for every filled slot to a JSON object's text (PostHog writes the
@@ -245,28 +215,23 @@ fn with_group_keys(mut text: String, slots: &[String; herd_core::MAX_GROUP_TYPES
 /// Applies ready events to a locked project; returns the WAL ticket and the outcome.
 async fn apply_events(
     guard: &mut ProjectGuard<'_>,
-    ready: Vec<Ready>,
+    prepared: Vec<PreparedEvent>,
     now: i64,
 ) -> Result<(u64, CaptureOutcome)> {
     let mut outcome = CaptureOutcome {
         project: guard.project().id,
         ..Default::default()
     };
-    let mut builder = EventBatchBuilder::with_capacity(ready.len());
+    let mut builder = EventBatchBuilder::with_capacity(prepared.len());
     let mut produced = Produced::default();
-    for Ready {
-        event: e,
-        inputs,
-        properties,
-    } in ready
-    {
+    for e in prepared {
         match process_event(
             guard,
             e.uuid,
             &e.event,
             e.timestamp,
             now,
-            inputs,
+            e.inputs,
             &mut produced,
         )
         .await?
@@ -274,7 +239,7 @@ async fn apply_events(
             Disposition::Duplicate => outcome.duplicates += 1,
             Disposition::Dropped => outcome.dropped += 1,
             Disposition::Store(slots) => {
-                let properties = with_group_keys(properties, &slots);
+                let properties = with_group_keys(e.properties, &slots);
                 builder.push_parts(
                     e.uuid,
                     &e.event,

@@ -9,7 +9,8 @@
 use std::io::Read;
 
 use base64::Engine;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::{Error, Result};
 
@@ -40,14 +41,14 @@ pub struct CaptureInput {
 }
 
 /// A decoded request: token and sent_at from the envelope, and the raw events.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Decoded {
     /// Token from the envelope (`api_key` or `token`), if any.
     pub envelope_token: Option<Value>,
     /// `sent_at` as sent (envelope field), if any.
     pub sent_at: Option<String>,
-    /// The events, not yet validated.
-    pub events: Vec<Value>,
+    /// The events as raw JSON, not yet validated.
+    pub events: Vec<Box<RawValue>>,
     /// Size of the decoded JSON text, bytes (no event can be larger).
     pub json_bytes: usize,
 }
@@ -112,76 +113,96 @@ pub fn decode(input: &CaptureInput, route: Route, limit: usize) -> Result<Decode
         }
     }
 
-    let value: Value = match serde_json::from_slice(&raw) {
-        Ok(v) => v,
+    let mut decoded = match parse(&raw) {
+        Ok(d) => d,
         Err(json_err) => {
             // Legacy bodies may still be base64 after the steps above.
-            let decoded = (route != Route::Batch)
+            let retried = (route != Route::Batch)
                 .then(|| base64_decode(&raw).ok())
                 .flatten()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            match decoded {
-                Some(v) => v,
-                None => {
-                    return Err(Error::bad(format!(
-                        "request body is not valid JSON: {json_err}"
-                    )));
-                }
+                .and_then(|b| parse(&b).ok());
+            match retried {
+                Some(d) => d,
+                None => return Err(json_err),
             }
         }
     };
-    let mut decoded = shape(value)?;
     decoded.json_bytes = raw.len();
     Ok(decoded)
 }
 
-fn shape(value: Value) -> Result<Decoded> {
-    match value {
-        Value::Object(mut obj) if obj.contains_key("batch") => {
-            let envelope_token = obj
-                .remove("api_key")
-                .filter(|v| !v.is_null())
-                .or_else(|| obj.remove("token").filter(|v| !v.is_null()));
-            let sent_at = match obj.remove("sent_at") {
-                Some(Value::String(s)) => Some(s),
-                _ => None,
-            };
-            let events = match obj.remove("batch") {
-                Some(Value::Array(a)) => a,
-                _ => return Err(Error::bad("batch must be an array of events")),
-            };
-            if events.is_empty() {
-                return Err(Error::bad("batch is empty"));
-            }
-            Ok(Decoded {
-                envelope_token,
-                sent_at,
-                events,
-                json_bytes: 0,
-            })
-        }
-        Value::Array(events) => {
-            if events.is_empty() {
-                return Err(Error::bad("batch is empty"));
-            }
-            Ok(Decoded {
+/// The fields of a batch envelope; everything else stays unparsed.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    batch: Option<Box<RawValue>>,
+    #[serde(default)]
+    api_key: Option<Value>,
+    #[serde(default)]
+    token: Option<Value>,
+    #[serde(default)]
+    sent_at: Option<Value>,
+}
+
+/// Splits a JSON body into raw events without building a tree of their contents.
+fn parse(raw: &[u8]) -> Result<Decoded> {
+    let not_json =
+        |e: &dyn std::fmt::Display| Error::bad(format!("request body is not valid JSON: {e}"));
+    let text = std::str::from_utf8(raw).map_err(|e| not_json(&e))?;
+    let decoded = match text.trim_start().as_bytes().first() {
+        Some(b'[') => {
+            let events: Vec<Box<RawValue>> =
+                serde_json::from_str(text).map_err(|e| not_json(&e))?;
+            Decoded {
                 envelope_token: None,
                 sent_at: None,
                 events,
                 json_bytes: 0,
-            })
+            }
         }
-        Value::Object(obj) => Ok(Decoded {
-            envelope_token: None,
-            sent_at: None,
-            events: vec![Value::Object(obj)],
-            json_bytes: 0,
-        }),
-        other => Err(Error::bad(format!(
-            "request body must be a JSON object or array, got {}",
-            json_kind(&other)
-        ))),
+        Some(b'{') => {
+            let env: Envelope = serde_json::from_str(text).map_err(|e| not_json(&e))?;
+            match env.batch {
+                Some(batch) => {
+                    let events: Vec<Box<RawValue>> = serde_json::from_str(batch.get())
+                        .map_err(|_| Error::bad("batch must be an array of events"))?;
+                    Decoded {
+                        envelope_token: env
+                            .api_key
+                            .filter(|v| !v.is_null())
+                            .or(env.token.filter(|v| !v.is_null())),
+                        sent_at: match env.sent_at {
+                            Some(Value::String(s)) => Some(s),
+                            _ => None,
+                        },
+                        events,
+                        json_bytes: 0,
+                    }
+                }
+                None => {
+                    let event =
+                        RawValue::from_string(text.to_string()).map_err(|e| not_json(&e))?;
+                    Decoded {
+                        envelope_token: None,
+                        sent_at: None,
+                        events: vec![event],
+                        json_bytes: 0,
+                    }
+                }
+            }
+        }
+        _ => {
+            let v: Value = serde_json::from_str(text).map_err(|e| not_json(&e))?;
+            return Err(Error::bad(format!(
+                "request body must be a JSON object or array, got {}",
+                json_kind(&v)
+            )));
+        }
+    };
+    if decoded.events.is_empty() {
+        return Err(Error::bad("batch is empty"));
     }
+    Ok(decoded)
 }
 
 /// A short name for a JSON value's kind, for error messages.
@@ -232,19 +253,6 @@ fn base64_decode(raw: &[u8]) -> Result<Vec<u8>> {
         }
     }
     Err(Error::bad("body is not valid base64"))
-}
-
-/// The token an event carries itself: `token`, `$token`, `api_key`, then `properties.token`.
-pub fn event_token(event: &Map<String, Value>) -> Option<&Value> {
-    ["token", "$token", "api_key"]
-        .iter()
-        .find_map(|k| event.get(*k).filter(|v| !v.is_null()))
-        .or_else(|| {
-            event
-                .get("properties")
-                .and_then(|p| p.get("token"))
-                .filter(|v| v.is_string())
-        })
 }
 
 #[cfg(test)]

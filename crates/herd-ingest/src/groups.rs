@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use crate::Result;
 use crate::decode::json_kind;
-use crate::{Error, Result};
 
 /// The group-relevant facts of one event, however it arrived.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -90,7 +90,7 @@ impl GroupInputs {
         )
     }
 
-    fn build(
+    pub(crate) fn build(
         event: &str,
         groups: Option<Value>,
         process_person_profile: Option<Value>,
@@ -275,11 +275,6 @@ fn check_identify(i: IdentifyInputs) -> Result<Option<Merge>, (&'static str, Val
         key,
         set,
     }))
-}
-
-/// Maps a refusal of the inputs to the request error capture returns.
-pub(crate) fn refuse(index: usize, reason: String) -> Error {
-    Error::BadRequest(format!("event {index}: {reason}"))
 }
 
 #[cfg(test)]
