@@ -2,15 +2,19 @@
 //!
 //! Rows arrive as [`SourceRows`] (columns already normalised to herd's types) and go through
 //! the same group rules as capture ([`crate::groups::process_event`]): dedup by uuid and day,
-//! `$groups` → slots, `$groupidentify` merges. Within a batch, rows are processed in timestamp
-//! order, so `$groupidentify` updates apply in event-time order for time-ordered sources.
+//! `$groups` → slots, `$groupidentify` merges. Within a batch, `$groupidentify` rows are applied
+//! in timestamp order, so merges follow event time for time-ordered sources.
 //! Rows skip the WAL (their durability is the source plus the backfill checkpoint, and dedup
 //! makes re-processing exact) and reach Parquet at each flush.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, FixedSizeBinaryArray, StringArray, TimestampMicrosecondArray};
-use arrow::compute::sort_to_indices;
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, RecordBatch,
+    StringArray, StringBuilder, TimestampMicrosecondArray,
+};
+use arrow::compute::filter;
+use herd_core::schema::events_schema;
 use herd_core::{EventBatchBuilder, GroupTypeMapping, IngestWarning, MAX_GROUP_TYPES, ProjectId};
 use herd_storage::Db;
 use herd_storage::db::ProjectHandle;
@@ -103,42 +107,84 @@ impl BulkLoader {
     }
 
     /// Loads one batch. Returns `true` when it flushed to Parquet afterwards.
+    ///
+    /// Ordinary events are processed in input order and their string columns are reused as
+    /// they are (filtered only when rows were dropped); `$groupidentify` rows, whose merges
+    /// depend on order, are processed after them in timestamp order.
     pub async fn load(&mut self, rows: &SourceRows, now: i64) -> Result<bool> {
-        self.stats.read += rows.len() as u64;
-        let order = sort_to_indices(&rows.timestamp, None, None)?;
-        let mut builder = EventBatchBuilder::with_capacity(rows.len());
+        let n = rows.len();
+        self.stats.read += n as u64;
+        let mut keep = Vec::with_capacity(n);
+        let mut uuids = FixedSizeBinaryBuilder::with_capacity(n, 16);
+        let mut slots_out: [StringBuilder; MAX_GROUP_TYPES] =
+            std::array::from_fn(|_| StringBuilder::with_capacity(n, n * 8));
+        let mut created: Vec<i64> = Vec::with_capacity(n);
+        let mut identifies = Vec::new();
         let mut produced = Produced::default();
         let mut guard = self.db.lock(&self.handle).await;
-        for &i in order.values() {
-            let i = i as usize;
+        for i in 0..n {
             if rows.event.is_null(i) || rows.distinct_id.is_null(i) || rows.timestamp.is_null(i) {
                 self.stats.skipped += 1;
+                keep.push(false);
                 continue;
             }
             let event = rows.event.value(i);
-            let properties = if rows.properties.is_null(i) {
-                "{}"
-            } else {
-                rows.properties.value(i)
-            };
+            if event == "$groupidentify" {
+                identifies.push(i);
+                keep.push(false);
+                continue;
+            }
+            let properties = properties_at(rows, i);
             let uuid = row_uuid(rows, i, event, properties);
-            let timestamp = rows.timestamp.value(i);
-            let inputs = match group_inputs(rows, i, event, properties) {
-                Ok(inputs) => inputs,
-                Err(reason) => {
-                    produced.warnings.push(IngestWarning {
-                        kind: "invalid_groups".into(),
-                        event_uuid: uuid.to_string(),
-                        details: json!({"reason": reason}).to_string(),
-                        timestamp: now,
-                    });
-                    GroupInputs::default()
-                }
-            };
-            match process_event(
+            let inputs = self.inputs_or_warn(rows, i, event, properties, uuid, now, &mut produced);
+            let disposition = process_event(
                 &mut guard,
                 uuid,
                 event,
+                rows.timestamp.value(i),
+                now,
+                inputs,
+                &mut produced,
+            )
+            .await?;
+            match disposition {
+                Disposition::Store(slots) => {
+                    let _ = uuids.append_value(uuid.as_bytes());
+                    for (b, key) in slots_out.iter_mut().zip(&slots) {
+                        b.append_value(key);
+                    }
+                    created.push(created_at(rows, i, now));
+                    keep.push(true);
+                    self.stats.events += 1;
+                }
+                other => {
+                    count_skip(&mut self.stats, &other);
+                    keep.push(false);
+                }
+            }
+        }
+        let ordinary = self.ordinary_batch(rows, keep, uuids, slots_out, created)?;
+
+        // $groupidentify rows: merges apply in event-time order.
+        identifies.sort_by_key(|&i| (rows.timestamp.value(i), i));
+        let mut builder = EventBatchBuilder::with_capacity(identifies.len());
+        for i in identifies {
+            let properties = properties_at(rows, i);
+            let uuid = row_uuid(rows, i, "$groupidentify", properties);
+            let inputs = self.inputs_or_warn(
+                rows,
+                i,
+                "$groupidentify",
+                properties,
+                uuid,
+                now,
+                &mut produced,
+            );
+            let timestamp = rows.timestamp.value(i);
+            match process_event(
+                &mut guard,
+                uuid,
+                "$groupidentify",
                 timestamp,
                 now,
                 inputs,
@@ -147,33 +193,25 @@ impl BulkLoader {
             .await?
             {
                 Disposition::Store(slots) => {
-                    let created_at = rows
-                        .created_at
-                        .as_ref()
-                        .filter(|c| !c.is_null(i))
-                        .map_or(now, |c| c.value(i));
                     builder.push_parts(
                         uuid,
-                        event,
+                        "$groupidentify",
                         rows.distinct_id.value(i),
                         timestamp,
                         properties,
                         &slots,
-                        created_at,
+                        created_at(rows, i, now),
                     );
                     self.stats.events += 1;
                 }
-                Disposition::Duplicate => {
-                    self.stats.duplicates += 1;
-                    self.stats.skipped += 1;
-                }
-                Disposition::Dropped => self.stats.skipped += 1,
+                other => count_skip(&mut self.stats, &other),
             }
         }
         self.stats.groups += produced.groups.len() as u64;
         self.stats.warnings += produced.warnings.len() as u64;
-        let events = (!builder.is_empty()).then(|| builder.finish());
-        guard.commit_unlogged(events, produced.groups, produced.warnings);
+        guard.commit_unlogged(ordinary, Vec::new(), Vec::new());
+        let identify_batch = (!builder.is_empty()).then(|| builder.finish());
+        guard.commit_unlogged(identify_batch, produced.groups, produced.warnings);
         drop(guard);
         if self.db.buffered_rows(self.handle.project().id) >= self.flush_rows {
             self.flush().await?;
@@ -182,6 +220,71 @@ impl BulkLoader {
         Ok(false)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn inputs_or_warn(
+        &self,
+        rows: &SourceRows,
+        i: usize,
+        event: &str,
+        properties: &str,
+        uuid: Uuid,
+        now: i64,
+        produced: &mut Produced,
+    ) -> GroupInputs {
+        group_inputs(rows, i, event, properties).unwrap_or_else(|reason| {
+            produced.warnings.push(IngestWarning {
+                kind: "invalid_groups".into(),
+                event_uuid: uuid.to_string(),
+                details: json!({"reason": reason}).to_string(),
+                timestamp: now,
+            });
+            GroupInputs::default()
+        })
+    }
+
+    /// The kept ordinary rows as an events batch, reusing the source's columns.
+    fn ordinary_batch(
+        &self,
+        rows: &SourceRows,
+        keep: Vec<bool>,
+        mut uuids: FixedSizeBinaryBuilder,
+        mut slots: [StringBuilder; MAX_GROUP_TYPES],
+        created: Vec<i64>,
+    ) -> Result<Option<RecordBatch>> {
+        let mask = BooleanArray::from(keep);
+        let kept = mask.true_count();
+        if kept == 0 {
+            return Ok(None);
+        }
+        let all = kept == rows.len();
+        let pick =
+            |a: ArrayRef| -> Result<ArrayRef> { Ok(if all { a } else { filter(&a, &mask)? }) };
+        // Stored properties are never null.
+        let properties: ArrayRef = if rows.properties.null_count() > 0 {
+            Arc::new(
+                rows.properties
+                    .iter()
+                    .map(|p| Some(p.unwrap_or("{}")))
+                    .collect::<StringArray>(),
+            )
+        } else {
+            Arc::new(rows.properties.clone())
+        };
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(uuids.finish()),
+            pick(Arc::new(rows.event.clone()))?,
+            pick(Arc::new(rows.distinct_id.clone()))?,
+            pick(Arc::new(rows.timestamp.clone().with_timezone("UTC")))?,
+            pick(properties)?,
+        ];
+        for b in &mut slots {
+            columns.push(Arc::new(b.finish()));
+        }
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(created).with_timezone("UTC"),
+        ));
+        Ok(Some(RecordBatch::try_new(events_schema(), columns)?))
+    }
     /// Writes everything buffered to Parquet.
     pub async fn flush(&mut self) -> Result<()> {
         self.db.flush().await?;
@@ -284,4 +387,26 @@ fn group_inputs(
         ));
     }
     Ok(inputs)
+}
+
+fn properties_at(rows: &SourceRows, i: usize) -> &str {
+    if rows.properties.is_null(i) {
+        "{}"
+    } else {
+        rows.properties.value(i)
+    }
+}
+
+fn created_at(rows: &SourceRows, i: usize, now: i64) -> i64 {
+    rows.created_at
+        .as_ref()
+        .filter(|c| !c.is_null(i))
+        .map_or(now, |c| c.value(i))
+}
+
+fn count_skip(stats: &mut LoadStats, d: &Disposition) {
+    stats.skipped += 1;
+    if *d == Disposition::Duplicate {
+        stats.duplicates += 1;
+    }
 }

@@ -721,26 +721,28 @@ impl Db {
             .iter()
             .flat_map(|b| b.events.iter().cloned())
             .collect();
-        for (day, batches) in split_by_day(&events)? {
-            let day_text = day_string(day);
-            let sorted = parquet_files::sort_events(&batches)?;
-            let path = layout::new_events_file(project, &day_text);
-            let bytes = parquet_files::encode_events(&sorted, path.as_ref())?;
-            let ts = sorted
-                .column(events_col::TIMESTAMP)
-                .as_any()
-                .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
-                .ok_or_else(|| Error::corrupt("write buffer", "timestamp column type"))?;
-            let entry = FileEntry {
-                path: path.to_string(),
-                rows: sorted.num_rows() as u64,
-                bytes: bytes.len() as u64,
-                day: Some(day_text),
-                min_ts: ts.values().iter().min().copied(),
-                max_ts: ts.values().iter().max().copied(),
+        // Sort and encode the day files on blocking threads, as many at a time as there are
+        // cores; the puts follow in day order.
+        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut days = split_by_day(&events)?.into_iter();
+        let mut running = std::collections::VecDeque::new();
+        loop {
+            while running.len() < parallel {
+                let Some((day, batches)) = days.next() else {
+                    break;
+                };
+                running.push_back(tokio::task::spawn_blocking(move || {
+                    encode_day(project, day, &batches)
+                }));
+            }
+            let Some(task) = running.pop_front() else {
+                break;
             };
+            let (path, bytes, entry) = task
+                .await
+                .map_err(|e| Error::io("encode task", std::io::Error::other(e)))??;
             self.storage.put_durable(&path, bytes).await?;
-            stats.events += sorted.num_rows();
+            stats.events += entry.rows as usize;
             stats.files += 1;
             next.events.push(entry);
         }
@@ -793,4 +795,30 @@ impl Db {
         self.wal.close();
         Ok(stats)
     }
+}
+
+/// Sorts one day's rows and encodes them as an events file.
+fn encode_day(
+    project: ProjectId,
+    day: i32,
+    batches: &[RecordBatch],
+) -> Result<(object_store::path::Path, Bytes, FileEntry)> {
+    let day_text = day_string(day);
+    let sorted = parquet_files::sort_events(batches)?;
+    let path = layout::new_events_file(project, &day_text);
+    let bytes = parquet_files::encode_events(&sorted, path.as_ref())?;
+    let ts = sorted
+        .column(events_col::TIMESTAMP)
+        .as_any()
+        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+        .ok_or_else(|| Error::corrupt("write buffer", "timestamp column type"))?;
+    let entry = FileEntry {
+        path: path.to_string(),
+        rows: sorted.num_rows() as u64,
+        bytes: bytes.len() as u64,
+        day: Some(day_text),
+        min_ts: ts.values().iter().min().copied(),
+        max_ts: ts.values().iter().max().copied(),
+    };
+    Ok((path, bytes, entry))
 }
