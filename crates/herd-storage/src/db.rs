@@ -82,9 +82,33 @@ struct Tables {
     frozen: Vec<Buffer>,
 }
 
+/// uuids are random (v4) or random in their low bits (v7): folding the two halves is a good
+/// enough hash, and much cheaper than SipHash on the hot path of every ingested event.
+#[derive(Debug, Default, Clone, Copy)]
+struct UuidHasher(u64);
+
+impl std::hash::Hasher for UuidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = ((v as u64) ^ ((v >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type UuidSet = HashSet<u128, std::hash::BuildHasherDefault<UuidHasher>>;
+
 #[derive(Debug, Default)]
 struct DaySet {
-    uuids: HashSet<u128>,
+    uuids: UuidSet,
     last_used: u64,
 }
 
@@ -611,7 +635,7 @@ impl Db {
         Some(state.mapping.clone())
     }
 
-    async fn load_day_uuids(&self, handle: &ProjectHandle, day: i32) -> Result<HashSet<u128>> {
+    async fn load_day_uuids(&self, handle: &ProjectHandle, day: i32) -> Result<UuidSet> {
         let (files, buffered): (Vec<FileEntry>, Vec<RecordBatch>) = {
             let tables = handle.tables.lock();
             let day_text = day_string(day);
@@ -624,7 +648,7 @@ impl Db {
                 .collect();
             (files, buffered)
         };
-        let mut set = HashSet::new();
+        let mut set = UuidSet::default();
         for file in files {
             let bytes = self.storage.get(&file.path.as_str().into()).await?;
             set.extend(decode_uuids(bytes, &file.path)?);

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, FixedSizeBinaryArray, RecordBatch};
-use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use herd_core::schema::{events_col, events_schema};
@@ -31,22 +30,57 @@ fn parquet_err(path: &str) -> impl FnOnce(parquet::errors::ParquetError) -> Erro
 }
 
 /// Sorts events batches into one batch in the events files' order `(event, timestamp)`.
+///
+/// Event names are ranked once (there are few distinct ones), rows are sorted on
+/// `(rank, timestamp)` integers, and the output is gathered straight from the input batches
+/// (one copy, no concatenation first).
 pub fn sort_events(batches: &[RecordBatch]) -> Result<RecordBatch> {
-    let batch = concat_batches(&events_schema(), batches)?;
-    let indices = lexsort_to_indices(
-        &[
-            SortColumn {
-                values: batch.column(events_col::EVENT).clone(),
-                options: None,
-            },
-            SortColumn {
-                values: batch.column(events_col::TIMESTAMP).clone(),
-                options: None,
-            },
-        ],
-        None,
-    )?;
-    Ok(take_record_batch(&batch, &indices)?)
+    use arrow::array::{StringArray, TimestampMicrosecondArray};
+    use std::collections::HashMap;
+    let mut names: HashMap<&str, u32> = HashMap::new();
+    for b in batches {
+        let events = b
+            .column(events_col::EVENT)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| Error::corrupt("events batch", "event column is not Utf8"))?;
+        for name in events.iter().flatten() {
+            let next = names.len() as u32;
+            names.entry(name).or_insert(next);
+        }
+    }
+    let mut sorted_names: Vec<&str> = names.keys().copied().collect();
+    sorted_names.sort_unstable();
+    let rank: HashMap<&str, u32> = sorted_names
+        .iter()
+        .enumerate()
+        .map(|(r, n)| (*n, r as u32))
+        .collect();
+    let mut keys: Vec<(u32, i64, u32, u32)> =
+        Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for (bi, b) in batches.iter().enumerate() {
+        let events = b
+            .column(events_col::EVENT)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| Error::corrupt("events batch", "event column is not Utf8"))?;
+        let ts = b
+            .column(events_col::TIMESTAMP)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| Error::corrupt("events batch", "timestamp column type"))?;
+        for row in 0..b.num_rows() {
+            let r = rank.get(events.value(row)).copied().unwrap_or(u32::MAX);
+            keys.push((r, ts.value(row), bi as u32, row as u32));
+        }
+    }
+    keys.sort_unstable();
+    let order: Vec<(usize, usize)> = keys.iter().map(|k| (k.2 as usize, k.3 as usize)).collect();
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    if refs.is_empty() {
+        return Ok(RecordBatch::new_empty(events_schema()));
+    }
+    Ok(arrow::compute::interleave_record_batch(&refs, &order)?)
 }
 
 fn writer_props(sorting: Option<Vec<SortingColumn>>, dictionary_off: &[&str]) -> WriterProperties {
