@@ -43,7 +43,7 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     pub(crate) export: Option<PathBuf>,
     /// Write Parquet every this many events.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 500_000)]
     pub(crate) flush_rows: usize,
 }
 
@@ -71,7 +71,7 @@ pub(crate) async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         if let Some(e) = exporter.as_mut() {
             e.write(&rows)?;
         }
-        loader.load(&rows, now).await?;
+        loader.load(&rows, now, generator.emitted()).await?;
         progress.update(generator.emitted(), args.events);
     }
     loader.flush().await?;

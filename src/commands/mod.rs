@@ -29,7 +29,7 @@ pub(crate) async fn open_db(
     config.flush_rows = flush_rows;
     // Bulk loads keep fewer days of uuids in memory (RSS stays bounded; inputs are usually
     // time-ordered, so evicted days are rarely needed again).
-    config.dedup_max_uuids = 6_000_000;
+    config.dedup_max_uuids = 4_000_000;
     Db::open(storage, config)
         .await
         .with_context(|| format!("open data folder {data}"))

@@ -171,9 +171,42 @@ pub async fn run(
     let now = chrono::Utc::now().timestamp_micros();
     let mut read_this_run = 0u64;
     let mut complete = true;
-    'files: for (name, skip, mut reader) in readers {
+    // Checkpoint entries by position (rows read in this run): a flush that completes makes
+    // every entry up to its position durable.
+    let mut marks: Vec<(u64, String, u64)> = Vec::new();
+    let apply_marks = |cp: &mut Checkpoint, marks: &mut Vec<(u64, String, u64)>, durable: u64| {
+        marks.retain(|(pos, name, rows)| {
+            if *pos <= durable {
+                cp.files.insert(name.clone(), *rows);
+                false
+            } else {
+                true
+            }
+        });
+    };
+    'files: for (name, skip, reader) in readers {
+        // Decode ahead in another task while this one loads.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<crate::bulk::SourceRows>>(2);
+        let read_ahead = tokio::spawn(async move {
+            let mut reader = reader;
+            loop {
+                // The pure per-row work (uuids, JSON peeks) happens here, in parallel with loading.
+                let next = reader.next().await.transpose().map(|r| {
+                    r.map(|mut rows| {
+                        rows.prepared = Some(crate::bulk::prepare_rows(&rows));
+                        rows
+                    })
+                });
+                let Some(item) = next else { break };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
         let mut seen = 0u64;
-        while let Some(rows) = reader.next().await? {
+        while let Some(rows) = rx.recv().await {
+            let rows = rows?;
             let n = rows.len() as u64;
             // Rows loaded before the checkpoint: skip without processing.
             if seen + n <= skip {
@@ -198,8 +231,9 @@ pub async fn run(
                 let part = slice_rows(&rows, offset, chunk);
                 offset += part.len();
                 read_this_run += part.len() as u64;
-                if loader.load(&part, now).await? {
-                    cp.files.insert(name.clone(), first + offset as u64);
+                marks.push((read_this_run, name.clone(), first + offset as u64));
+                if let Some(durable) = loader.load(&part, now, read_this_run).await? {
+                    apply_marks(&mut cp, &mut marks, durable);
                     save_checkpoint(db, &cp_path, &cp).await?;
                 }
                 progress(Progress {
@@ -210,14 +244,20 @@ pub async fn run(
             }
             seen = first + rows.len() as u64;
             if read_this_run >= limit {
+                read_ahead.abort();
                 loader.flush().await?;
-                cp.files.insert(name.clone(), seen);
+                apply_marks(&mut cp, &mut marks, u64::MAX);
                 save_checkpoint(db, &cp_path, &cp).await?;
                 complete = false;
                 break 'files;
             }
         }
-        cp.files.insert(name.clone(), DONE);
+        // A reader that died without sending its error must not mark the file done.
+        read_ahead.await.map_err(|e| Error::Source {
+            file: name.clone(),
+            reason: format!("reader stopped: {e}"),
+        })?;
+        marks.push((read_this_run, name.clone(), DONE));
     }
     if complete {
         if let Some(file) = &groups_file {
@@ -258,6 +298,7 @@ fn slice_rows(
             .as_ref()
             .map(|(cols, m)| (cols.clone().map(|c| c.slice(offset, len)), m.clone())),
         created_at: rows.created_at.as_ref().map(|c| c.slice(offset, len)),
+        prepared: rows.prepared.as_ref().map(|p| p.slice(offset)),
     }
 }
 

@@ -42,6 +42,55 @@ pub struct SourceRows {
     pub groups: Option<([StringArray; MAX_GROUP_TYPES], GroupTypeMapping)>,
     /// When the source received the events; `now` when absent.
     pub created_at: Option<TimestampMicrosecondArray>,
+    /// Per-row uuids and group inputs computed ahead (see [`prepare_rows`]), if any.
+    pub prepared: Option<PreparedRows>,
+}
+
+/// What a row needs before the project lock: its uuid and its group inputs (or why they are
+/// invalid).
+pub type RowPrep = (Uuid, Result<GroupInputs, String>);
+
+/// [`RowPrep`]s of a batch, shared by its slices.
+#[derive(Debug, Clone)]
+pub struct PreparedRows {
+    all: Arc<Vec<RowPrep>>,
+    offset: usize,
+}
+
+impl PreparedRows {
+    /// The same rows from `offset` on.
+    pub fn slice(&self, offset: usize) -> Self {
+        Self {
+            all: self.all.clone(),
+            offset: self.offset + offset,
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&RowPrep> {
+        self.all.get(self.offset + i)
+    }
+}
+
+/// Computes every row's uuid and group inputs: pure work (JSON peeks) that can run on another
+/// thread while the loader holds the project lock for the previous batch.
+pub fn prepare_rows(rows: &SourceRows) -> PreparedRows {
+    let all = (0..rows.len())
+        .map(|i| {
+            if rows.event.is_null(i) || rows.distinct_id.is_null(i) || rows.timestamp.is_null(i) {
+                return (Uuid::nil(), Ok(GroupInputs::default()));
+            }
+            let event = rows.event.value(i);
+            let properties = properties_at(rows, i);
+            (
+                row_uuid(rows, i, event, properties),
+                group_inputs(rows, i, event, properties),
+            )
+        })
+        .collect();
+    PreparedRows {
+        all: Arc::new(all),
+        offset: 0,
+    }
 }
 
 impl SourceRows {
@@ -80,6 +129,8 @@ pub struct BulkLoader {
     handle: Arc<ProjectHandle>,
     flush_rows: usize,
     stats: LoadStats,
+    /// The flush running in the background, and the caller's position it covers.
+    pending: Option<(tokio::task::JoinHandle<herd_storage::Result<()>>, u64)>,
 }
 
 impl BulkLoader {
@@ -93,6 +144,7 @@ impl BulkLoader {
             handle,
             flush_rows: flush_rows.max(1),
             stats: LoadStats::default(),
+            pending: None,
         })
     }
 
@@ -106,12 +158,20 @@ impl BulkLoader {
         &self.db
     }
 
-    /// Loads one batch. Returns `true` when it flushed to Parquet afterwards.
+    /// Loads one batch. `position` is the caller's mark for "everything up to the end of this
+    /// batch". Once enough rows are buffered, a flush starts in the background (at most one at a
+    /// time) and loading goes on; the return value is the position that the previous flush
+    /// made durable, when one completed during this call.
     ///
     /// Ordinary events are processed in input order and their string columns are reused as
     /// they are (filtered only when rows were dropped); `$groupidentify` rows, whose merges
     /// depend on order, are processed after them in timestamp order.
-    pub async fn load(&mut self, rows: &SourceRows, now: i64) -> Result<bool> {
+    pub async fn load(
+        &mut self,
+        rows: &SourceRows,
+        now: i64,
+        position: u64,
+    ) -> Result<Option<u64>> {
         let n = rows.len();
         self.stats.read += n as u64;
         let mut keep = Vec::with_capacity(n);
@@ -135,15 +195,14 @@ impl BulkLoader {
                 continue;
             }
             let properties = properties_at(rows, i);
-            let uuid = row_uuid(rows, i, event, properties);
-            let inputs = self.inputs_or_warn(rows, i, event, properties, uuid, now, &mut produced);
+            let (uuid, inputs) = row_prep(rows, i, event, properties, now, &mut produced);
             let disposition = process_event(
                 &mut guard,
                 uuid,
                 event,
                 rows.timestamp.value(i),
                 now,
-                inputs,
+                &inputs,
                 &mut produced,
             )
             .await?;
@@ -170,16 +229,8 @@ impl BulkLoader {
         let mut builder = EventBatchBuilder::with_capacity(identifies.len());
         for i in identifies {
             let properties = properties_at(rows, i);
-            let uuid = row_uuid(rows, i, "$groupidentify", properties);
-            let inputs = self.inputs_or_warn(
-                rows,
-                i,
-                "$groupidentify",
-                properties,
-                uuid,
-                now,
-                &mut produced,
-            );
+            let (uuid, inputs) =
+                row_prep(rows, i, "$groupidentify", properties, now, &mut produced);
             let timestamp = rows.timestamp.value(i);
             match process_event(
                 &mut guard,
@@ -187,7 +238,7 @@ impl BulkLoader {
                 "$groupidentify",
                 timestamp,
                 now,
-                inputs,
+                &inputs,
                 &mut produced,
             )
             .await?
@@ -213,33 +264,30 @@ impl BulkLoader {
         let identify_batch = (!builder.is_empty()).then(|| builder.finish());
         guard.commit_unlogged(identify_batch, produced.groups, produced.warnings);
         drop(guard);
-        if self.db.buffered_rows(self.handle.project().id) >= self.flush_rows {
-            self.flush().await?;
-            return Ok(true);
+        if self.db.buffered_rows(self.handle.project().id) < self.flush_rows {
+            return Ok(None);
         }
-        Ok(false)
+        let durable = self.wait_pending().await?;
+        let db = self.db.clone();
+        self.pending = Some((
+            tokio::spawn(async move { db.flush().await.map(|_| ()) }),
+            position,
+        ));
+        Ok(durable)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn inputs_or_warn(
-        &self,
-        rows: &SourceRows,
-        i: usize,
-        event: &str,
-        properties: &str,
-        uuid: Uuid,
-        now: i64,
-        produced: &mut Produced,
-    ) -> GroupInputs {
-        group_inputs(rows, i, event, properties).unwrap_or_else(|reason| {
-            produced.warnings.push(IngestWarning {
-                kind: "invalid_groups".into(),
-                event_uuid: uuid.to_string(),
-                details: json!({"reason": reason}).to_string(),
-                timestamp: now,
-            });
-            GroupInputs::default()
-        })
+    async fn wait_pending(&mut self) -> Result<Option<u64>> {
+        match self.pending.take() {
+            None => Ok(None),
+            Some((task, position)) => {
+                task.await.map_err(|e| {
+                    Error::Storage(herd_storage::Error::WalUnavailable(format!(
+                        "flush task: {e}"
+                    )))
+                })??;
+                Ok(Some(position))
+            }
+        }
     }
 
     /// The kept ordinary rows as an events batch, reusing the source's columns.
@@ -285,8 +333,9 @@ impl BulkLoader {
         ));
         Ok(Some(RecordBatch::try_new(events_schema(), columns)?))
     }
-    /// Writes everything buffered to Parquet.
+    /// Writes everything buffered to Parquet (waiting for a background flush first).
     pub async fn flush(&mut self) -> Result<()> {
+        self.wait_pending().await?;
         self.db.flush().await?;
         Ok(())
     }
@@ -324,7 +373,7 @@ impl BulkLoader {
             "$groupidentify",
             created_at,
             now,
-            inputs,
+            &inputs,
             &mut produced,
         )
         .await?;
@@ -408,5 +457,38 @@ fn count_skip(stats: &mut LoadStats, d: &Disposition) {
     stats.skipped += 1;
     if *d == Disposition::Duplicate {
         stats.duplicates += 1;
+    }
+}
+
+/// A row's uuid and group inputs: computed ahead when the batch carries them, else now.
+/// Invalid group inputs become a warning and no groups.
+fn row_prep<'a>(
+    rows: &'a SourceRows,
+    i: usize,
+    event: &str,
+    properties: &str,
+    now: i64,
+    produced: &mut Produced,
+) -> (Uuid, std::borrow::Cow<'a, GroupInputs>) {
+    use std::borrow::Cow;
+    let (uuid, inputs) = match rows.prepared.as_ref().and_then(|p| p.get(i)) {
+        Some((uuid, Ok(inputs))) => return (*uuid, Cow::Borrowed(inputs)),
+        Some((uuid, Err(reason))) => (*uuid, Err(reason.clone())),
+        None => {
+            let uuid = row_uuid(rows, i, event, properties);
+            (uuid, group_inputs(rows, i, event, properties))
+        }
+    };
+    match inputs {
+        Ok(inputs) => (uuid, Cow::Owned(inputs)),
+        Err(reason) => {
+            produced.warnings.push(IngestWarning {
+                kind: "invalid_groups".into(),
+                event_uuid: uuid.to_string(),
+                details: json!({"reason": reason}).to_string(),
+                timestamp: now,
+            });
+            (uuid, Cow::Owned(GroupInputs::default()))
+        }
     }
 }

@@ -231,7 +231,7 @@ async fn apply_events(
             &e.event,
             e.timestamp,
             now,
-            e.inputs,
+            &e.inputs,
             &mut produced,
         )
         .await?

@@ -482,6 +482,7 @@ impl Generator {
             properties: rows.properties.finish(),
             groups: Some((groups, Self::group_types())),
             created_at: None,
+            prepared: None,
         }
     }
 

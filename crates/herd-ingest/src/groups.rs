@@ -165,13 +165,13 @@ pub async fn process_event(
     event: &str,
     timestamp: i64,
     now: i64,
-    inputs: GroupInputs,
+    inputs: &GroupInputs,
     produced: &mut Produced,
 ) -> Result<Disposition> {
     let warn = |kind: &str, details: Value| warning(kind, uuid, event, details, now);
     let mut merge = None;
-    if let Some(identify) = inputs.identify.filter(|_| !inputs.personless) {
-        match check_identify(identify) {
+    if let Some(identify) = inputs.identify.as_ref().filter(|_| !inputs.personless) {
+        match check_identify(identify.clone()) {
             Ok(m) => merge = m,
             Err((kind, details, drop)) => {
                 produced.warnings.push(warn(kind, details));

@@ -366,6 +366,7 @@ impl EventsReader {
                 Some(c) => Some(to_micros(batch.column(c), name)?),
                 None => None,
             },
+            prepared: None,
         })
     }
 }

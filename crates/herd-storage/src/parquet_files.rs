@@ -85,7 +85,7 @@ pub fn sort_events(batches: &[RecordBatch]) -> Result<RecordBatch> {
 
 fn writer_props(sorting: Option<Vec<SortingColumn>>, dictionary_off: &[&str]) -> WriterProperties {
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(sorting);
