@@ -1,7 +1,5 @@
 //! `herd backfill`: load Parquet history into a project.
 
-use std::path::PathBuf;
-
 use clap::Args;
 use herd_ingest::backfill::{self, BackfillOptions};
 
@@ -10,22 +8,15 @@ use super::progress::Progress;
 /// Arguments of `herd backfill`.
 #[derive(Debug, Args)]
 pub(crate) struct BackfillArgs {
-    /// Data folder (or URL) to load into.
-    #[arg(long, env = "HERD_DATA", default_value = "./herd-data")]
-    pub(crate) data: String,
-    /// Write-ahead log folder of the data folder (default: <data>/wal).
-    #[arg(long, env = "HERD_WAL_DIR")]
-    pub(crate) wal_dir: Option<PathBuf>,
-    /// Project id to load into (default: the first project; created when there is none).
-    #[arg(long)]
-    pub(crate) project: Option<u64>,
+    #[command(flatten)]
+    pub(crate) store: super::StoreArgs,
     /// Group types of sources with `$group_N` columns: `company=0,project=1`. Default: the
     /// source folder's group_types.json when it is a herd data folder.
     #[arg(long, conflicts_with = "group_types_file")]
     pub(crate) group_types: Option<String>,
     /// The same as a JSON file: {"company": 0, "project": 1}.
     #[arg(long)]
-    pub(crate) group_types_file: Option<PathBuf>,
+    pub(crate) group_types_file: Option<std::path::PathBuf>,
     /// A groups table export (group_type or group_type_index, group_key, group_properties,
     /// created_at), applied after the events.
     #[arg(long)]
@@ -54,8 +45,13 @@ pub(crate) async fn run(args: BackfillArgs) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
-    let db = super::open_db(&args.data, args.wal_dir.clone(), args.flush_rows).await?;
-    let (project, created) = super::target_project(&db, args.project).await?;
+    let db = super::open_db(
+        &args.store.data,
+        args.store.wal_dir.clone(),
+        args.flush_rows,
+    )
+    .await?;
+    let (project, created) = super::target_project(&db, args.store.project).await?;
     if let Some(p) = created {
         println!("{}", serde_json::to_string(&p)?);
     }

@@ -1,6 +1,5 @@
 //! `herd generate`: a deterministic synthetic dataset, written through the backfill path.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
@@ -12,15 +11,8 @@ use super::progress::Progress;
 /// Arguments of `herd generate`.
 #[derive(Debug, Args)]
 pub(crate) struct GenerateArgs {
-    /// Data folder (or URL) to write into.
-    #[arg(long, env = "HERD_DATA", default_value = "./herd-data")]
-    pub(crate) data: String,
-    /// Write-ahead log folder of the data folder (default: <data>/wal).
-    #[arg(long, env = "HERD_WAL_DIR")]
-    pub(crate) wal_dir: Option<PathBuf>,
-    /// Project id (default: the first project; created when there is none).
-    #[arg(long)]
-    pub(crate) project: Option<u64>,
+    #[command(flatten)]
+    pub(crate) store: super::StoreArgs,
     /// Number of events.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) events: u64,
@@ -41,7 +33,7 @@ pub(crate) struct GenerateArgs {
     pub(crate) start: chrono::NaiveDate,
     /// Also write a plain PostHog-style export (events/*.parquet, groups.parquet) here.
     #[arg(long)]
-    pub(crate) export: Option<PathBuf>,
+    pub(crate) export: Option<std::path::PathBuf>,
     /// Write Parquet every this many events.
     #[arg(long, default_value_t = 500_000)]
     pub(crate) flush_rows: usize,
@@ -50,8 +42,13 @@ pub(crate) struct GenerateArgs {
 /// Runs `herd generate` and prints the summary line.
 pub(crate) async fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let db = super::open_db(&args.data, args.wal_dir.clone(), args.flush_rows).await?;
-    let (project, created) = super::target_project(&db, args.project).await?;
+    let db = super::open_db(
+        &args.store.data,
+        args.store.wal_dir.clone(),
+        args.flush_rows,
+    )
+    .await?;
+    let (project, created) = super::target_project(&db, args.store.project).await?;
     if let Some(p) = created {
         println!("{}", serde_json::to_string(&p)?);
     }

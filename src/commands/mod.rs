@@ -13,6 +13,20 @@ use herd_core::ProjectId;
 use herd_storage::projects::{NewProject, Project};
 use herd_storage::{Db, DbConfig, Storage};
 
+/// Where a bulk job writes: the data folder, its WAL folder and the project.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StoreArgs {
+    /// Data folder (or URL) to write into.
+    #[arg(long, env = "HERD_DATA", default_value = "./herd-data")]
+    pub(crate) data: String,
+    /// Write-ahead log folder of the data folder (default: <data>/wal).
+    #[arg(long, env = "HERD_WAL_DIR")]
+    pub(crate) wal_dir: Option<PathBuf>,
+    /// Project id (default: the first project; created when there is none).
+    #[arg(long)]
+    pub(crate) project: Option<u64>,
+}
+
 /// Opens the store of `data` for a bulk job.
 pub(crate) async fn open_db(
     data: &str,

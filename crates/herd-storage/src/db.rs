@@ -776,16 +776,8 @@ impl Db {
             .collect();
         if !groups.is_empty() {
             let path = layout::new_groups_file(project);
-            let bytes = parquet_files::encode_plain(&groups_batch(&groups), path.as_ref())?;
-            next.groups.push(FileEntry {
-                path: path.to_string(),
-                rows: groups.len() as u64,
-                bytes: bytes.len() as u64,
-                day: None,
-                min_ts: None,
-                max_ts: None,
-            });
-            self.storage.put_durable(&path, bytes).await?;
+            next.groups
+                .push(self.write_plain(path, &groups_batch(&groups)).await?);
             stats.files += 1;
         }
         let warnings: Vec<IngestWarning> = frozen
@@ -794,16 +786,8 @@ impl Db {
             .collect();
         if !warnings.is_empty() {
             let path = layout::new_warnings_file(project);
-            let bytes = parquet_files::encode_plain(&warnings_batch(&warnings), path.as_ref())?;
-            next.warnings.push(FileEntry {
-                path: path.to_string(),
-                rows: warnings.len() as u64,
-                bytes: bytes.len() as u64,
-                day: None,
-                min_ts: None,
-                max_ts: None,
-            });
-            self.storage.put_durable(&path, bytes).await?;
+            next.warnings
+                .push(self.write_plain(path, &warnings_batch(&warnings)).await?);
             stats.files += 1;
         }
         catalog::commit(&self.storage, project, &next).await?;
@@ -811,6 +795,25 @@ impl Db {
         t.catalog = Arc::new(next);
         t.frozen.drain(..frozen.len());
         Ok(stats)
+    }
+
+    /// Writes a groups or warnings batch as a new file; returns its catalog entry.
+    async fn write_plain(
+        &self,
+        path: object_store::path::Path,
+        batch: &RecordBatch,
+    ) -> Result<FileEntry> {
+        let bytes = parquet_files::encode_plain(batch, path.as_ref())?;
+        let entry = FileEntry {
+            path: path.to_string(),
+            rows: batch.num_rows() as u64,
+            bytes: bytes.len() as u64,
+            day: None,
+            min_ts: None,
+            max_ts: None,
+        };
+        self.storage.put_durable(&path, bytes).await?;
+        Ok(entry)
     }
 
     /// Flushes everything and stops the WAL writer (graceful shutdown).
