@@ -142,12 +142,14 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
     let (stop, stop_rx) = watch::channel(false);
     let ingestor = Arc::new(Ingestor::new(db.clone()));
     let tasks = vec![
-        tokio::spawn(http::serve(
-            http_listener,
-            ingestor,
+        tokio::spawn(with_grace(
+            http::serve(http_listener, ingestor, stopped(stop_rx.clone())),
             stopped(stop_rx.clone()),
         )),
-        tokio::spawn(grpc::serve(grpc_listener, stopped(stop_rx.clone()))),
+        tokio::spawn(with_grace(
+            grpc::serve(grpc_listener, db.clone(), stopped(stop_rx.clone())),
+            stopped(stop_rx.clone()),
+        )),
         tokio::spawn(flusher(db.clone(), stopped(stop_rx))),
     ];
     tracing::info!(%http_addr, %grpc_addr, data = db.storage().location(), "herd serving");
@@ -159,6 +161,28 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
         stop,
         tasks,
     })
+}
+
+/// How long in-flight requests and open connections get after a stop before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a server until it finishes its graceful shutdown, or until [`SHUTDOWN_GRACE`] after
+/// `stop` (clients that keep idle connections open must not hold the process up).
+async fn with_grace(
+    serve: impl std::future::Future<Output = Result<()>>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result,
+        () = async {
+            stop.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after the stop: closing them");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves when `true` is sent (or the sender is dropped).

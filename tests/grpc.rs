@@ -1,0 +1,124 @@
+//! gRPC next to capture: `herd.v1.ServerInfoService` with secret-key auth, the standard health
+//! service, and server reflection listing both — over a real socket against `herd serve`.
+
+mod common;
+
+use common::*;
+use herd_server::grpc::proto::GetServerInfoRequest;
+use herd_server::grpc::proto::server_info_service_client::ServerInfoServiceClient;
+use tonic::Code;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("ascii"),
+    );
+    r
+}
+
+#[tokio::test]
+async fn server_info_health_and_reflection_over_grpc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = create_project(dir.path())["id"].as_u64().expect("id");
+    let server = Server::start(dir.path(), &[]);
+    // A capture that assigns two group types, so the project has some.
+    let body = serde_json::json!({"api_key": TOKEN, "batch": [
+        {"event": "signed_up", "distinct_id": "u1", "properties": {"$groups": {"company": "id:5", "project": 42}}}
+    ]});
+    let r = reqwest::Client::new()
+        .post(server.url("/batch/"))
+        .json(&body)
+        .send()
+        .await
+        .expect("capture");
+    assert_eq!(r.status(), 200);
+
+    let url = format!("http://{}", server.grpc);
+    let mut info = ServerInfoServiceClient::connect(url.clone())
+        .await
+        .expect("connect");
+    let resp = info
+        .get_server_info(with_key(GetServerInfoRequest {}, SECRET))
+        .await
+        .expect("server info")
+        .into_inner();
+    assert_eq!(resp.version, env!("CARGO_PKG_VERSION"));
+    assert!(resp.started_at_unix_micros > 0);
+    let project = resp.project.expect("project");
+    assert_eq!((project.id, project.name.as_str()), (id, "e2e"));
+    assert_eq!(project.group_types, vec!["company", "project"]);
+
+    for (request, what) in [
+        (
+            tonic::Request::new(GetServerInfoRequest {}),
+            "missing authorization",
+        ),
+        (
+            with_key(GetServerInfoRequest {}, "phs_wrong_key"),
+            "unknown secret key",
+        ),
+        (
+            with_key(GetServerInfoRequest {}, TOKEN),
+            "unknown secret key",
+        ),
+    ] {
+        let err = info.get_server_info(request).await.expect_err("refused");
+        assert_eq!(err.code(), Code::Unauthenticated);
+        assert!(err.message().contains(what), "{}", err.message());
+    }
+
+    let channel = tonic::transport::Channel::from_shared(url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let message = stream
+        .message()
+        .await
+        .expect("response")
+        .expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = message.message_response else {
+        panic!(
+            "expected a service list, got {:?}",
+            message.message_response
+        );
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["herd.v1.ServerInfoService", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} listed in {names:?}"
+        );
+    }
+    // Clients hang up; the server then shuts down without waiting out its grace period.
+    drop((info, health, reflection, stream));
+    server.terminate();
+}
