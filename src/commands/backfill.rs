@@ -25,7 +25,7 @@ pub(crate) struct BackfillArgs {
     #[arg(long)]
     pub(crate) limit_events: Option<u64>,
     /// Write Parquet (and a checkpoint) every this many events.
-    #[arg(long, default_value_t = 500_000)]
+    #[arg(long, default_value_t = 250_000)]
     pub(crate) flush_rows: usize,
     /// Parquet files, folders, globs, or object-store URLs (s3://bucket/prefix/, file://…).
     #[arg(required = true)]

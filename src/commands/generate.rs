@@ -35,7 +35,7 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     pub(crate) export: Option<std::path::PathBuf>,
     /// Write Parquet every this many events.
-    #[arg(long, default_value_t = 500_000)]
+    #[arg(long, default_value_t = 250_000)]
     pub(crate) flush_rows: usize,
 }
 

@@ -186,7 +186,7 @@ pub async fn run(
     };
     'files: for (name, skip, reader) in readers {
         // Decode ahead in another task while this one loads.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<crate::bulk::SourceRows>>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<crate::bulk::SourceRows>>(1);
         let read_ahead = tokio::spawn(async move {
             let mut reader = reader;
             loop {
