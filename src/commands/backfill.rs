@@ -45,16 +45,7 @@ pub(crate) async fn run(args: BackfillArgs) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
-    let db = super::open_db(
-        &args.store.data,
-        args.store.wal_dir.clone(),
-        args.flush_rows,
-    )
-    .await?;
-    let (project, created) = super::target_project(&db, args.store.project).await?;
-    if let Some(p) = created {
-        println!("{}", serde_json::to_string(&p)?);
-    }
+    let (db, project) = args.store.open(args.flush_rows).await?;
     let opts = BackfillOptions {
         project,
         sources: args.sources,

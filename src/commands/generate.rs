@@ -42,16 +42,7 @@ pub(crate) struct GenerateArgs {
 /// Runs `herd generate` and prints the summary line.
 pub(crate) async fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let db = super::open_db(
-        &args.store.data,
-        args.store.wal_dir.clone(),
-        args.flush_rows,
-    )
-    .await?;
-    let (project, created) = super::target_project(&db, args.store.project).await?;
-    if let Some(p) = created {
-        println!("{}", serde_json::to_string(&p)?);
-    }
+    let (db, project) = args.store.open(args.flush_rows).await?;
     let mut generator = Generator::new(GenerateOptions {
         events: args.events,
         seed: args.seed,

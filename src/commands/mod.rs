@@ -27,8 +27,20 @@ pub(crate) struct StoreArgs {
     pub(crate) project: Option<u64>,
 }
 
+impl StoreArgs {
+    /// Opens the store and picks the project; prints the project when it had to be created.
+    pub(crate) async fn open(&self, flush_rows: usize) -> anyhow::Result<(Arc<Db>, ProjectId)> {
+        let db = open_db(&self.data, self.wal_dir.clone(), flush_rows).await?;
+        let (project, created) = target_project(&db, self.project).await?;
+        if let Some(p) = created {
+            println!("{}", serde_json::to_string(&p)?);
+        }
+        Ok((db, project))
+    }
+}
+
 /// Opens the store of `data` for a bulk job.
-pub(crate) async fn open_db(
+async fn open_db(
     data: &str,
     wal_dir: Option<PathBuf>,
     flush_rows: usize,
@@ -51,7 +63,7 @@ pub(crate) async fn open_db(
 
 /// The project to load into: the given id, else the only/first project, else a new default
 /// project (returned as created so the caller can print it).
-pub(crate) async fn target_project(
+async fn target_project(
     db: &Db,
     id: Option<ProjectId>,
 ) -> anyhow::Result<(ProjectId, Option<Project>)> {

@@ -42,6 +42,13 @@ async fn open(dir: &Path, max_uuids: usize) -> Arc<Db> {
     Db::open(storage, config).await.expect("open db")
 }
 
+async fn new_project(db: &Db) -> u64 {
+    db.create_project(NewProject::default())
+        .await
+        .expect("project")
+        .id
+}
+
 /// Commits the events whose uuid is new; returns how many were new.
 async fn ingest(db: &Db, project: u64, events: &[Event], groups: Vec<GroupRow>) -> usize {
     let handle = db.project(project).expect("project");
@@ -89,11 +96,7 @@ async fn stored(db: &Db, project: u64) -> Vec<Event> {
 async fn acknowledged_rows_are_visible_at_once_and_exactly_once_across_a_flush() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path(), 1_000_000).await;
-    let p = db
-        .create_project(NewProject::default())
-        .await
-        .expect("project")
-        .id;
+    let p = new_project(&db).await;
     let events: Vec<Event> = (0..50).map(|n| event(n, n as i64 * DAY / 7)).collect();
     assert_eq!(ingest(&db, p, &events, vec![]).await, 50);
 
@@ -161,11 +164,7 @@ async fn duplicates_are_dropped_across_restarts_and_dedup_evictions() {
 async fn a_request_that_fails_before_commit_leaves_no_trace() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path(), 1_000).await;
-    let p = db
-        .create_project(NewProject::default())
-        .await
-        .expect("project")
-        .id;
+    let p = new_project(&db).await;
     let handle = db.project(p).expect("project");
     {
         let mut guard = db.lock(&handle).await;
