@@ -401,6 +401,7 @@ impl Db {
         }
         // Writes whatever was replayed and deletes every segment from before this start.
         db.flush().await?;
+        db.remove_orphans().await?;
         if replayed_records > 0 {
             tracing::info!(
                 replayed_records,
@@ -517,6 +518,32 @@ impl Db {
                 ..Default::default()
             }),
         })
+    }
+
+    /// Deletes data files that no catalog names: left by a process that died between writing a
+    /// file and committing the catalog version that would have named it. Safe because this
+    /// process holds the data folder's write lock and files leave a catalog only by being
+    /// orphaned this way.
+    async fn remove_orphans(&self) -> Result<usize> {
+        let mut removed = 0;
+        let handles: Vec<Arc<ProjectHandle>> = self.projects.read().values().cloned().collect();
+        for h in handles {
+            let catalog = h.tables.lock().catalog.clone();
+            let live: HashSet<&str> = catalog.all_paths().collect();
+            let dir = object_store::path::Path::from(format!("projects/{}", h.project.id));
+            for meta in self.storage.list(&dir).await? {
+                let path = meta.location.as_ref();
+                if path.ends_with(".parquet") && !live.contains(path) {
+                    tracing::warn!(
+                        path,
+                        "removing a data file no catalog names (left by a crash)"
+                    );
+                    self.storage.delete(&meta.location).await?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Creates a project in this store and opens it.

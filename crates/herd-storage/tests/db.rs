@@ -282,3 +282,24 @@ async fn projects_never_see_each_others_rows() {
         db.project(b).expect("b").project().token
     );
 }
+
+#[tokio::test]
+async fn files_no_catalog_names_are_removed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events: Vec<Event> = (0..10).map(|n| event(n, 0)).collect();
+    let (p, stray) = {
+        let db = open(dir.path(), 1_000).await;
+        let p = new_project(&db).await;
+        ingest(&db, p, &events, vec![]).await;
+        db.close().await.expect("close");
+        // What a crash between writing a file and committing the catalog leaves behind.
+        let stray = dir.path().join(format!(
+            "data/projects/{p}/events/date=1970-01-01/stray.parquet"
+        ));
+        std::fs::write(&stray, b"half a file").expect("write");
+        (p, stray)
+    };
+    let db = open(dir.path(), 1_000).await;
+    assert!(!stray.exists(), "orphan removed");
+    assert_eq!(stored(&db, p).await.len(), 10, "committed files kept");
+}
