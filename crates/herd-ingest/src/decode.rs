@@ -135,7 +135,7 @@ pub fn decode(input: &CaptureInput, route: Route, limit: usize) -> Result<Decode
 #[derive(serde::Deserialize)]
 struct Envelope {
     #[serde(default)]
-    batch: Option<Box<RawValue>>,
+    batch: Option<Vec<Box<RawValue>>>,
     #[serde(default)]
     api_key: Option<Value>,
     #[serde(default)]
@@ -161,24 +161,33 @@ fn parse(raw: &[u8]) -> Result<Decoded> {
             }
         }
         Some(b'{') => {
-            let env: Envelope = serde_json::from_str(text).map_err(|e| not_json(&e))?;
-            match env.batch {
-                Some(batch) => {
-                    let events: Vec<Box<RawValue>> = serde_json::from_str(batch.get())
-                        .map_err(|_| Error::bad("batch must be an array of events"))?;
-                    Decoded {
-                        envelope_token: env
-                            .api_key
-                            .filter(|v| !v.is_null())
-                            .or(env.token.filter(|v| !v.is_null())),
-                        sent_at: match env.sent_at {
-                            Some(Value::String(s)) => Some(s),
-                            _ => None,
-                        },
-                        events,
-                        json_bytes: 0,
+            // One pass splits the envelope's batch into raw events.
+            let env: Envelope = match serde_json::from_str(text) {
+                Ok(env) => env,
+                Err(e) => {
+                    let batch_not_array = serde_json::from_str::<Value>(text)
+                        .ok()
+                        .and_then(|v| v.get("batch").map(|b| !b.is_array()))
+                        .unwrap_or(false);
+                    if batch_not_array {
+                        return Err(Error::bad("batch must be an array of events"));
                     }
+                    return Err(not_json(&e));
                 }
+            };
+            match env.batch {
+                Some(events) => Decoded {
+                    envelope_token: env
+                        .api_key
+                        .filter(|v| !v.is_null())
+                        .or(env.token.filter(|v| !v.is_null())),
+                    sent_at: match env.sent_at {
+                        Some(Value::String(s)) => Some(s),
+                        _ => None,
+                    },
+                    events,
+                    json_bytes: 0,
+                },
                 None => {
                     let event =
                         RawValue::from_string(text.to_string()).map_err(|e| not_json(&e))?;
