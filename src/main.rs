@@ -167,6 +167,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         flush_interval: Duration::from_millis(args.flush_interval_ms),
         flush_rows: args.flush_rows,
     };
+    // Handlers first: a SIGTERM that arrives right after the listening line must shut down
+    // gracefully, not kill the process.
+    let signal = shutdown_signal()?;
     let server = herd_server::start(config)
         .await
         .context("start herd serve")?;
@@ -178,7 +181,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }))?;
     let stop = server.stop_handle();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("shutting down: finishing requests, flushing the write buffer");
         let _ = stop.send(true);
     });
@@ -186,24 +189,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called (not when it
+/// is first polled), so call it before announcing that the server listens.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
