@@ -25,10 +25,11 @@ fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
 async fn server_info_health_and_reflection_over_grpc() {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = create_project(dir.path())["id"].as_u64().expect("id");
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--flush-interval-ms", "100"]);
     // A capture that assigns two group types, so the project has some.
     let body = serde_json::json!({"api_key": TOKEN, "batch": [
-        {"event": "signed_up", "distinct_id": "u1", "properties": {"$groups": {"company": "id:5", "project": 42}}}
+        {"event": "signed_up", "distinct_id": "u1", "properties": {"$groups": {"company": "id:5", "project": 42}}},
+        {"event": "$groupidentify", "distinct_id": "u1", "properties": {"$group_type": "company", "$group_key": "k".repeat(401)}}
     ]});
     let r = reqwest::Client::new()
         .post(server.url("/batch/"))
@@ -38,6 +39,17 @@ async fn server_info_health_and_reflection_over_grpc() {
         .expect("capture");
     assert_eq!(r.status(), 200);
 
+    // Wait (up to 30 s) for the flusher to write the warning to the warnings table: the server
+    // reads warnings from files and buffer alike.
+    let warnings_dir = dir.path().join(format!("projects/{id}/warnings"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_dir(&warnings_dir).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warning never reached a warnings file"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let url = format!("http://{}", server.grpc);
     let mut info = ServerInfoServiceClient::connect(url.clone())
         .await
@@ -52,6 +64,11 @@ async fn server_info_health_and_reflection_over_grpc() {
     let project = resp.project.expect("project");
     assert_eq!((project.id, project.name.as_str()), (id, "e2e"));
     assert_eq!(project.group_types, vec!["company", "project"]);
+    assert_eq!(
+        project.ingestion_warnings.get("group_key_too_long"),
+        Some(&1),
+        "warnings are queryable"
+    );
 
     for (request, what) in [
         (

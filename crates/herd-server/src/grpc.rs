@@ -69,6 +69,15 @@ impl ServerInfoService for ServerInfo {
             .await
             .map(|m| m.types().to_vec())
             .unwrap_or_default();
+        let mut ingestion_warnings = std::collections::HashMap::new();
+        for w in self
+            .db
+            .warnings(project.id)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading ingestion warnings: {e}")))?
+        {
+            *ingestion_warnings.entry(w.kind).or_insert(0u64) += 1;
+        }
         Ok(Response::new(GetServerInfoResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at_unix_micros: self.started_at,
@@ -76,6 +85,7 @@ impl ServerInfoService for ServerInfo {
                 id: project.id,
                 name: project.name.clone(),
                 group_types,
+                ingestion_warnings,
             }),
         }))
     }

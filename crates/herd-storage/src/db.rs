@@ -26,7 +26,7 @@ use bytes::Bytes;
 use herd_core::groups::{groups_batch, groups_from_batch};
 use herd_core::schema::{events_col, groups_schema};
 use herd_core::time::{day_of, day_string};
-use herd_core::warning::warnings_batch;
+use herd_core::warning::{warnings_batch, warnings_from_batch, warnings_schema};
 use herd_core::{GroupRow, GroupState, GroupTypeMapping, GroupTypeSlot, IngestWarning, ProjectId};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, RwLock as AsyncRwLock, RwLockReadGuard};
 
@@ -73,6 +73,8 @@ pub struct TableSnapshot {
     pub buffered_events: Vec<RecordBatch>,
     /// Groups rows not yet in a file.
     pub buffered_groups: Vec<GroupRow>,
+    /// Ingestion warnings not yet in a file.
+    pub buffered_warnings: Vec<IngestWarning>,
 }
 
 #[derive(Debug, Default)]
@@ -634,15 +636,34 @@ impl Db {
         let buffers = tables.frozen.iter().chain(std::iter::once(&tables.active));
         let mut buffered_events = Vec::new();
         let mut buffered_groups = Vec::new();
+        let mut buffered_warnings = Vec::new();
         for b in buffers {
             buffered_events.extend(b.events.iter().cloned());
             buffered_groups.extend(b.groups.iter().cloned());
+            buffered_warnings.extend(b.warnings.iter().cloned());
         }
         Some(TableSnapshot {
             catalog: tables.catalog.clone(),
             buffered_events,
             buffered_groups,
+            buffered_warnings,
         })
+    }
+
+    /// Every ingestion warning of a project: its warnings files plus the write buffer.
+    pub async fn warnings(&self, project: ProjectId) -> Result<Vec<IngestWarning>> {
+        let Some(snapshot) = self.snapshot(project) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for file in &snapshot.catalog.warnings {
+            let bytes = self.storage.get(&file.path.as_str().into()).await?;
+            for batch in parquet_files::decode(bytes, &file.path, &warnings_schema())? {
+                out.extend(warnings_from_batch(&batch)?);
+            }
+        }
+        out.extend(snapshot.buffered_warnings);
+        Ok(out)
     }
 
     /// The current properties of every group of a project (type index, key) → state.
