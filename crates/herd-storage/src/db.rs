@@ -394,11 +394,12 @@ impl Db {
         db.reload_projects().await?;
         let mut replayed_records = 0usize;
         let mut replayed_events = 0usize;
+        let mut known_warnings = HashMap::new();
         for segment in replayed {
             for bytes in segment.records {
                 let record = WalRecord::decode(&bytes)?;
                 replayed_records += 1;
-                replayed_events += db.replay(record).await?;
+                replayed_events += db.replay(record, &mut known_warnings).await?;
             }
         }
         // Writes whatever was replayed and deletes every segment from before this start.
@@ -424,7 +425,30 @@ impl Db {
         &self.config
     }
 
-    async fn replay(&self, record: WalRecord) -> Result<usize> {
+    /// Re-applies one WAL record. Events are deduplicated by uuid and group rows by version;
+    /// warnings by `(kind, event uuid, time)` against those already stored (`known` caches
+    /// them per project), so a record replayed after its flush committed adds nothing twice.
+    async fn replay(
+        &self,
+        mut record: WalRecord,
+        known: &mut HashMap<ProjectId, HashSet<(String, String, i64)>>,
+    ) -> Result<usize> {
+        if !record.warnings.is_empty() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = known.entry(record.project) {
+                let stored = self
+                    .warnings(record.project)
+                    .await?
+                    .into_iter()
+                    .map(|w| (w.kind, w.event_uuid, w.timestamp))
+                    .collect();
+                slot.insert(stored);
+            }
+            if let Some(seen) = known.get_mut(&record.project) {
+                record
+                    .warnings
+                    .retain(|w| seen.insert((w.kind.clone(), w.event_uuid.clone(), w.timestamp)));
+            }
+        }
         let Some(handle) = self.project(record.project) else {
             tracing::warn!(
                 project = record.project,

@@ -202,6 +202,19 @@ async fn replay_after_a_crash_between_parquet_and_wal_deletion_is_exact() {
             .expect("project")
             .id;
         ingest(&db, p, &events[..20], vec![row(1, r#"{"plan":"free"}"#)]).await;
+        {
+            let handle = db.project(p).expect("project");
+            let mut guard = db.lock(&handle).await;
+            let warning = herd_core::IngestWarning {
+                kind: "group_type_limit_reached".into(),
+                event_uuid: "00000000-0000-4000-8000-000000000001".into(),
+                details: "{}".into(),
+                timestamp: 7,
+            };
+            let t = guard.commit(None, vec![], vec![warning]).expect("commit");
+            drop(guard);
+            db.wait_durable(t).await.expect("durable");
+        }
         ingest(&db, p, &events[20..], vec![row(2, r#"{"plan":"pro"}"#)]).await;
         // Keep a copy of the WAL as it is before the flush deletes it...
         copy_dir(
@@ -230,6 +243,11 @@ async fn replay_after_a_crash_between_parquet_and_wal_deletion_is_exact() {
             snap.catalog.groups.iter().map(|f| f.rows).sum::<u64>(),
             2,
             "group rows not written twice"
+        );
+        assert_eq!(
+            db.warnings(p).await.expect("warnings").len(),
+            1,
+            "warnings not written twice"
         );
         db.close().await.expect("close");
     }
