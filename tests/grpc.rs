@@ -129,7 +129,11 @@ async fn server_info_health_and_reflection_over_grpc() {
         );
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["herd.v1.ServerInfoService", "grpc.health.v1.Health"] {
+    for want in [
+        "herd.v1.ServerInfoService",
+        "herd.v1.GroupsService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(
             names.iter().any(|n| n == want),
             "{want} listed in {names:?}"
@@ -137,5 +141,174 @@ async fn server_info_health_and_reflection_over_grpc() {
     }
     // Clients hang up; the server then shuts down without waiting out its grace period.
     drop((info, health, reflection, stream));
+    server.terminate();
+}
+
+#[tokio::test]
+async fn groups_service_lists_searches_pages_and_gets_groups() {
+    use herd_server::grpc::proto::groups_service_client::GroupsServiceClient;
+    use herd_server::grpc::proto::{GetGroupRequest, ListGroupTypesRequest, ListGroupsRequest};
+
+    // Serve a copy of the committed sample (the test must not write into the repository).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("data"))
+        .arg(&data)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(data.join("wal"));
+    let server = Server::start(&data, &[]);
+    let key = "phs_herd_sample_secret_key";
+    let mut groups = GroupsServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connect");
+
+    let types = groups
+        .list_group_types(with_key(ListGroupTypesRequest {}, key))
+        .await
+        .expect("types")
+        .into_inner()
+        .group_types;
+    let names: Vec<(u32, String)> = types.into_iter().map(|t| (t.index, t.name)).collect();
+    assert_eq!(
+        names,
+        vec![
+            (0, "company".into()),
+            (1, "project".into()),
+            (2, "team".into())
+        ]
+    );
+
+    // Every company, page by page, equals the current groups of slot 0 in the groups table.
+    let stored = read_groups(&data, 1).await;
+    let mut want: Vec<String> = stored
+        .iter()
+        .filter(|g| g.group_type_index == 0)
+        .map(|g| g.group_key.clone())
+        .collect();
+    want.sort();
+    want.dedup();
+    let mut got = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = groups
+            .list_groups(with_key(
+                ListGroupsRequest {
+                    group_type: "company".into(),
+                    search: String::new(),
+                    page_size: 7,
+                    cursor: cursor.clone(),
+                },
+                key,
+            ))
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.groups.len() <= 7);
+        got.extend(page.groups.into_iter().map(|g| g.key));
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert!(want.len() > 7, "several pages");
+    assert_eq!(got, want);
+
+    // Search matches property values, case-insensitively.
+    let found = groups
+        .list_groups(with_key(
+            ListGroupsRequest {
+                group_type: "company".into(),
+                search: "ENTERPRISE".into(),
+                page_size: 1000,
+                cursor: String::new(),
+            },
+            key,
+        ))
+        .await
+        .expect("search")
+        .into_inner()
+        .groups;
+    assert!(!found.is_empty() && found.len() < want.len());
+    let plan = |g: &herd_server::grpc::proto::Group| -> Option<String> {
+        let field = g.properties.as_ref()?.fields.get("plan")?;
+        match &field.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        }
+    };
+    assert!(
+        found
+            .iter()
+            .all(|g| plan(g).as_deref() == Some("enterprise"))
+    );
+
+    let one = groups
+        .get_group(with_key(
+            GetGroupRequest {
+                group_type: "company".into(),
+                key: found[0].key.clone(),
+            },
+            key,
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        (one.key.as_str(), one.group_type_index),
+        (found[0].key.as_str(), 0)
+    );
+    assert_eq!(plan(&one).as_deref(), Some("enterprise"));
+    assert!(one.version >= 1);
+
+    let err = groups
+        .get_group(with_key(
+            GetGroupRequest {
+                group_type: "company".into(),
+                key: "nope".into(),
+            },
+            key,
+        ))
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = groups
+        .list_groups(with_key(
+            ListGroupsRequest {
+                group_type: "planet".into(),
+                ..Default::default()
+            },
+            key,
+        ))
+        .await
+        .expect_err("unknown type");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("group_type: unknown group type \"planet\""),
+        "{}",
+        err.message()
+    );
+    let err = groups
+        .list_groups(with_key(
+            ListGroupsRequest {
+                group_type: "company".into(),
+                page_size: 5000,
+                ..Default::default()
+            },
+            key,
+        ))
+        .await
+        .expect_err("page too big");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = groups
+        .list_group_types(tonic::Request::new(ListGroupTypesRequest {}))
+        .await
+        .expect_err("no key");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    drop(groups);
     server.terminate();
 }

@@ -104,11 +104,15 @@ pub async fn serve(
     reporter
         .set_serving::<ServerInfoServiceServer<ServerInfo>>()
         .await;
+    reporter
+        .set_serving::<proto::groups_service_server::GroupsServiceServer<crate::groups_service::Groups>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Grpc(format!("reflection: {e}")))?;
+    let groups = crate::groups_service::Groups::new(db.clone());
     let info = ServerInfo {
         db,
         started_at: chrono::Utc::now().timestamp_micros(),
@@ -117,6 +121,9 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(ServerInfoServiceServer::new(info))
+        .add_service(proto::groups_service_server::GroupsServiceServer::new(
+            groups,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await
         .map_err(|e| Error::Grpc(e.to_string()))

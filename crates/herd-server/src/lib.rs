@@ -6,6 +6,7 @@
 //! Every library error is mapped to a status exactly once, in [`http::ApiError`].
 
 pub mod config;
+pub mod groups_service;
 pub mod grpc;
 pub mod http;
 

@@ -1,0 +1,181 @@
+//! `herd.v1.GroupsService`: a project's group types and the current state of its groups,
+//! read from the store's in-memory group state (the merge of every `$groupidentify`).
+
+use std::sync::Arc;
+
+use herd_core::{GroupState, GroupTypeMapping};
+use herd_storage::Db;
+use tonic::{Request, Response, Status};
+
+use crate::grpc::authenticate;
+use crate::grpc::proto::groups_service_server::GroupsService;
+use crate::grpc::proto::{
+    GetGroupRequest, Group, GroupType, ListGroupTypesRequest, ListGroupTypesResponse,
+    ListGroupsRequest, ListGroupsResponse,
+};
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// The groups service over one store.
+#[derive(Debug)]
+pub struct Groups {
+    db: Arc<Db>,
+}
+
+impl Groups {
+    /// A service over `db`.
+    pub fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+
+    async fn mapping(&self, project: u64) -> GroupTypeMapping {
+        self.db.group_types(project).await.unwrap_or_default()
+    }
+}
+
+fn type_index(mapping: &GroupTypeMapping, group_type: &str) -> Result<u8, Status> {
+    if group_type.is_empty() {
+        return Err(Status::invalid_argument("group_type: required"));
+    }
+    mapping.index_of(group_type).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "group_type: unknown group type {group_type:?} (known: {})",
+            mapping.types().join(", ")
+        ))
+    })
+}
+
+/// serde_json → google.protobuf.Value.
+fn to_proto(value: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(to_proto).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn to_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map.iter().map(|(k, v)| (k.clone(), to_proto(v))).collect(),
+    }
+}
+
+fn group(index: u8, group_type: &str, key: &str, state: &GroupState) -> Group {
+    Group {
+        group_type_index: u32::from(index),
+        group_type: group_type.to_string(),
+        key: key.to_string(),
+        properties: Some(to_struct(&state.properties)),
+        created_at_unix_micros: state.created_at,
+        version: state.version,
+    }
+}
+
+/// Case-insensitive match of the key or any property value (as text).
+fn matches(key: &str, state: &GroupState, needle: &str) -> bool {
+    if needle.is_empty() || key.to_lowercase().contains(needle) {
+        return true;
+    }
+    state.properties.values().any(|v| {
+        let text = match v {
+            serde_json::Value::String(s) => s.to_lowercase(),
+            other => other.to_string().to_lowercase(),
+        };
+        text.contains(needle)
+    })
+}
+
+#[tonic::async_trait]
+impl GroupsService for Groups {
+    async fn list_group_types(
+        &self,
+        request: Request<ListGroupTypesRequest>,
+    ) -> Result<Response<ListGroupTypesResponse>, Status> {
+        let project = authenticate(&self.db, &request)?.project().id;
+        let mapping = self.mapping(project).await;
+        let group_types = mapping
+            .types()
+            .iter()
+            .enumerate()
+            .map(|(i, name)| GroupType {
+                index: i as u32,
+                name: name.clone(),
+            })
+            .collect();
+        Ok(Response::new(ListGroupTypesResponse { group_types }))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let project = authenticate(&self.db, &request)?.project().id;
+        let req = request.into_inner();
+        let mapping = self.mapping(project).await;
+        let index = type_index(&mapping, &req.group_type)?;
+        let page = match req.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size: at most {MAX_PAGE}"
+                )));
+            }
+            n => n,
+        };
+        let needle = req.search.to_lowercase();
+        let groups = self.db.current_groups(project).await.unwrap_or_default();
+        let mut keys: Vec<(&String, &GroupState)> = groups
+            .iter()
+            .filter(|((i, key), state)| {
+                *i == index && key.as_str() > req.cursor.as_str() && matches(key, state, &needle)
+            })
+            .map(|((_, key), state)| (key, state))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        let more = keys.len() > page;
+        keys.truncate(page);
+        let next_cursor = if more {
+            keys.last().map(|(k, _)| (*k).clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListGroupsResponse {
+            groups: keys
+                .into_iter()
+                .map(|(k, s)| group(index, &req.group_type, k, s))
+                .collect(),
+            next_cursor,
+        }))
+    }
+
+    async fn get_group(
+        &self,
+        request: Request<GetGroupRequest>,
+    ) -> Result<Response<Group>, Status> {
+        let project = authenticate(&self.db, &request)?.project().id;
+        let req = request.into_inner();
+        let mapping = self.mapping(project).await;
+        let index = type_index(&mapping, &req.group_type)?;
+        let groups = self.db.current_groups(project).await.unwrap_or_default();
+        let state = groups.get(&(index, req.key.clone())).ok_or_else(|| {
+            Status::not_found(format!(
+                "no {} group with key {:?}",
+                req.group_type, req.key
+            ))
+        })?;
+        Ok(Response::new(group(
+            index,
+            &req.group_type,
+            &req.key,
+            state,
+        )))
+    }
+}
