@@ -8,7 +8,6 @@
 //! is dropped, as PostHog does).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use herd_core::EventBatchBuilder;
 use herd_core::time::parse_timestamp;
@@ -42,43 +41,21 @@ pub struct CaptureOutcome {
     pub warnings: usize,
 }
 
-/// Counters since start.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Events stored.
-    pub accepted: AtomicU64,
-    /// Duplicates dropped.
-    pub duplicates: AtomicU64,
-    /// Events dropped by a rule.
-    pub dropped: AtomicU64,
-    /// Warnings raised.
-    pub warnings: AtomicU64,
-}
-
 /// Runs capture requests against a [`Db`].
 #[derive(Debug)]
 pub struct Ingestor {
     db: Arc<Db>,
-    counters: Counters,
 }
 
 impl Ingestor {
     /// An ingestor over a store.
     pub fn new(db: Arc<Db>) -> Self {
-        Self {
-            db,
-            counters: Counters::default(),
-        }
+        Self { db }
     }
 
     /// The store.
     pub fn db(&self) -> &Arc<Db> {
         &self.db
-    }
-
-    /// Counters since start.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
     }
 
     /// Handles one HTTP capture request end to end; returns once its events are durable.
@@ -128,22 +105,9 @@ impl Ingestor {
         }
         let (ticket, outcome) = {
             let mut guard = self.db.lock(&handle).await;
-            let outcome = apply_events(&mut guard, prepared, now).await?;
-            (outcome.0, outcome.1)
+            apply_events(&mut guard, prepared, now).await?
         };
         self.db.wait_durable(ticket).await?;
-        self.counters
-            .accepted
-            .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
-        self.counters
-            .duplicates
-            .fetch_add(outcome.duplicates as u64, Ordering::Relaxed);
-        self.counters
-            .dropped
-            .fetch_add(outcome.dropped as u64, Ordering::Relaxed);
-        self.counters
-            .warnings
-            .fetch_add(outcome.warnings as u64, Ordering::Relaxed);
         Ok(outcome)
     }
 }
