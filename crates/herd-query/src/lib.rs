@@ -8,6 +8,18 @@
 
 use std::sync::Arc;
 
+pub mod bucket;
+pub mod calendar;
+pub mod filters;
+pub mod related;
+pub mod trends;
+
+pub use calendar::{Interval, WeekStart};
+pub use filters::{BoolOp, Operator, PropertyFilter, PropertyGroup, PropertySource};
+pub use trends::{
+    Breakdown, Display, Math, MathSpec, Series, SeriesResult, TrendsQuery, TrendsResult,
+};
+
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -26,12 +38,36 @@ pub const STORE_URL: &str = "herd://data/";
 /// Errors of the query layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The request is invalid; `field` names the offending request field.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Path of the field in the request, e.g. `series[0].math_group_type`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// DataFusion failed to plan or run.
     #[error("query: {0}")]
     DataFusion(#[from] DataFusionError),
+    /// Arrow failed.
+    #[error("query: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
     /// No such project.
     #[error("unknown project {0}")]
     UnknownProject(ProjectId),
+    /// A bug: an invariant of the planner does not hold.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An invalid-request error for `field`.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
 }
 
 /// herd-query's result type.
@@ -68,14 +104,66 @@ impl QueryEngine {
         &self.ctx
     }
 
+    /// The store.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
     /// The project's events as one DataFrame (files of the current catalog + write buffer).
     pub async fn events(&self, project: ProjectId) -> Result<DataFrame> {
+        let provider = self.events_table(project).await?;
+        Ok(self.ctx.read_table(provider)?)
+    }
+
+    /// The project's events as a table: the files of the current catalog and the write
+    /// buffer, taken from one snapshot.
+    pub async fn events_table(&self, project: ProjectId) -> Result<Arc<dyn TableProvider>> {
         let snapshot = self
             .db
             .snapshot(project)
             .ok_or(Error::UnknownProject(project))?;
-        let provider = self.events_provider(&snapshot).await?;
-        Ok(self.ctx.read_table(provider)?)
+        self.events_provider(&snapshot).await
+    }
+
+    /// The current properties of the project's groups of type `index`, as a table with the
+    /// columns `__g<index>_key` and `__g<index>_properties` (JSON text), for left joins from
+    /// `$group_<index>`.
+    pub async fn groups_table(
+        &self,
+        project: ProjectId,
+        index: u8,
+    ) -> Result<Arc<dyn TableProvider>> {
+        use datafusion::arrow::array::{RecordBatch, StringBuilder};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let groups = self
+            .db
+            .current_groups(project)
+            .await
+            .ok_or(Error::UnknownProject(project))?;
+        let mut keys = StringBuilder::new();
+        let mut props = StringBuilder::new();
+        for ((i, key), state) in &groups {
+            if *i == index {
+                keys.append_value(key);
+                props.append_value(
+                    serde_json::to_string(&state.properties)
+                        .map_err(|e| Error::Internal(format!("group properties: {e}")))?,
+                );
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(filters::group_key_column(index), DataType::Utf8, false),
+            Field::new(
+                filters::group_properties_column(index),
+                DataType::Utf8,
+                false,
+            ),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(keys.finish()), Arc::new(props.finish())],
+        )?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
     }
 
     async fn events_provider(&self, snapshot: &TableSnapshot) -> Result<Arc<dyn TableProvider>> {
@@ -105,6 +193,31 @@ impl QueryEngine {
             .union(self.ctx.read_table(buffered)?)?;
         Ok(union.into_view())
     }
+}
+
+/// The non-null values of string column `i` of `batches`.
+pub(crate) fn strings(
+    batches: &[datafusion::arrow::array::RecordBatch],
+    i: usize,
+) -> Result<Vec<String>> {
+    use datafusion::arrow::array::{Array, StringArray};
+    let mut out = Vec::new();
+    for b in batches {
+        let a = datafusion::arrow::compute::cast(
+            b.column(i),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )?;
+        let a = a
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| Error::Internal("expected strings".into()))?;
+        out.extend(
+            (0..a.len())
+                .filter(|r| !a.is_null(*r))
+                .map(|r| a.value(r).to_string()),
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

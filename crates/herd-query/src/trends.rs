@@ -1,0 +1,813 @@
+//! Trends (spec §2): per series and time bucket, a count of events, of unique users or groups,
+//! of weekly/monthly active actors, or an aggregate of a numeric property; with property
+//! filters, breakdowns with a limit and an "other" bucket, and total-value and cumulative
+//! displays.
+//!
+//! Each series is one DataFusion plan over the project's events (files + write buffer):
+//! filter on time, event and properties → optional left joins to the current groups tables →
+//! projection of the bucket index, the breakdown label, the actor and the numeric value →
+//! aggregate. Results are zero-filled into one value per bucket here.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono_tz::Tz;
+use datafusion::arrow::array::{Array, Float64Array, Int32Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::TableProvider;
+use datafusion::common::ScalarValue;
+use datafusion::functions_aggregate::expr_fn::{
+    avg, count, count_distinct, max, median, min, percentile_cont, sum,
+};
+use datafusion::logical_expr::{Expr, JoinType, cast as cast_expr, lit, when};
+use datafusion::prelude::{DataFrame, coalesce, col};
+use futures::StreamExt;
+use herd_core::GroupTypeMapping;
+use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
+
+use crate::bucket::BucketUdf;
+use crate::calendar::{Buckets, End, Interval, TimeRange, WeekStart, parse_date, parse_timezone};
+use crate::filters::{
+    PropertyGroup, PropertySource, group_column, group_index, group_key_column, numeric,
+    property_expr,
+};
+use crate::{Error, QueryEngine, Result};
+
+/// Label of the breakdown bucket of events without the property (PostHog's).
+pub const BREAKDOWN_NULL: &str = "$$_posthog_breakdown_null_$$";
+/// Label of the bucket collecting values beyond the breakdown limit (PostHog's).
+pub const BREAKDOWN_OTHER: &str = "$$_posthog_breakdown_other_$$";
+/// Breakdown limit when the request gives none.
+pub const DEFAULT_BREAKDOWN_LIMIT: usize = 25;
+/// The most series one request may have.
+pub const MAX_SERIES: usize = 50;
+
+/// What a series computes per bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Math {
+    /// Number of events.
+    Total,
+    /// Unique `distinct_id`s, or unique groups with a group type.
+    Dau,
+    /// Unique keys of a group type (`''` excluded).
+    UniqueGroup,
+    /// Unique actors in the 7 days ending with each bucket.
+    WeeklyActive,
+    /// Unique actors in the 30 days ending with each bucket.
+    MonthlyActive,
+    /// Sum of a numeric property.
+    Sum,
+    /// Average of a numeric property.
+    Avg,
+    /// Minimum of a numeric property.
+    Min,
+    /// Maximum of a numeric property.
+    Max,
+    /// Median (exact) of a numeric property.
+    Median,
+    /// 90th percentile (exact, interpolated).
+    P90,
+    /// 95th percentile.
+    P95,
+    /// 99th percentile.
+    P99,
+}
+
+impl Math {
+    fn counts_actors(self) -> bool {
+        matches!(
+            self,
+            Math::Dau | Math::UniqueGroup | Math::WeeklyActive | Math::MonthlyActive
+        )
+    }
+
+    fn uses_property(self) -> bool {
+        matches!(
+            self,
+            Math::Sum
+                | Math::Avg
+                | Math::Min
+                | Math::Max
+                | Math::Median
+                | Math::P90
+                | Math::P95
+                | Math::P99
+        )
+    }
+}
+
+/// How the series are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Display {
+    /// One value per bucket.
+    #[default]
+    TimeSeries,
+    /// One value over the whole range (unique counts are unique over the range).
+    TotalValue,
+    /// Running total per bucket; unique actors are counted once, in their first bucket.
+    Cumulative,
+}
+
+/// One series of a trends query.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Series {
+    /// Event name; `None` for any event.
+    pub event: Option<String>,
+    /// What to compute.
+    pub math: MathSpec,
+    /// Filters of this series (ANDed with the query's).
+    pub filters: PropertyGroup,
+    /// Display name; defaults to the event name.
+    pub name: Option<String>,
+}
+
+/// A math with its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MathSpec {
+    /// The aggregate.
+    pub math: Math,
+    /// Group type whose keys are the actors (required for `unique_group`; optional for `dau`,
+    /// weekly and monthly active).
+    pub group_type: Option<String>,
+    /// Numeric event property (required for sum … p99).
+    pub property: Option<String>,
+}
+
+impl Default for MathSpec {
+    fn default() -> Self {
+        Self {
+            math: Math::Total,
+            group_type: None,
+            property: None,
+        }
+    }
+}
+
+/// Breakdown by a property.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breakdown {
+    /// Property name.
+    pub property: String,
+    /// Event property or the current property of a group type.
+    pub source: PropertySource,
+    /// Values shown (ranked by the series' value over the range); 0 = 25.
+    pub limit: usize,
+    /// Drop values beyond the limit instead of collecting them in the "other" bucket.
+    pub hide_other: bool,
+}
+
+/// A trends request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrendsQuery {
+    /// One or more series.
+    pub series: Vec<Series>,
+    /// Bucket width (default day).
+    pub interval: Option<Interval>,
+    /// Start: a date, local date-time, RFC 3339 time or relative date; empty = `-7d`.
+    pub date_from: String,
+    /// End (inclusive): as `date_from`; empty = now.
+    pub date_to: String,
+    /// IANA timezone of the buckets; empty = UTC.
+    pub timezone: String,
+    /// First day of week buckets.
+    pub week_start: WeekStart,
+    /// Filters applied to every series.
+    pub filters: PropertyGroup,
+    /// Optional breakdown.
+    pub breakdown: Option<Breakdown>,
+    /// Time series, total value or cumulative.
+    pub display: Display,
+}
+
+/// One result line: a series, or one breakdown value of a series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesResult {
+    /// Index of the series in the request.
+    pub series_index: usize,
+    /// The series' name (or event name, or "All events").
+    pub label: String,
+    /// The breakdown value (or [`BREAKDOWN_NULL`] / [`BREAKDOWN_OTHER`]); `None` without a
+    /// breakdown.
+    pub breakdown_value: Option<String>,
+    /// One value per bucket (empty in total-value display).
+    pub data: Vec<f64>,
+    /// Sum of `data` (time series), last value (cumulative) or the aggregated value (total).
+    pub count: f64,
+    /// The value over the whole range (total-value display only).
+    pub aggregated_value: Option<f64>,
+}
+
+/// The answer to a [`TrendsQuery`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrendsResult {
+    /// Bucket width used.
+    pub interval: Interval,
+    /// Timezone used.
+    pub timezone: String,
+    /// Resolved range (µs, inclusive).
+    pub date_from: i64,
+    /// Resolved end (µs, inclusive).
+    pub date_to: i64,
+    /// Bucket labels in the timezone.
+    pub labels: Vec<String>,
+    /// Bucket start instants (µs).
+    pub bucket_starts: Vec<i64>,
+    /// Result lines, series by series; within a series the breakdown values by rank, then
+    /// the null bucket, then "other".
+    pub results: Vec<SeriesResult>,
+}
+
+/// A validated series.
+struct Plan<'a> {
+    index: usize,
+    series: &'a Series,
+    math: Math,
+    /// `$group_N` of group actors.
+    actor_group: Option<u8>,
+    value: Option<Expr>,
+    filter: Option<Expr>,
+    joins: BTreeSet<u8>,
+}
+
+/// A validated request.
+struct Resolved {
+    tz: Tz,
+    range: TimeRange,
+    interval: Interval,
+    week_start: WeekStart,
+    breakdown: Option<(Expr, Breakdown)>,
+}
+
+const LABEL: &str = "__label";
+const RAW: &str = "__raw";
+const BUCKET: &str = "__bucket";
+const ACTOR: &str = "__actor";
+const VALUE: &str = "__value";
+const V: &str = "__v";
+
+impl QueryEngine {
+    /// Answers a trends query on `project`; `now` (µs) resolves relative dates.
+    pub async fn trends(
+        &self,
+        project: herd_core::ProjectId,
+        query: &TrendsQuery,
+        now: i64,
+    ) -> Result<TrendsResult> {
+        let mapping = self.db().group_types(project).await.unwrap_or_default();
+        let resolved = resolve(query, &mapping, now)?;
+        let plans = query
+            .series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| plan_series(i, s, query, &mapping, &resolved))
+            .collect::<Result<Vec<_>>>()?;
+        let events = self.events_table(project).await?;
+        let mut groups = HashMap::new();
+        for p in &plans {
+            for n in &p.joins {
+                if !groups.contains_key(n) {
+                    groups.insert(*n, self.groups_table(project, *n).await?);
+                }
+            }
+        }
+        let buckets = Buckets::new(resolved.range, resolved.interval, resolved.week_start, 0)?;
+        let mut results = Vec::new();
+        for p in &plans {
+            results.extend(
+                self.run_series(&events, &groups, &resolved, &buckets, p, query.display)
+                    .await?,
+            );
+        }
+        Ok(TrendsResult {
+            interval: resolved.interval,
+            timezone: resolved.tz.name().to_string(),
+            date_from: resolved.range.from,
+            date_to: resolved.range.to,
+            labels: buckets.labels(resolved.tz),
+            bucket_starts: buckets.starts().to_vec(),
+            results,
+        })
+    }
+
+    /// The rows of one series from `from` on, with `__bucket`, `__raw` (breakdown value),
+    /// `__actor` and `__value`.
+    fn series_frame(
+        &self,
+        events: &Arc<dyn TableProvider>,
+        groups: &HashMap<u8, Arc<dyn TableProvider>>,
+        r: &Resolved,
+        buckets: &Buckets,
+        p: &Plan<'_>,
+        from: i64,
+    ) -> Result<DataFrame> {
+        let ts = |v: i64| {
+            lit(ScalarValue::TimestampMicrosecond(
+                Some(v),
+                Some("UTC".into()),
+            ))
+        };
+        let mut pred = col(TIMESTAMP)
+            .gt_eq(ts(from))
+            .and(col(TIMESTAMP).lt_eq(ts(r.range.to)));
+        if let Some(e) = &p.series.event {
+            pred = pred.and(col(EVENT).eq(lit(e.as_str())));
+        }
+        if let Some(n) = p.actor_group {
+            pred = pred.and(col(group_column(n)).not_eq(lit("")));
+        }
+        let mut df = self.context().read_table(events.clone())?.filter(pred)?;
+        for n in &p.joins {
+            let table = groups
+                .get(n)
+                .ok_or_else(|| Error::Internal(format!("groups table {n} not loaded")))?;
+            let right = self.context().read_table(table.clone())?;
+            let left_col: &str = group_column(*n);
+            let right_col = group_key_column(*n);
+            df = df.join(
+                right,
+                JoinType::Left,
+                &[left_col],
+                &[right_col.as_str()],
+                None,
+            )?;
+        }
+        if let Some(f) = &p.filter {
+            df = df.filter(f.clone())?;
+        }
+        let actor = match p.actor_group {
+            Some(n) => col(group_column(n)),
+            None => col(DISTINCT_ID),
+        };
+        let raw = match &r.breakdown {
+            Some((e, _)) => cast_expr(e.clone(), DataType::Utf8),
+            None => lit(ScalarValue::Utf8(None)),
+        };
+        let value = p.value.clone().unwrap_or(lit(ScalarValue::Float64(None)));
+        Ok(df.select(vec![
+            BucketUdf::expr(buckets, col(TIMESTAMP)).alias(BUCKET),
+            raw.alias(RAW),
+            actor.alias(ACTOR),
+            value.alias(VALUE),
+        ])?)
+    }
+
+    async fn run_series(
+        &self,
+        events: &Arc<dyn TableProvider>,
+        groups: &HashMap<u8, Arc<dyn TableProvider>>,
+        r: &Resolved,
+        visible: &Buckets,
+        p: &Plan<'_>,
+        display: Display,
+    ) -> Result<Vec<SeriesResult>> {
+        let n = visible.len();
+        // Weekly/monthly active over buckets at least as long as the period is plain unique
+        // actors (PostHog falls back to dau).
+        let window_days = match p.math {
+            Math::WeeklyActive => Some(7),
+            Math::MonthlyActive => Some(30),
+            _ => None,
+        };
+        let window = window_days.and_then(|days| match r.interval {
+            Interval::Hour => Some(days * 24),
+            Interval::Day => Some(days),
+            Interval::Week if days > 7 => None,
+            Interval::Week | Interval::Month => None,
+        });
+        let math = match (p.math, window) {
+            (Math::WeeklyActive | Math::MonthlyActive, None) => Math::Dau,
+            (m, _) => m,
+        };
+
+        // Labels: rank breakdown values over the range, keep the top ones.
+        let (label_expr, order) = match &r.breakdown {
+            None => (lit(""), vec![String::new()]),
+            Some((_, b)) => {
+                let frame = self.series_frame(events, groups, r, visible, p, r.range.from)?;
+                let rank_math = if window.is_some() { Math::Dau } else { math };
+                let ranked = frame.aggregate(vec![col(RAW)], vec![aggregate(rank_math)])?;
+                let mut values = collect_labelled(ranked.collect().await?, RAW)?;
+                values.retain(|(v, _)| v.is_some());
+                values.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let limit = if b.limit == 0 {
+                    DEFAULT_BREAKDOWN_LIMIT
+                } else {
+                    b.limit
+                };
+                let more = values.len() > limit;
+                let top: Vec<String> = values
+                    .into_iter()
+                    .take(limit)
+                    .filter_map(|(v, _)| v)
+                    .collect();
+                let mut label = when(col(RAW).is_null(), lit(BREAKDOWN_NULL));
+                if !top.is_empty() {
+                    let list = top.iter().map(|v| lit(v.as_str())).collect();
+                    label = label.when(col(RAW).in_list(list, false), col(RAW));
+                }
+                let label = if b.hide_other {
+                    label.end()?
+                } else {
+                    label.otherwise(lit(BREAKDOWN_OTHER))?
+                };
+                let mut order = top;
+                order.push(BREAKDOWN_NULL.to_string());
+                if more && !b.hide_other {
+                    order.push(BREAKDOWN_OTHER.to_string());
+                }
+                (label, order)
+            }
+        };
+
+        let label_of = |frame: DataFrame| -> Result<DataFrame> {
+            let frame = frame.with_column(LABEL, label_expr.clone())?;
+            // Hidden "other" values have a NULL label.
+            Ok(frame.filter(col(LABEL).is_not_null())?)
+        };
+
+        let mut per_label: HashMap<String, Vec<f64>> = HashMap::new();
+        let mut totals: HashMap<String, f64> = HashMap::new();
+        match (display, window) {
+            (Display::TotalValue, _) => {
+                let from = match window_days {
+                    // Active actors in the period ending at date_to.
+                    Some(days) => {
+                        let local_end = crate::calendar::instant_to_local(r.tz, r.range.to).date();
+                        let start = (local_end - chrono::Duration::days(days - 1))
+                            .and_time(chrono::NaiveTime::MIN);
+                        crate::calendar::local_to_instant(r.tz, start).max(r.range.from)
+                    }
+                    None => r.range.from,
+                };
+                let frame = label_of(self.series_frame(events, groups, r, visible, p, from)?)?;
+                let agg_math = if window_days.is_some() {
+                    Math::Dau
+                } else {
+                    math
+                };
+                let out = frame.aggregate(vec![col(LABEL)], vec![aggregate(agg_math)])?;
+                for (label, v) in collect_labelled(out.collect().await?, LABEL)? {
+                    totals.insert(label.unwrap_or_default(), v);
+                }
+            }
+            (_, Some(w)) => {
+                // Trailing-window actives: each (actor, bucket t) covers buckets t..t+w-1;
+                // overlapping coverage of one actor is merged, then counted with a
+                // difference array.
+                let wide = Buckets::new(r.range, r.interval, r.week_start, w as usize)?;
+                let frame =
+                    label_of(self.series_frame(events, groups, r, &wide, p, wide.scan_from())?)?;
+                let pairs = frame
+                    .select(vec![col(LABEL), col(ACTOR), col(BUCKET)])?
+                    .filter(col(BUCKET).is_not_null())?
+                    .distinct()?
+                    .sort(vec![
+                        col(LABEL).sort(true, false),
+                        col(ACTOR).sort(true, false),
+                        col(BUCKET).sort(true, false),
+                    ])?;
+                let lookback = wide.lookback as i64;
+                let mut stream = pairs.execute_stream().await?;
+                let mut diff: HashMap<String, Vec<i64>> = HashMap::new();
+                let mut current: Option<(String, String, i64, i64)> = None;
+                let flush = |c: &Option<(String, String, i64, i64)>,
+                             diff: &mut HashMap<String, Vec<i64>>| {
+                    if let Some((label, _, lo, hi)) = c {
+                        let lo = (*lo - lookback).max(0);
+                        let hi = (*hi - lookback).min(n as i64 - 1);
+                        if lo <= hi {
+                            let d = diff.entry(label.clone()).or_insert_with(|| vec![0; n + 1]);
+                            d[lo as usize] += 1;
+                            d[hi as usize + 1] -= 1;
+                        }
+                    }
+                };
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    let labels = string_column(&batch, 0)?;
+                    let actors = string_column(&batch, 1)?;
+                    let idx = int_column(&batch, 2)?;
+                    for row in 0..batch.num_rows() {
+                        let (label, actor, t) = (
+                            labels.value(row),
+                            actors.value(row),
+                            i64::from(idx.value(row)),
+                        );
+                        let (lo, hi) = (t, t + w - 1);
+                        match &mut current {
+                            Some((l, a, _, chi)) if l == label && a == actor && lo <= *chi + 1 => {
+                                *chi = (*chi).max(hi);
+                            }
+                            _ => {
+                                flush(&current, &mut diff);
+                                current = Some((label.to_string(), actor.to_string(), lo, hi));
+                            }
+                        }
+                    }
+                }
+                flush(&current, &mut diff);
+                for (label, d) in diff {
+                    let mut acc = 0i64;
+                    let data = d[..n]
+                        .iter()
+                        .map(|x| {
+                            acc += x;
+                            acc as f64
+                        })
+                        .collect();
+                    per_label.insert(label, data);
+                }
+            }
+            (Display::Cumulative, None) if math.counts_actors() => {
+                let frame =
+                    label_of(self.series_frame(events, groups, r, visible, p, r.range.from)?)?;
+                let first = frame
+                    .aggregate(
+                        vec![col(LABEL), col(ACTOR)],
+                        vec![
+                            datafusion::functions_aggregate::expr_fn::min(col(BUCKET))
+                                .alias(BUCKET),
+                        ],
+                    )?
+                    .aggregate(vec![col(LABEL), col(BUCKET)], vec![aggregate(Math::Total)])?;
+                fill(&mut per_label, first.collect().await?, n)?;
+            }
+            (Display::TimeSeries | Display::Cumulative, None) => {
+                let frame =
+                    label_of(self.series_frame(events, groups, r, visible, p, r.range.from)?)?;
+                let out = frame.aggregate(vec![col(LABEL), col(BUCKET)], vec![aggregate(math)])?;
+                fill(&mut per_label, out.collect().await?, n)?;
+            }
+        }
+
+        let series_label = p
+            .series
+            .name
+            .clone()
+            .or_else(|| p.series.event.clone())
+            .unwrap_or_else(|| "All events".to_string());
+        let mut out = Vec::new();
+        for label in order {
+            let breakdown_value = r.breakdown.as_ref().map(|_| label.clone());
+            let line = if display == Display::TotalValue {
+                // A breakdown value with no rows in the range shows 0.
+                let v = totals.get(&label).copied().unwrap_or(0.0);
+                if r.breakdown.is_some()
+                    && !totals.contains_key(&label)
+                    && (label == BREAKDOWN_NULL || label == BREAKDOWN_OTHER)
+                {
+                    continue;
+                }
+                SeriesResult {
+                    series_index: p.index,
+                    label: series_label.clone(),
+                    breakdown_value,
+                    data: Vec::new(),
+                    count: v,
+                    aggregated_value: Some(v),
+                }
+            } else {
+                let present = per_label.contains_key(&label);
+                if r.breakdown.is_some()
+                    && !present
+                    && (label == BREAKDOWN_NULL || label == BREAKDOWN_OTHER)
+                {
+                    continue;
+                }
+                let mut data = per_label.remove(&label).unwrap_or_else(|| vec![0.0; n]);
+                let count = if display == Display::Cumulative {
+                    let mut acc = 0.0;
+                    for v in data.iter_mut() {
+                        acc += *v;
+                        *v = acc;
+                    }
+                    acc
+                } else {
+                    data.iter().sum()
+                };
+                SeriesResult {
+                    series_index: p.index,
+                    label: series_label.clone(),
+                    breakdown_value,
+                    data,
+                    count,
+                    aggregated_value: None,
+                }
+            };
+            out.push(line);
+        }
+        Ok(out)
+    }
+}
+
+/// The aggregate of a math over `__actor` / `__value`, as Float64 named `__v`.
+fn aggregate(math: Math) -> Expr {
+    let v = || col(VALUE);
+    let e = match math {
+        Math::Total => count(lit(1)),
+        Math::Dau | Math::UniqueGroup | Math::WeeklyActive | Math::MonthlyActive => {
+            count_distinct(col(ACTOR))
+        }
+        Math::Sum => sum(v()),
+        Math::Avg => avg(v()),
+        Math::Min => min(v()),
+        Math::Max => max(v()),
+        Math::Median => median(v()),
+        Math::P90 => percentile_cont(v().sort(true, false), lit(0.9)),
+        Math::P95 => percentile_cont(v().sort(true, false), lit(0.95)),
+        Math::P99 => percentile_cont(v().sort(true, false), lit(0.99)),
+    };
+    // PostHog's ifNull(agg, 0).
+    coalesce(vec![cast_expr(e, DataType::Float64), lit(0.0)]).alias(V)
+}
+
+fn string_column(batch: &RecordBatch, i: usize) -> Result<StringArray> {
+    let a = cast(batch.column(i), &DataType::Utf8)?;
+    a.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| Error::Internal("expected a string column".into()))
+}
+
+fn int_column(batch: &RecordBatch, i: usize) -> Result<Int32Array> {
+    let a = cast(batch.column(i), &DataType::Int32)?;
+    a.as_any()
+        .downcast_ref::<Int32Array>()
+        .cloned()
+        .ok_or_else(|| Error::Internal("expected an int column".into()))
+}
+
+fn float_column(batch: &RecordBatch, i: usize) -> Result<Float64Array> {
+    let a = cast(batch.column(i), &DataType::Float64)?;
+    a.as_any()
+        .downcast_ref::<Float64Array>()
+        .cloned()
+        .ok_or_else(|| Error::Internal("expected a float column".into()))
+}
+
+/// `(label, value)` rows of batches whose columns are `[name, __v]`.
+fn collect_labelled(batches: Vec<RecordBatch>, name: &str) -> Result<Vec<(Option<String>, f64)>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let li = b.schema().index_of(name)?;
+        let vi = b.schema().index_of(V)?;
+        let labels = string_column(&b, li)?;
+        let values = float_column(&b, vi)?;
+        for row in 0..b.num_rows() {
+            let label = (!labels.is_null(row)).then(|| labels.value(row).to_string());
+            out.push((label, values.value(row)));
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `[__label, __bucket, __v]` rows to zero-filled per-label vectors.
+fn fill(
+    per_label: &mut HashMap<String, Vec<f64>>,
+    batches: Vec<RecordBatch>,
+    n: usize,
+) -> Result<()> {
+    for b in batches {
+        let labels = string_column(&b, b.schema().index_of(LABEL)?)?;
+        let buckets = int_column(&b, b.schema().index_of(BUCKET)?)?;
+        let values = float_column(&b, b.schema().index_of(V)?)?;
+        for row in 0..b.num_rows() {
+            if buckets.is_null(row) {
+                continue;
+            }
+            let i = buckets.value(row);
+            if i < 0 || i as usize >= n {
+                continue;
+            }
+            let data = per_label
+                .entry(labels.value(row).to_string())
+                .or_insert_with(|| vec![0.0; n]);
+            data[i as usize] += values.value(row);
+        }
+    }
+    Ok(())
+}
+
+fn resolve(query: &TrendsQuery, mapping: &GroupTypeMapping, now: i64) -> Result<Resolved> {
+    if query.series.is_empty() {
+        return Err(Error::invalid("series", "at least one series is required"));
+    }
+    if query.series.len() > MAX_SERIES {
+        return Err(Error::invalid(
+            "series",
+            format!("at most {MAX_SERIES} series per request"),
+        ));
+    }
+    let tz = parse_timezone(&query.timezone)?;
+    let from_text = if query.date_from.is_empty() {
+        "-7d"
+    } else {
+        &query.date_from
+    };
+    let to_text = if query.date_to.is_empty() {
+        "now"
+    } else {
+        &query.date_to
+    };
+    let from = parse_date("date_from", from_text, End::From, tz, now)?;
+    let to = parse_date("date_to", to_text, End::To, tz, now)?;
+    if from > to {
+        return Err(Error::invalid(
+            "date_from",
+            format!("date_from ({from_text}) is after date_to ({to_text})"),
+        ));
+    }
+    let breakdown = match &query.breakdown {
+        None => None,
+        Some(b) => Some((
+            property_expr(mapping, "breakdown", &b.source, &b.property)?,
+            b.clone(),
+        )),
+    };
+    Ok(Resolved {
+        tz,
+        range: TimeRange { tz, from, to },
+        interval: query.interval.unwrap_or(Interval::Day),
+        week_start: query.week_start,
+        breakdown,
+    })
+}
+
+fn plan_series<'a>(
+    index: usize,
+    series: &'a Series,
+    query: &TrendsQuery,
+    mapping: &GroupTypeMapping,
+    resolved: &Resolved,
+) -> Result<Plan<'a>> {
+    let field = format!("series[{index}]");
+    let m = &series.math;
+    if series.event.as_deref() == Some("") {
+        return Err(Error::invalid(
+            &format!("{field}.event"),
+            "empty event name (leave it unset for any event)",
+        ));
+    }
+    let actor_group = match (&m.group_type, m.math) {
+        (Some(g), math) if math.counts_actors() => Some(group_index(
+            mapping,
+            &format!("{field}.math_group_type"),
+            g,
+        )?),
+        (None, Math::UniqueGroup) => {
+            return Err(Error::invalid(
+                &format!("{field}.math_group_type"),
+                "required for unique_group math",
+            ));
+        }
+        _ => None,
+    };
+    let value = if m.math.uses_property() {
+        let key = m.property.as_deref().unwrap_or("");
+        if key.is_empty() {
+            return Err(Error::invalid(
+                &format!("{field}.math_property"),
+                format!("required for {:?} math", m.math),
+            ));
+        }
+        Some(numeric(property_expr(
+            mapping,
+            &format!("{field}.math_property"),
+            &PropertySource::Event,
+            key,
+        )?))
+    } else {
+        None
+    };
+    let mut joins = BTreeSet::new();
+    query
+        .filters
+        .group_indexes(mapping, "filters", &mut joins)?;
+    series
+        .filters
+        .group_indexes(mapping, &format!("{field}.filters"), &mut joins)?;
+    if let Some((_, b)) = &resolved.breakdown
+        && let PropertySource::Group(name) = &b.source
+    {
+        joins.insert(group_index(mapping, "breakdown.group_type", name)?);
+    }
+    let filter = match (
+        query.filters.to_expr(mapping, "filters")?,
+        series
+            .filters
+            .to_expr(mapping, &format!("{field}.filters"))?,
+    ) {
+        (Some(a), Some(b)) => Some(a.and(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(Plan {
+        index,
+        series,
+        math: m.math,
+        actor_group,
+        value,
+        filter,
+        joins,
+    })
+}

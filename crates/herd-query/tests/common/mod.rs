@@ -1,0 +1,127 @@
+//! A real store in a temporary folder with events and groups written through the storage
+//! layer, for planner tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use herd_core::{Event, EventBatchBuilder, GroupRow, GroupState, ProjectId};
+use herd_query::QueryEngine;
+use herd_storage::projects::NewProject;
+use herd_storage::{Db, DbConfig, Storage};
+
+/// One event: `(RFC 3339 time, distinct_id, event, [$group_0, $group_1], properties JSON)`.
+pub type Ev<'a> = (&'a str, &'a str, &'a str, [&'a str; 2], &'a str);
+
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    pub db: Arc<Db>,
+    pub engine: QueryEngine,
+    pub project: ProjectId,
+    next_uuid: AtomicU64,
+}
+
+pub fn micros(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .expect("rfc3339")
+        .timestamp_micros()
+}
+
+impl Fixture {
+    /// An empty project whose group types are `types` (slots in order).
+    pub async fn new(types: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage =
+            Storage::open(dir.path().join("data").to_str().expect("utf8")).expect("storage");
+        let db = Db::open(storage, DbConfig::new(dir.path().join("wal")))
+            .await
+            .expect("db");
+        let project = db
+            .create_project(NewProject::default())
+            .await
+            .expect("project")
+            .id;
+        {
+            let handle = db.project(project).expect("handle");
+            let mut guard = db.lock(&handle).await;
+            for t in types {
+                guard.resolve_group_type(t).await.expect("group type");
+            }
+        }
+        let engine = QueryEngine::new(db.clone()).expect("engine");
+        Self {
+            _dir: dir,
+            db,
+            engine,
+            project,
+            next_uuid: AtomicU64::new(1),
+        }
+    }
+
+    /// Writes events (to the write buffer; call [`Fixture::flush`] to move them to Parquet).
+    pub async fn events(&self, rows: &[Ev<'_>]) {
+        let owned: Vec<Event> = rows
+            .iter()
+            .map(|(ts, who, event, groups, props)| Event {
+                uuid: uuid::Uuid::from_u128(u128::from(
+                    self.next_uuid.fetch_add(1, Ordering::Relaxed),
+                )),
+                event: (*event).to_string(),
+                distinct_id: (*who).to_string(),
+                timestamp: micros(ts),
+                properties: (*props).to_string(),
+                groups: [
+                    groups[0].to_string(),
+                    groups[1].to_string(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ],
+                created_at: micros(ts),
+            })
+            .collect();
+        self.write(owned).await;
+    }
+
+    /// Writes already-built events.
+    pub async fn write(&self, events: Vec<Event>) {
+        let handle = self.db.project(self.project).expect("handle");
+        let mut guard = self.db.lock(&handle).await;
+        let mut b = EventBatchBuilder::with_capacity(events.len());
+        for e in &events {
+            assert!(
+                guard
+                    .insert_uuid(e.uuid.as_u128(), e.timestamp)
+                    .await
+                    .expect("dedup")
+            );
+            b.push(e);
+        }
+        let ticket = guard
+            .commit(Some(b.finish()), vec![], vec![])
+            .expect("commit");
+        drop(guard);
+        self.db.wait_durable(ticket).await.expect("durable");
+    }
+
+    /// Sets the current properties of a group.
+    pub async fn group(&self, index: u8, key: &str, properties: serde_json::Value) {
+        let handle = self.db.project(self.project).expect("handle");
+        let mut guard = self.db.lock(&handle).await;
+        let version = guard.group(index, key).map_or(1, |g| g.version + 1);
+        let state = GroupState {
+            properties: properties.as_object().expect("object").clone(),
+            created_at: 0,
+            version,
+        };
+        let row = GroupRow::from_state(index, key, &state, version);
+        guard.set_group(index, key, state);
+        let ticket = guard.commit(None, vec![row], vec![]).expect("commit");
+        drop(guard);
+        self.db.wait_durable(ticket).await.expect("durable");
+    }
+
+    pub async fn flush(&self) {
+        self.db.flush().await.expect("flush");
+    }
+}
