@@ -35,6 +35,11 @@ enum Command {
     Backfill(commands::backfill::BackfillArgs),
     /// Generate a deterministic PostHog-like dataset (through the backfill path).
     Generate(commands::generate::GenerateArgs),
+    /// Ask a running server (gRPC): trends, groups, group types.
+    Query {
+        #[command(subcommand)]
+        command: commands::query::QueryCommand,
+    },
     /// Manage projects and their keys.
     Project {
         #[command(subcommand)]
@@ -122,6 +127,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Generate(args) => {
             init_logs(false);
             commands::generate::run(args).await
+        }
+        Command::Query { command } => {
+            init_logs(false);
+            commands::query::run(command).await
         }
         Command::Project { command } => {
             init_logs(false);

@@ -8,7 +8,11 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["herd/v1/server.proto", "herd/v1/groups.proto"];
+    let files = [
+        "herd/v1/server.proto",
+        "herd/v1/groups.proto",
+        "herd/v1/insights.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

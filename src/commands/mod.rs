@@ -1,9 +1,10 @@
-//! The subcommands that work on a data folder directly (no server): backfill and generate,
-//! plus what they share: opening the store and showing progress.
+//! The subcommands: those that work on a data folder directly (backfill, generate) with what
+//! they share (opening the store, progress), and `query`, a gRPC client of a running server.
 
 pub(crate) mod backfill;
 pub(crate) mod generate;
 pub(crate) mod progress;
+pub(crate) mod query;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use herd_core::{GroupState, GroupTypeMapping};
+use herd_query::QueryEngine;
 use herd_storage::Db;
 use tonic::{Request, Response, Status};
 
@@ -11,7 +12,8 @@ use crate::grpc::authenticate;
 use crate::grpc::proto::groups_service_server::GroupsService;
 use crate::grpc::proto::{
     GetGroupRequest, Group, GroupType, ListGroupTypesRequest, ListGroupTypesResponse,
-    ListGroupsRequest, ListGroupsResponse,
+    ListGroupsRequest, ListGroupsResponse, RelatedActorsRequest, RelatedActorsResponse,
+    RelatedGroup,
 };
 
 const DEFAULT_PAGE: usize = 100;
@@ -21,12 +23,13 @@ const MAX_PAGE: usize = 1000;
 #[derive(Debug)]
 pub struct Groups {
     db: Arc<Db>,
+    engine: QueryEngine,
 }
 
 impl Groups {
-    /// A service over `db`.
-    pub fn new(db: Arc<Db>) -> Self {
-        Self { db }
+    /// A service over `db`; related actors are queried with `engine`.
+    pub fn new(db: Arc<Db>, engine: QueryEngine) -> Self {
+        Self { db, engine }
     }
 
     async fn mapping(&self, project: u64) -> GroupTypeMapping {
@@ -177,5 +180,44 @@ impl GroupsService for Groups {
             &req.key,
             state,
         )))
+    }
+
+    async fn related_actors(
+        &self,
+        request: Request<RelatedActorsRequest>,
+    ) -> Result<Response<RelatedActorsResponse>, Status> {
+        let project = authenticate(&self.db, &request)?.project().id;
+        let req = request.into_inner();
+        let mapping = self.mapping(project).await;
+        let index = type_index(&mapping, &req.group_type)?;
+        if req.key.is_empty() {
+            return Err(Status::invalid_argument("key: required"));
+        }
+        let limit = match req.limit as usize {
+            0 => 1000,
+            n if n > 10_000 => {
+                return Err(Status::invalid_argument("limit: at most 10000"));
+            }
+            n => n,
+        };
+        let now = chrono::Utc::now().timestamp_micros();
+        let related = self
+            .engine
+            .related_actors(project, index, &req.key, now, limit)
+            .await
+            .map_err(crate::insights_service::status)?;
+        Ok(Response::new(RelatedActorsResponse {
+            users: related.users,
+            groups: related
+                .groups
+                .into_iter()
+                .map(|(i, key)| RelatedGroup {
+                    group_type_index: u32::from(i),
+                    group_type: mapping.type_at(i).unwrap_or_default().to_string(),
+                    key,
+                })
+                .collect(),
+            truncated: related.truncated,
+        }))
     }
 }

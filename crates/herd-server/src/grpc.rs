@@ -107,12 +107,18 @@ pub async fn serve(
     reporter
         .set_serving::<proto::groups_service_server::GroupsServiceServer<crate::groups_service::Groups>>()
         .await;
+    reporter
+        .set_serving::<proto::insights_service_server::InsightsServiceServer<crate::insights_service::Insights>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Grpc(format!("reflection: {e}")))?;
-    let groups = crate::groups_service::Groups::new(db.clone());
+    let engine = herd_query::QueryEngine::new(db.clone())
+        .map_err(|e| Error::Grpc(format!("query engine: {e}")))?;
+    let groups = crate::groups_service::Groups::new(db.clone(), engine.clone());
+    let insights = crate::insights_service::Insights::new(engine);
     let info = ServerInfo {
         db,
         started_at: chrono::Utc::now().timestamp_micros(),
@@ -123,6 +129,9 @@ pub async fn serve(
         .add_service(ServerInfoServiceServer::new(info))
         .add_service(proto::groups_service_server::GroupsServiceServer::new(
             groups,
+        ))
+        .add_service(proto::insights_service_server::InsightsServiceServer::new(
+            insights,
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await

@@ -9,6 +9,7 @@ pub mod config;
 pub mod groups_service;
 pub mod grpc;
 pub mod http;
+pub mod insights_service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
