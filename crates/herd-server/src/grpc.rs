@@ -115,6 +115,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Grpc(format!("reflection: {e}")))?;
+    // v1alpha too: grpcurl and grpcio-reflection's client still speak it.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Grpc(format!("reflection: {e}")))?;
     let engine = herd_query::QueryEngine::new(db.clone())
         .map_err(|e| Error::Grpc(format!("query engine: {e}")))?;
     let groups = crate::groups_service::Groups::new(db.clone(), engine.clone());
@@ -126,6 +132,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(ServerInfoServiceServer::new(info))
         .add_service(proto::groups_service_server::GroupsServiceServer::new(
             groups,

@@ -1,0 +1,352 @@
+//! Insights over a real socket against `herd serve`: events captured over HTTP are visible to
+//! Trends at once (from the write buffer); a Python `grpcio` client with stubs generated from
+//! `proto/` at test time checks Trends, ListGroups and reflection; bad requests get the right
+//! status and a message naming the field, and the server keeps serving.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use herd_server::grpc::proto;
+use proto::groups_service_client::GroupsServiceClient;
+use proto::insights_service_client::InsightsServiceClient;
+use tonic::Code;
+
+fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("ascii"),
+    );
+    r
+}
+
+/// Spec §8 example A as `signed_up` events with company groups, plus the groups' properties.
+async fn capture_example_a(server: &Server) {
+    let ev = |ts: &str, who: &str, company: Option<&str>| {
+        let mut props = serde_json::json!({});
+        if let Some(c) = company {
+            props["$groups"] = serde_json::json!({ "company": c });
+        }
+        serde_json::json!({"event": "signed_up", "distinct_id": who, "timestamp": ts, "properties": props})
+    };
+    let identify = |ts: &str, key: &str, plan: &str| {
+        serde_json::json!({"event": "$groupidentify", "distinct_id": format!("$company_{key}"), "timestamp": ts,
+            "properties": {"$group_type": "company", "$group_key": key, "$group_set": {"plan": plan}}})
+    };
+    let batch = serde_json::json!({"api_key": TOKEN, "batch": [
+        ev("2024-01-01T10:00:00Z", "u1", Some("acme")),
+        ev("2024-01-01T11:00:00Z", "u2", Some("acme")),
+        ev("2024-01-01T12:00:00Z", "u3", None),
+        ev("2024-01-02T09:00:00Z", "u1", Some("globex")),
+        ev("2024-01-02T23:30:00Z", "u4", Some("acme")),
+        ev("2024-01-03T00:10:00Z", "u4", Some("acme")),
+        identify("2024-01-01T09:00:00Z", "acme", "pro"),
+        identify("2024-01-02T09:00:00Z", "acme", "enterprise"),
+        identify("2024-01-01T09:00:00Z", "globex", "free"),
+    ]});
+    let r = reqwest::Client::new()
+        .post(server.url("/batch/"))
+        .json(&batch)
+        .send()
+        .await
+        .expect("capture");
+    assert_eq!(r.status(), 200);
+}
+
+fn unique_companies_per_day() -> proto::TrendsRequest {
+    proto::TrendsRequest {
+        series: vec![proto::Series {
+            event: "signed_up".into(),
+            math: proto::Math::UniqueGroup as i32,
+            math_group_type: "company".into(),
+            ..Default::default()
+        }],
+        interval: proto::Interval::Day as i32,
+        date_from: "2024-01-01".into(),
+        date_to: "2024-01-03".into(),
+        timezone: "UTC".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn trends_groups_and_reflection_from_python_grpcio() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_project(dir.path());
+    // A long flush interval: the answers below come from the write buffer.
+    let server = Server::start(dir.path(), &["--flush-interval-ms", "600000"]);
+    capture_example_a(&server).await;
+
+    // Acknowledged → visible: query right after the 200.
+    let url = format!("http://{}", server.grpc);
+    let mut insights = InsightsServiceClient::connect(url.clone())
+        .await
+        .expect("connect");
+    let r = insights
+        .trends(with_key(unique_companies_per_day(), SECRET))
+        .await
+        .expect("trends")
+        .into_inner();
+    assert_eq!(r.labels, ["2024-01-01", "2024-01-02", "2024-01-03"]);
+    assert_eq!(r.results[0].data, [1.0, 2.0, 1.0]);
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(python())
+        .arg(repo().join("tests/clients/grpc_insights.py"))
+        .arg(repo().join("proto"))
+        .arg(out.path())
+        .arg(&server.grpc)
+        .arg(SECRET)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        got["daily"],
+        serde_json::json!({"labels": ["2024-01-01", "2024-01-02", "2024-01-03"], "data": [1.0, 2.0, 1.0]})
+    );
+    assert_eq!(
+        got["by_plan"],
+        serde_json::json!([
+            ["enterprise", [2.0, 1.0, 1.0]],
+            ["free", [0.0, 1.0, 0.0]],
+            ["$$_posthog_breakdown_null_$$", [1.0, 0.0, 0.0]]
+        ])
+    );
+    assert_eq!(got["total"], 2.0);
+    assert_eq!(got["bad"][0], "INVALID_ARGUMENT");
+    let message = got["bad"][1].as_str().expect("message");
+    assert!(
+        message.starts_with("series[0].math_group_type") && message.contains("planet"),
+        "{message}"
+    );
+    assert_eq!(
+        got["groups"],
+        serde_json::json!([["acme", {"plan": "enterprise"}], ["globex", {"plan": "free"}]])
+    );
+    assert_eq!(got["next_cursor"], "acme");
+    let services: Vec<&str> = got["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    for s in [
+        "herd.v1.InsightsService",
+        "herd.v1.GroupsService",
+        "herd.v1.ServerInfoService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.contains(&s), "{s} not in {services:?}");
+    }
+
+    // Related actors of acme: its users and no other group types.
+    let mut groups = GroupsServiceClient::connect(url).await.expect("connect");
+    let related = groups
+        .related_actors(with_key(
+            proto::RelatedActorsRequest {
+                group_type: "company".into(),
+                key: "acme".into(),
+                limit: 0,
+            },
+            SECRET,
+        ))
+        .await;
+    // The events are from 2024, far more than 90 days ago: nothing is related now.
+    let related = related.expect("related").into_inner();
+    assert!(related.users.is_empty() && related.groups.is_empty());
+}
+
+#[tokio::test]
+async fn related_actors_of_a_group_in_the_last_90_days() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_project(dir.path());
+    let server = Server::start(dir.path(), &[]);
+    let now = chrono::Utc::now();
+    let ev = |days_ago: i64, who: &str, groups: serde_json::Value| {
+        serde_json::json!({"event": "e", "distinct_id": who,
+            "timestamp": (now - chrono::Duration::days(days_ago)).to_rfc3339(),
+            "properties": {"$groups": groups}})
+    };
+    let batch = serde_json::json!({"api_key": TOKEN, "batch": [
+        ev(1, "u1", serde_json::json!({"company": "acme", "project": "p1"})),
+        ev(10, "u2", serde_json::json!({"company": "acme"})),
+        ev(100, "u3", serde_json::json!({"company": "acme", "project": "old"})),
+        ev(1, "u4", serde_json::json!({"company": "globex", "project": "p2"})),
+    ]});
+    let r = reqwest::Client::new()
+        .post(server.url("/batch/"))
+        .json(&batch)
+        .send()
+        .await
+        .expect("capture");
+    assert_eq!(r.status(), 200);
+    let mut groups = GroupsServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connect");
+    let related = groups
+        .related_actors(with_key(
+            proto::RelatedActorsRequest {
+                group_type: "company".into(),
+                key: "acme".into(),
+                limit: 0,
+            },
+            SECRET,
+        ))
+        .await
+        .expect("related")
+        .into_inner();
+    assert_eq!(related.users, ["u1", "u2"]);
+    let g: Vec<(String, String)> = related
+        .groups
+        .into_iter()
+        .map(|g| (g.group_type, g.key))
+        .collect();
+    assert_eq!(g, [("project".to_string(), "p1".to_string())]);
+}
+
+#[tokio::test]
+async fn bad_requests_get_invalid_argument_naming_the_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_project(dir.path());
+    let server = Server::start(dir.path(), &[]);
+    capture_example_a(&server).await;
+    let mut client = InsightsServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connect");
+
+    let cases: Vec<(&str, proto::TrendsRequest, &str)> = vec![
+        (
+            "unknown group type",
+            {
+                let mut r = unique_companies_per_day();
+                r.series[0].math_group_type = "planet".into();
+                r
+            },
+            "series[0].math_group_type: unknown group type \"planet\"",
+        ),
+        (
+            "unknown timezone",
+            {
+                let mut r = unique_companies_per_day();
+                r.timezone = "Mars/Olympus_Mons".into();
+                r
+            },
+            "timezone: unknown IANA timezone \"Mars/Olympus_Mons\"",
+        ),
+        (
+            "from > to",
+            {
+                let mut r = unique_companies_per_day();
+                r.date_from = "2024-02-01".into();
+                r
+            },
+            "date_from:",
+        ),
+        (
+            "empty series",
+            {
+                let mut r = unique_companies_per_day();
+                r.series.clear();
+                r
+            },
+            "series: at least one series",
+        ),
+        (
+            "unknown operator",
+            {
+                let mut r = unique_companies_per_day();
+                r.filters = Some(proto::PropertyGroup {
+                    filters: vec![proto::PropertyFilter {
+                        key: "plan".into(),
+                        operator: 99,
+                        values: vec!["x".into()],
+                        group_type: "company".into(),
+                    }],
+                    ..Default::default()
+                });
+                r
+            },
+            "filters.filters[0].operator: unknown operator 99",
+        ),
+        (
+            "unknown math",
+            {
+                let mut r = unique_companies_per_day();
+                r.series[0].math = 42;
+                r
+            },
+            "series[0].math: unknown math 42",
+        ),
+        (
+            "bad date",
+            {
+                let mut r = unique_companies_per_day();
+                r.date_to = "last tuesday".into();
+                r
+            },
+            "date_to:",
+        ),
+        (
+            "numeric operator with text",
+            {
+                let mut r = unique_companies_per_day();
+                r.filters = Some(proto::PropertyGroup {
+                    filters: vec![proto::PropertyFilter {
+                        key: "n".into(),
+                        operator: proto::Operator::Gt as i32,
+                        values: vec!["ten".into()],
+                        group_type: String::new(),
+                    }],
+                    ..Default::default()
+                });
+                r
+            },
+            "filters.filters[0].values: \"ten\" is not a number",
+        ),
+    ];
+    for (what, request, expected) in cases {
+        let err = client
+            .trends(with_key(request, SECRET))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().starts_with(expected),
+            "{what}: {:?} does not start with {expected:?}",
+            err.message()
+        );
+    }
+    // Wrong and missing keys.
+    let err = client
+        .trends(with_key(unique_companies_per_day(), "phs_wrong"))
+        .await
+        .expect_err("wrong key");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client
+        .trends(tonic::Request::new(unique_companies_per_day()))
+        .await
+        .expect_err("no key");
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // A deadline that cannot be met ends the call; the server keeps serving.
+    let mut r = with_key(unique_companies_per_day(), SECRET);
+    r.set_timeout(Duration::from_nanos(1));
+    let err = client.trends(r).await.expect_err("deadline");
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    let ok = client
+        .trends(with_key(unique_companies_per_day(), SECRET))
+        .await
+        .expect("still serving")
+        .into_inner();
+    assert_eq!(ok.results[0].data, [1.0, 2.0, 1.0]);
+}
