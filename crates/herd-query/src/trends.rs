@@ -369,10 +369,12 @@ impl QueryEngine {
             Math::MonthlyActive => Some(30),
             _ => None,
         };
+        // (unit, units in the window) of the trailing window, or None when the buckets are at
+        // least as long as the window.
         let window = window_days.and_then(|days| match r.interval {
-            Interval::Hour => Some(days * 24),
-            Interval::Day => Some(days),
-            Interval::Week if days > 7 => None,
+            Interval::Hour => Some((Interval::Hour, days * 24)),
+            Interval::Day => Some((Interval::Day, days)),
+            Interval::Week if days > 7 => Some((Interval::Day, days)),
             Interval::Week | Interval::Month => None,
         });
         let math = match (p.math, window) {
@@ -384,7 +386,7 @@ impl QueryEngine {
         let (label_expr, order) = match &r.breakdown {
             None => (lit(""), vec![String::new()]),
             Some((_, b)) => {
-                let frame = self.series_frame(events, groups, r, visible, p, r.range.from)?;
+                let frame = self.series_frame(events, groups, r, visible, p, visible.scan_from())?;
                 let rank_math = if window.is_some() { Math::Dau } else { math };
                 let ranked = frame.aggregate(vec![col(RAW)], vec![aggregate(rank_math)])?;
                 let mut values = collect_labelled(ranked.collect().await?, RAW)?;
@@ -436,9 +438,9 @@ impl QueryEngine {
                         let local_end = crate::calendar::instant_to_local(r.tz, r.range.to).date();
                         let start = (local_end - chrono::Duration::days(days - 1))
                             .and_time(chrono::NaiveTime::MIN);
-                        crate::calendar::local_to_instant(r.tz, start).max(r.range.from)
+                        crate::calendar::local_to_instant(r.tz, start).max(visible.scan_from())
                     }
-                    None => r.range.from,
+                    None => visible.scan_from(),
                 };
                 let frame = label_of(self.series_frame(events, groups, r, visible, p, from)?)?;
                 let agg_math = if window_days.is_some() {
@@ -451,13 +453,28 @@ impl QueryEngine {
                     totals.insert(label.unwrap_or_default(), v);
                 }
             }
-            (_, Some(w)) => {
-                // Trailing-window actives: each (actor, bucket t) covers buckets t..t+w-1;
-                // overlapping coverage of one actor is merged, then counted with a
-                // difference array.
-                let wide = Buckets::new(r.range, r.interval, r.week_start, w as usize)?;
+            (_, Some((unit, w))) => {
+                // Trailing-window actives: events are truncated to the unit (hour or day);
+                // an actor active in unit u counts in every bucket starting in
+                // [start(u), start(u) + window). One actor's ranges are merged, then counted
+                // with a difference array.
+                let range = TimeRange {
+                    from: visible.scan_from(),
+                    ..r.range
+                };
+                let units = Buckets::new(range, unit, r.week_start, w as usize)?;
+                let starts = visible.starts();
+                let cover: Vec<(i64, i64)> = (0..units.bounds.len())
+                    .map(|u| {
+                        let s = units.bounds[u];
+                        let e = units.bounds.get(u + w as usize).copied().unwrap_or(i64::MAX);
+                        let lo = starts.partition_point(|b| *b < s) as i64;
+                        let hi = starts.partition_point(|b| *b < e) as i64 - 1;
+                        (lo, hi)
+                    })
+                    .collect();
                 let frame =
-                    label_of(self.series_frame(events, groups, r, &wide, p, wide.scan_from())?)?;
+                    label_of(self.series_frame(events, groups, r, &units, p, units.scan_from())?)?;
                 let pairs = frame
                     .select(vec![col(LABEL), col(ACTOR), col(BUCKET)])?
                     .filter(col(BUCKET).is_not_null())?
@@ -467,15 +484,14 @@ impl QueryEngine {
                         col(ACTOR).sort(true, false),
                         col(BUCKET).sort(true, false),
                     ])?;
-                let lookback = wide.lookback as i64;
                 let mut stream = pairs.execute_stream().await?;
                 let mut diff: HashMap<String, Vec<i64>> = HashMap::new();
                 let mut current: Option<(String, String, i64, i64)> = None;
                 let flush = |c: &Option<(String, String, i64, i64)>,
                              diff: &mut HashMap<String, Vec<i64>>| {
                     if let Some((label, _, lo, hi)) = c {
-                        let lo = (*lo - lookback).max(0);
-                        let hi = (*hi - lookback).min(n as i64 - 1);
+                        let lo = (*lo).max(0);
+                        let hi = (*hi).min(n as i64 - 1);
                         if lo <= hi {
                             let d = diff.entry(label.clone()).or_insert_with(|| vec![0; n + 1]);
                             d[lo as usize] += 1;
@@ -489,12 +505,16 @@ impl QueryEngine {
                     let actors = string_column(&batch, 1)?;
                     let idx = int_column(&batch, 2)?;
                     for row in 0..batch.num_rows() {
-                        let (label, actor, t) = (
-                            labels.value(row),
-                            actors.value(row),
-                            i64::from(idx.value(row)),
-                        );
-                        let (lo, hi) = (t, t + w - 1);
+                        let (label, actor) = (labels.value(row), actors.value(row));
+                        let Some(&(lo, hi)) = usize::try_from(idx.value(row))
+                            .ok()
+                            .and_then(|u| cover.get(u))
+                        else {
+                            continue;
+                        };
+                        if lo > hi {
+                            continue;
+                        }
                         match &mut current {
                             Some((l, a, _, chi)) if l == label && a == actor && lo <= *chi + 1 => {
                                 *chi = (*chi).max(hi);
@@ -521,7 +541,7 @@ impl QueryEngine {
             }
             (Display::Cumulative, None) if math.counts_actors() => {
                 let frame =
-                    label_of(self.series_frame(events, groups, r, visible, p, r.range.from)?)?;
+                    label_of(self.series_frame(events, groups, r, visible, p, visible.scan_from())?)?;
                 let first = frame
                     .aggregate(
                         vec![col(LABEL), col(ACTOR)],
@@ -535,7 +555,7 @@ impl QueryEngine {
             }
             (Display::TimeSeries | Display::Cumulative, None) => {
                 let frame =
-                    label_of(self.series_frame(events, groups, r, visible, p, r.range.from)?)?;
+                    label_of(self.series_frame(events, groups, r, visible, p, visible.scan_from())?)?;
                 let out = frame.aggregate(vec![col(LABEL), col(BUCKET)], vec![aggregate(math)])?;
                 fill(&mut per_label, out.collect().await?, n)?;
             }

@@ -443,6 +443,34 @@ async fn weekly_active_groups_use_a_trailing_seven_day_window() {
 }
 
 #[tokio::test]
+async fn monthly_active_on_weekly_buckets_counts_the_30_days_ending_at_each_week_start() {
+    let f = Fixture::new(&["company"]).await;
+    f.events(&[
+        ("2023-12-10T10:00:00Z", "u1", "e", ["a", ""], "{}"),
+        ("2024-01-09T10:00:00Z", "u2", "e", ["b", ""], "{}"),
+    ])
+    .await;
+    let mut q = query(
+        vec![series("e", Math::MonthlyActive, Some("company"))],
+        "2024-01-01",
+        "2024-01-31",
+    );
+    q.interval = Some(Interval::Week);
+    q.week_start = WeekStart::Monday;
+    let r = run(&f, &q).await;
+    assert_eq!(
+        r.labels,
+        ["2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22", "2024-01-29"]
+    );
+    // a (12-10) is in the 30 days ending 01-01 and 01-08 (12-10 > 01-08 − 30 d = 12-09);
+    // b (01-09) from 01-15 on.
+    assert_eq!(data(&r), [vec![1.0, 1.0, 1.0, 1.0, 1.0]]);
+    // Weekly active on weekly buckets falls back to unique per week.
+    q.series = vec![series("e", Math::WeeklyActive, Some("company"))];
+    assert_eq!(data(&run(&f, &q).await), [vec![0.0, 1.0, 0.0, 0.0, 0.0]]);
+}
+
+#[tokio::test]
 async fn property_math_and_any_event() {
     let f = Fixture::new(&["company"]).await;
     f.events(&[

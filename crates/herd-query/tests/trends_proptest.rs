@@ -1,0 +1,274 @@
+//! Property test: random events, a random timezone (DST and half-/quarter-hour offsets
+//! included), interval and week start → total, unique users and unique groups per bucket
+//! equal a brute-force count written plainly here with chrono-tz.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{Datelike, Duration, NaiveDate, TimeZone, Timelike};
+use chrono_tz::Tz;
+use common::Fixture;
+use herd_core::Event;
+use herd_query::{Interval, Math, MathSpec, Series, TrendsQuery, WeekStart};
+use proptest::prelude::*;
+
+const ZONES: [&str; 7] = [
+    "UTC",
+    "Europe/Berlin",
+    "America/New_York",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "America/Sao_Paulo",
+    "Pacific/Auckland",
+];
+
+/// Windows around DST changes (EU/US spring, EU/US autumn, NZ April).
+const STARTS: [(i32, u32, u32); 4] = [(2024, 3, 8), (2024, 3, 29), (2024, 10, 25), (2024, 4, 4)];
+
+#[derive(Debug, Clone)]
+struct Case {
+    zone: usize,
+    start: usize,
+    interval: Interval,
+    week_start: WeekStart,
+    /// Range: days after the window start, and its length in days.
+    from_day: i64,
+    days: i64,
+    /// (minutes after window start - 1 day, user, company)
+    events: Vec<(i64, u8, u8)>,
+    flush_after: usize,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        0..ZONES.len(),
+        0..STARTS.len(),
+        prop_oneof![
+            Just(Interval::Hour),
+            Just(Interval::Day),
+            Just(Interval::Week),
+            Just(Interval::Month)
+        ],
+        prop_oneof![Just(WeekStart::Sunday), Just(WeekStart::Monday)],
+        0i64..4,
+        1i64..8,
+        prop::collection::vec((0i64..(12 * 24 * 60), 0u8..6, 0u8..5), 0..80),
+        0usize..80,
+    )
+        .prop_map(
+            |(zone, start, interval, week_start, from_day, days, events, flush_after)| Case {
+                zone,
+                start,
+                interval,
+                week_start,
+                from_day,
+                days,
+                events,
+                flush_after,
+            },
+        )
+}
+
+/// The bucket label of a local time, computed directly from the calendar.
+fn label(tz: Tz, micros: i64, interval: Interval, week_start: WeekStart) -> (NaiveDate, String) {
+    let local = tz.timestamp_micros(micros).single().expect("instant");
+    let date = local.date_naive();
+    match interval {
+        Interval::Hour => {
+            let back = i64::from(local.minute()) * 60_000_000
+                + i64::from(local.second()) * 1_000_000
+                + i64::from(local.nanosecond() / 1000);
+            let start = tz.timestamp_micros(micros - back).single().expect("instant");
+            (date, start.format("%Y-%m-%dT%H:%M:%S%:z").to_string())
+        }
+        Interval::Day => (date, date.format("%Y-%m-%d").to_string()),
+        Interval::Week => {
+            let back = match week_start {
+                WeekStart::Sunday => date.weekday().num_days_from_sunday(),
+                WeekStart::Monday => date.weekday().num_days_from_monday(),
+            };
+            let d = date - Duration::days(i64::from(back));
+            (d, d.format("%Y-%m-%d").to_string())
+        }
+        Interval::Month => {
+            let d = date.with_day(1).expect("day 1");
+            (d, d.format("%Y-%m-%d").to_string())
+        }
+    }
+}
+
+fn check(c: Case) {
+    let tz: Tz = ZONES[c.zone].parse().expect("zone");
+    let (y, m, d) = STARTS[c.start];
+    let window = NaiveDate::from_ymd_opt(y, m, d).expect("date");
+    let from = window + Duration::days(c.from_day);
+    let to = from + Duration::days(c.days - 1);
+    let base = chrono::Utc
+        .from_utc_datetime(&(window - Duration::days(1)).and_hms_opt(0, 0, 0).expect("t"))
+        .timestamp_micros();
+    let events: Vec<Event> = c
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, (minute, user, company))| Event {
+            uuid: uuid::Uuid::from_u128(i as u128 + 1),
+            event: "e".into(),
+            distinct_id: format!("u{user}"),
+            timestamp: base + minute * 60_000_000 + (i as i64 % 60) * 1_000_000,
+            properties: "{}".into(),
+            groups: [
+                if *company == 0 {
+                    String::new()
+                } else {
+                    format!("c{company}")
+                },
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
+            created_at: 0,
+        })
+        .collect();
+
+    // Brute force: per label, events, users and non-empty companies.
+    let (_, first_label) = label(
+        tz,
+        tz.from_local_datetime(&from.and_hms_opt(0, 0, 0).expect("t"))
+            .earliest()
+            .expect("midnight")
+            .timestamp_micros(),
+        c.interval,
+        c.week_start,
+    );
+    let mut expected: BTreeMap<String, (usize, BTreeSet<String>, BTreeSet<String>)> =
+        BTreeMap::new();
+    for e in &events {
+        let local_date = tz
+            .timestamp_micros(e.timestamp)
+            .single()
+            .expect("instant")
+            .date_naive();
+        let (_, l) = label(tz, e.timestamp, c.interval, c.week_start);
+        let in_range = local_date <= to
+            && match c.interval {
+                // Hour labels carry an offset: compare instants instead.
+                Interval::Hour => local_date >= from,
+                _ => l >= first_label,
+            };
+        if !in_range {
+            continue;
+        }
+        let entry = expected.entry(l).or_default();
+        entry.0 += 1;
+        entry.1.insert(e.distinct_id.clone());
+        if !e.groups[0].is_empty() {
+            entry.2.insert(e.groups[0].clone());
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let f = Fixture::new(&["company"]).await;
+        let split = c.flush_after.min(events.len());
+        let (flushed, buffered) = events.split_at(split);
+        if !flushed.is_empty() {
+            f.write(flushed.to_vec()).await;
+            f.flush().await;
+        }
+        if !buffered.is_empty() {
+            f.write(buffered.to_vec()).await;
+        }
+        let s = |math: Math, group: Option<&str>| Series {
+            event: Some("e".into()),
+            math: MathSpec {
+                math,
+                group_type: group.map(str::to_string),
+                property: None,
+            },
+            ..Series::default()
+        };
+        let q = TrendsQuery {
+            series: vec![
+                s(Math::Total, None),
+                s(Math::Dau, None),
+                s(Math::UniqueGroup, Some("company")),
+                s(Math::WeeklyActive, Some("company")),
+            ],
+            interval: Some(c.interval),
+            date_from: from.format("%Y-%m-%d").to_string(),
+            date_to: to.format("%Y-%m-%d").to_string(),
+            timezone: ZONES[c.zone].into(),
+            week_start: c.week_start,
+            ..TrendsQuery::default()
+        };
+        let r = f.engine.trends(f.project, &q, 0).await.expect("trends");
+        let mut got: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
+        assert_eq!(
+            r.labels.iter().collect::<BTreeSet<_>>().len(),
+            r.labels.len(),
+            "labels are unique: {:?}",
+            r.labels
+        );
+        for (i, l) in r.labels.iter().enumerate() {
+            let v = (
+                r.results[0].data[i],
+                r.results[1].data[i],
+                r.results[2].data[i],
+            );
+            if v != (0.0, 0.0, 0.0) {
+                got.insert(l.clone(), v);
+            }
+        }
+        let want: BTreeMap<String, (f64, f64, f64)> = expected
+            .into_iter()
+            .map(|(l, (n, users, companies))| {
+                (l, (n as f64, users.len() as f64, companies.len() as f64))
+            })
+            .collect();
+        assert_eq!(got, want, "case {c:?}\nlabels {:?}", r.labels);
+        // Weekly active companies on a daily chart: companies with an event on one of the
+        // 7 local days ending with the bucket's day (events before date_from count too).
+        if c.interval == Interval::Day {
+            for (i, l) in r.labels.iter().enumerate() {
+                let d = NaiveDate::parse_from_str(l, "%Y-%m-%d").expect("date label");
+                let active: BTreeSet<&str> = events
+                    .iter()
+                    .filter(|e| {
+                        let day = tz
+                            .timestamp_micros(e.timestamp)
+                            .single()
+                            .expect("instant")
+                            .date_naive();
+                        day <= to && day <= d && day > d - Duration::days(7)
+                    })
+                    .filter(|e| !e.groups[0].is_empty())
+                    .map(|e| e.groups[0].as_str())
+                    .collect();
+                assert_eq!(
+                    r.results[3].data[i],
+                    active.len() as f64,
+                    "weekly active on {l}, case {c:?}"
+                );
+            }
+        }
+        // The first label is the bucket of date_from.
+        assert_eq!(r.labels.first(), Some(&first_label), "first label");
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn unique_groups_per_bucket_match_brute_force(c in case()) {
+        check(c);
+    }
+}
