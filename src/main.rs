@@ -35,6 +35,8 @@ enum Command {
     Backfill(commands::backfill::BackfillArgs),
     /// Generate a deterministic PostHog-like dataset (through the backfill path).
     Generate(commands::generate::GenerateArgs),
+    /// Run the benchmark queries in-process on a data folder.
+    Bench(commands::bench::BenchArgs),
     /// Ask a running server (gRPC): trends, groups, group types.
     Query {
         #[command(subcommand)]
@@ -127,6 +129,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Generate(args) => {
             init_logs(false);
             commands::generate::run(args).await
+        }
+        Command::Bench(args) => {
+            init_logs(false);
+            commands::bench::run(args).await
         }
         Command::Query { command } => {
             init_logs(false);

@@ -2,6 +2,7 @@
 //! they share (opening the store, progress), and `query`, a gRPC client of a running server.
 
 pub(crate) mod backfill;
+pub(crate) mod bench;
 pub(crate) mod generate;
 pub(crate) mod progress;
 pub(crate) mod query;

@@ -92,7 +92,15 @@ impl std::fmt::Debug for QueryEngine {
 impl QueryEngine {
     /// A session whose object store is the store's data folder.
     pub fn new(db: Arc<Db>) -> Result<Self> {
-        let config = SessionConfig::new().with_information_schema(false);
+        Self::with_partitions(db, None)
+    }
+
+    /// A session that plans with `partitions` parallel partitions (default: the CPU count).
+    pub fn with_partitions(db: Arc<Db>, partitions: Option<usize>) -> Result<Self> {
+        let mut config = SessionConfig::new().with_information_schema(false);
+        if let Some(n) = partitions {
+            config = config.with_target_partitions(n.max(1));
+        }
         let ctx = SessionContext::new_with_config(config);
         let url = url::Url::parse(STORE_URL).map_err(|e| DataFusionError::External(Box::new(e)))?;
         ctx.register_object_store(&url, db.storage().object_store());

@@ -1,0 +1,154 @@
+"""herd next to DuckDB (and ClickHouse via chdb, when installed) on the very Parquet files herd
+wrote: each engine pinned to the same thread count, a warm-up then N timed runs, answers
+checked equal, ratios herd / best other printed.
+
+    python bench/compare.py --herd target/release/herd --data DIR [--project 1] [--runs 5]
+        [--queries Q1,Q4,Q5] [--threads 2] [--json OUT]
+
+The anchors' SQL is ../shared/bench/anchor_queries.py (DD / CH dicts), read as it is.
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "shared", "bench"))
+import anchor_queries  # noqa: E402
+
+
+# The anchors' Q4 joins *every* row of the groups table, so a company whose plan changed counts
+# under each plan it ever had; herd (and PostHog) use the current properties. The answer check
+# uses this statement (latest version per group), the timing uses the anchor's own SQL.
+CHECK_DD = {
+    "Q4": anchor_queries.DD["Q4"].replace(
+        """    SELECT group_key, json_extract_string(group_properties, '$.plan') AS plan
+    FROM read_parquet('{gr}')
+    WHERE group_type_index = 0""",
+        """    SELECT group_key, arg_max(json_extract_string(group_properties, '$.plan'), version) AS plan
+    FROM read_parquet('{gr}')
+    WHERE group_type_index = 0
+    GROUP BY group_key"""),
+}
+
+
+def herd_run(args):
+    cmd = [args.herd, "bench", "--data", args.data, "--project", str(args.project),
+           "--runs", str(args.runs), "--threads", str(args.threads), "--format", "json",
+           "--queries", ",".join(args.queries)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    doc = json.loads(out.strip().splitlines()[-1])
+    return {q["query"]: q for q in doc["queries"]}
+
+
+def normal(name, rows):
+    """Rows of an anchor query in herd bench's answer form."""
+    if name == "Q5":
+        n, users = rows[0]
+        return [float(n), float(users)]
+    if name == "Q4":
+        out = [[str(r[0])[:10], r[1], float(r[2])] for r in rows if r[2]]
+        return sorted(out, key=lambda r: json.dumps(r))
+    return [[str(r[0])[:10], float(r[1])] for r in rows if r[1]]
+
+
+def timed(run, runs):
+    run()  # warm-up
+    times = []
+    rows = None
+    for _ in range(runs):
+        t = time.perf_counter()
+        rows = run()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), min(times), max(times), rows
+
+
+def duckdb_engine(threads):
+    import duckdb
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    return "duckdb", lambda sql: con.execute(sql).fetchall(), anchor_queries.DD, CHECK_DD
+
+
+def chdb_engine(threads):
+    import chdb
+    from chdb import session
+    s = session.Session()
+
+    def run(sql):
+        res = s.query(sql + f" SETTINGS max_threads = {threads}", "JSONCompact")
+        return json.loads(res.bytes())["data"] if res.bytes() else []
+    return "clickhouse", run, anchor_queries.CH, {}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--herd", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--project", type=int, default=1)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--queries", default="Q1,Q4,Q5")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    args.queries = args.queries.split(",")
+
+    ev = os.path.join(args.data, f"projects/{args.project}/events/**/*.parquet")
+    gr = os.path.join(args.data, f"projects/{args.project}/groups/*.parquet")
+    n_files = len(glob.glob(ev, recursive=True))
+
+    engines = []
+    for make in (duckdb_engine, chdb_engine):
+        try:
+            engines.append(make(args.threads))
+        except ImportError:
+            pass
+
+    herd = herd_run(args)
+    results = []
+    ok = True
+    print(f"{n_files} event files under {args.data}; {args.threads} threads per engine; "
+          f"median of {args.runs} after a warm-up")
+    print(f"{'query':<6} {'herd s':>8} " + " ".join(f"{e[0] + ' s':>13}" for e in engines)
+          + f" {'herd/best':>10}  answers")
+    for q in args.queries:
+        h = herd[q]
+        row = {"query": q, "herd": h["median_s"], "herd_peak_rss_mib": h["peak_rss_mib"]}
+        others = []
+        same = True
+        for name, run, sqls, checks in engines:
+            sql = sqls[q].replace("{ev}", ev).replace("{gr}", gr)
+            med, lo, hi, rows = timed(lambda: run(sql), args.runs)
+            row[name] = med
+            others.append(med)
+            if q in checks:
+                rows = run(checks[q].replace("{ev}", ev).replace("{gr}", gr))
+            elif q == "Q4":
+                continue  # no current-properties statement for this engine: not compared
+            if normal(q, rows) != h["answer"]:
+                same = False
+                row[name + "_answer_differs"] = True
+        best = min(others) if others else float("nan")
+        row["ratio"] = h["median_s"] / best if others else None
+        row["answers_equal"] = same
+        ok &= same
+        results.append(row)
+        print(f"{q:<6} {h['median_s']:>8.3f} "
+              + " ".join(f"{row[e[0]]:>13.3f}" for e in engines)
+              + f" {row['ratio']:>10.2f}  {'equal' if same else 'DIFFER'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": datetime.date.today().isoformat(), "data": args.data,
+                       "threads": args.threads, "runs": args.runs, "results": results}, f,
+                      indent=2)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

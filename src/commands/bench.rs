@@ -1,0 +1,202 @@
+//! `herd bench`: the named queries of the benchmark suite (`../shared/bench.md`), run
+//! in-process on a data folder after a warm-up, N times each; prints min/median/max seconds,
+//! peak RSS and the answer (so a comparison script can check other engines against it).
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use herd_query::{
+    Breakdown, Display, Interval, Math, MathSpec, PropertySource, QueryEngine, Series,
+    TrendsQuery, TrendsResult, WeekStart,
+};
+use serde_json::{Value, json};
+
+/// Arguments of `herd bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    store: super::StoreArgs,
+    /// Queries to run (Q1, Q4, Q5).
+    #[arg(long, value_delimiter = ',', default_value = "Q1,Q4,Q5")]
+    queries: Vec<String>,
+    /// Timed runs per query (after one warm-up run).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Parallel partitions of the query engine (the other engines are pinned to as many
+    /// threads by the comparison script).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// First day of the dataset.
+    #[arg(long, default_value = "2024-01-01")]
+    from: String,
+    /// Last day of the dataset.
+    #[arg(long, default_value = "2024-03-31")]
+    to: String,
+    /// Output: a table, or one JSON document.
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+fn series(event: Option<&str>, math: Math, group: Option<&str>) -> Series {
+    Series {
+        event: event.map(str::to_string),
+        math: MathSpec {
+            math,
+            group_type: group.map(str::to_string),
+            property: None,
+        },
+        ..Series::default()
+    }
+}
+
+/// The request of a named query.
+fn request(name: &str, from: &str, to: &str) -> anyhow::Result<TrendsQuery> {
+    let base = TrendsQuery {
+        date_from: from.into(),
+        date_to: to.into(),
+        ..TrendsQuery::default()
+    };
+    Ok(match name {
+        // Unique companies per day doing signed_up.
+        "Q1" => TrendsQuery {
+            series: vec![series(
+                Some("signed_up"),
+                Math::UniqueGroup,
+                Some("company"),
+            )],
+            interval: Some(Interval::Day),
+            ..base
+        },
+        // Unique companies per (Monday) week doing $pageview, by the company's current plan.
+        "Q4" => TrendsQuery {
+            series: vec![series(
+                Some("$pageview"),
+                Math::UniqueGroup,
+                Some("company"),
+            )],
+            interval: Some(Interval::Week),
+            week_start: WeekStart::Monday,
+            breakdown: Some(Breakdown {
+                property: "plan".into(),
+                source: PropertySource::Group("company".into()),
+                limit: 1000,
+                hide_other: false,
+            }),
+            ..base
+        },
+        // All events: count and exact unique users over the range.
+        "Q5" => TrendsQuery {
+            series: vec![
+                series(None, Math::Total, None),
+                series(None, Math::Dau, None),
+            ],
+            display: Display::TotalValue,
+            ..base
+        },
+        other => bail!("unknown query {other:?} (known: Q1, Q4, Q5)"),
+    })
+}
+
+/// The answer in the comparison script's normal form.
+fn answer(name: &str, r: &TrendsResult) -> Value {
+    match name {
+        "Q5" => json!([
+            r.results[0].aggregated_value,
+            r.results[1].aggregated_value
+        ]),
+        "Q4" => {
+            let mut rows = Vec::new();
+            for s in &r.results {
+                let plan = match s.breakdown_value.as_deref() {
+                    Some(herd_query::trends::BREAKDOWN_NULL) | None => Value::Null,
+                    Some(v) => json!(v),
+                };
+                for (label, v) in r.labels.iter().zip(&s.data) {
+                    if *v != 0.0 {
+                        rows.push(json!([label, plan, v]));
+                    }
+                }
+            }
+            rows.sort_by_key(|row| row.to_string());
+            json!(rows)
+        }
+        _ => json!(
+            r.labels
+                .iter()
+                .zip(&r.results[0].data)
+                .filter(|(_, v)| **v != 0.0)
+                .map(|(l, v)| json!([l, v]))
+                .collect::<Vec<_>>()
+        ),
+    }
+}
+
+/// Peak resident set size of this process (kB), and a reset of it where Linux allows.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Runs `herd bench`.
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (db, project) = args.store.open(1_000_000).await?;
+    let engine = QueryEngine::with_partitions(db.clone(), Some(args.threads))?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut out = Vec::new();
+    for name in &args.queries {
+        let q = request(name, &args.from, &args.to)?;
+        reset_peak_rss();
+        let first = engine
+            .trends(project, &q, now)
+            .await
+            .with_context(|| format!("{name}"))?;
+        let mut times = Vec::with_capacity(args.runs);
+        for _ in 0..args.runs {
+            let t = Instant::now();
+            let r = engine.trends(project, &q, now).await?;
+            times.push(t.elapsed().as_secs_f64());
+            anyhow::ensure!(r == first, "{name}: answers differ between runs");
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
+        out.push(json!({
+            "query": name,
+            "runs": args.runs,
+            "min_s": times.first(),
+            "median_s": median,
+            "max_s": times.last(),
+            "peak_rss_mib": peak_rss_kb().map(|k| k as f64 / 1024.0),
+            "answer": answer(name, &first),
+        }));
+    }
+    db.close().await?;
+    if args.format == "json" {
+        println!(
+            "{}",
+            json!({"engine": "herd", "threads": args.threads, "queries": out})
+        );
+    } else {
+        println!(
+            "{:<6} {:>10} {:>10} {:>10} {:>10}",
+            "query", "min s", "median s", "max s", "peak MiB"
+        );
+        for q in &out {
+            println!(
+                "{:<6} {:>10.3} {:>10.3} {:>10.3} {:>10.0}",
+                q["query"].as_str().unwrap_or_default(),
+                q["min_s"].as_f64().unwrap_or(0.0),
+                q["median_s"].as_f64().unwrap_or(0.0),
+                q["max_s"].as_f64().unwrap_or(0.0),
+                q["peak_rss_mib"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(())
+}
