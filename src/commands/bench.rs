@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use herd_query::{
-    Breakdown, Display, Interval, Math, MathSpec, PropertySource, QueryEngine, Series,
-    TrendsQuery, TrendsResult, WeekStart,
+    Breakdown, Display, Interval, Math, MathSpec, PropertySource, QueryEngine, Series, TrendsQuery,
+    TrendsResult, WeekStart,
 };
 use serde_json::{Value, json};
 
@@ -100,10 +100,7 @@ fn request(name: &str, from: &str, to: &str) -> anyhow::Result<TrendsQuery> {
 /// The answer in the comparison script's normal form.
 fn answer(name: &str, r: &TrendsResult) -> Value {
     match name {
-        "Q5" => json!([
-            r.results[0].aggregated_value,
-            r.results[1].aggregated_value
-        ]),
+        "Q5" => json!([r.results[0].aggregated_value, r.results[1].aggregated_value]),
         "Q4" => {
             let mut rows = Vec::new();
             for s in &r.results {

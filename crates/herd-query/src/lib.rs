@@ -97,7 +97,9 @@ impl QueryEngine {
 
     /// A session that plans with `partitions` parallel partitions (default: the CPU count).
     pub fn with_partitions(db: Arc<Db>, partitions: Option<usize>) -> Result<Self> {
-        let mut config = SessionConfig::new().with_information_schema(false);
+        // DATAFUSION_* environment variables override DataFusion's defaults (for experiments,
+        // e.g. DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS=false).
+        let mut config = SessionConfig::from_env()?.with_information_schema(false);
         if let Some(n) = partitions {
             config = config.with_target_partitions(n.max(1));
         }

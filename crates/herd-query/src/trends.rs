@@ -228,6 +228,10 @@ struct Plan<'a> {
     value: Option<Expr>,
     filter: Option<Expr>,
     joins: BTreeSet<u8>,
+    /// A group-property breakdown on the actors' own group type, joined after the rows are
+    /// reduced to distinct (bucket, group): the join sees one row per group and bucket
+    /// instead of one per event.
+    late_join: Option<u8>,
 }
 
 /// A validated request.
@@ -265,7 +269,7 @@ impl QueryEngine {
         let events = self.events_table(project).await?;
         let mut groups = HashMap::new();
         for p in &plans {
-            for n in &p.joins {
+            for n in p.joins.iter().chain(&p.late_join) {
                 if !groups.contains_key(n) {
                     groups.insert(*n, self.groups_table(project, *n).await?);
                 }
@@ -317,20 +321,16 @@ impl QueryEngine {
             pred = pred.and(col(group_column(n)).not_eq(lit("")));
         }
         let mut df = self.context().read_table(events.clone())?.filter(pred)?;
-        for n in &p.joins {
+        let join = |df: DataFrame, n: u8, left: &str| -> Result<DataFrame> {
             let table = groups
-                .get(n)
+                .get(&n)
                 .ok_or_else(|| Error::Internal(format!("groups table {n} not loaded")))?;
             let right = self.context().read_table(table.clone())?;
-            let left_col: &str = group_column(*n);
-            let right_col = group_key_column(*n);
-            df = df.join(
-                right,
-                JoinType::Left,
-                &[left_col],
-                &[right_col.as_str()],
-                None,
-            )?;
+            let right_col = group_key_column(n);
+            Ok(df.join(right, JoinType::Left, &[left], &[right_col.as_str()], None)?)
+        };
+        for n in &p.joins {
+            df = join(df, *n, group_column(*n))?;
         }
         if let Some(f) = &p.filter {
             df = df.filter(f.clone())?;
@@ -343,9 +343,20 @@ impl QueryEngine {
             Some((e, _)) => cast_expr(e.clone(), DataType::Utf8),
             None => lit(ScalarValue::Utf8(None)),
         };
+        let bucket = BucketUdf::expr(buckets, col(TIMESTAMP)).alias(BUCKET);
+        if let Some(n) = p.late_join {
+            // Only unique actors are counted: distinct (bucket, actor) first, then the join.
+            let reduced = df.select(vec![bucket, actor.alias(ACTOR)])?.distinct()?;
+            return Ok(join(reduced, n, ACTOR)?.select(vec![
+                col(BUCKET),
+                raw.alias(RAW),
+                col(ACTOR),
+                lit(ScalarValue::Float64(None)).alias(VALUE),
+            ])?);
+        }
         let value = p.value.clone().unwrap_or(lit(ScalarValue::Float64(None)));
         Ok(df.select(vec![
-            BucketUdf::expr(buckets, col(TIMESTAMP)).alias(BUCKET),
+            bucket,
             raw.alias(RAW),
             actor.alias(ACTOR),
             value.alias(VALUE),
@@ -386,7 +397,8 @@ impl QueryEngine {
         let (label_expr, order) = match &r.breakdown {
             None => (lit(""), vec![String::new()]),
             Some((_, b)) => {
-                let frame = self.series_frame(events, groups, r, visible, p, visible.scan_from())?;
+                let frame =
+                    self.series_frame(events, groups, r, visible, p, visible.scan_from())?;
                 let rank_math = if window.is_some() { Math::Dau } else { math };
                 let ranked = frame.aggregate(vec![col(RAW)], vec![aggregate(rank_math)])?;
                 let mut values = collect_labelled(ranked.collect().await?, RAW)?;
@@ -467,14 +479,24 @@ impl QueryEngine {
                 let cover: Vec<(i64, i64)> = (0..units.bounds.len())
                     .map(|u| {
                         let s = units.bounds[u];
-                        let e = units.bounds.get(u + w as usize).copied().unwrap_or(i64::MAX);
+                        let e = units
+                            .bounds
+                            .get(u + w as usize)
+                            .copied()
+                            .unwrap_or(i64::MAX);
                         let lo = starts.partition_point(|b| *b < s) as i64;
                         let hi = starts.partition_point(|b| *b < e) as i64 - 1;
                         (lo, hi)
                     })
                     .collect();
-                let frame =
-                    label_of(self.series_frame(events, groups, r, &units, p, units.scan_from())?)?;
+                let frame = label_of(self.series_frame(
+                    events,
+                    groups,
+                    r,
+                    &units,
+                    p,
+                    units.scan_from(),
+                )?)?;
                 let pairs = frame
                     .select(vec![col(LABEL), col(ACTOR), col(BUCKET)])?
                     .filter(col(BUCKET).is_not_null())?
@@ -540,8 +562,14 @@ impl QueryEngine {
                 }
             }
             (Display::Cumulative, None) if math.counts_actors() => {
-                let frame =
-                    label_of(self.series_frame(events, groups, r, visible, p, visible.scan_from())?)?;
+                let frame = label_of(self.series_frame(
+                    events,
+                    groups,
+                    r,
+                    visible,
+                    p,
+                    visible.scan_from(),
+                )?)?;
                 let first = frame
                     .aggregate(
                         vec![col(LABEL), col(ACTOR)],
@@ -554,8 +582,14 @@ impl QueryEngine {
                 fill(&mut per_label, first.collect().await?, n)?;
             }
             (Display::TimeSeries | Display::Cumulative, None) => {
-                let frame =
-                    label_of(self.series_frame(events, groups, r, visible, p, visible.scan_from())?)?;
+                let frame = label_of(self.series_frame(
+                    events,
+                    groups,
+                    r,
+                    visible,
+                    p,
+                    visible.scan_from(),
+                )?)?;
                 let out = frame.aggregate(vec![col(LABEL), col(BUCKET)], vec![aggregate(math)])?;
                 fill(&mut per_label, out.collect().await?, n)?;
             }
@@ -807,10 +841,16 @@ fn plan_series<'a>(
     series
         .filters
         .group_indexes(mapping, &format!("{field}.filters"), &mut joins)?;
+    let mut late_join = None;
     if let Some((_, b)) = &resolved.breakdown
         && let PropertySource::Group(name) = &b.source
     {
-        joins.insert(group_index(mapping, "breakdown.group_type", name)?);
+        let n = group_index(mapping, "breakdown.group_type", name)?;
+        if m.math.counts_actors() && actor_group == Some(n) && !joins.contains(&n) {
+            late_join = Some(n);
+        } else {
+            joins.insert(n);
+        }
     }
     let filter = match (
         query.filters.to_expr(mapping, "filters")?,
@@ -829,5 +869,6 @@ fn plan_series<'a>(
         value,
         filter,
         joins,
+        late_join,
     })
 }

@@ -141,6 +141,56 @@ async fn example_a_breakdown_by_current_group_plan() {
 }
 
 #[tokio::test]
+async fn unique_groups_by_their_current_plan_with_and_without_a_group_filter() {
+    let f = example_a().await;
+    let mut q = query(
+        vec![series("pv", Math::UniqueGroup, Some("company"))],
+        "2024-01-01",
+        "2024-01-03",
+    );
+    q.breakdown = Some(Breakdown {
+        property: "plan".into(),
+        source: PropertySource::Group("company".into()),
+        limit: 0,
+        hide_other: false,
+    });
+    let lines = |r: TrendsResult| -> Vec<(String, Vec<f64>)> {
+        r.results
+            .into_iter()
+            .map(|s| (s.breakdown_value.expect("value"), s.data))
+            .collect()
+    };
+    let expected = vec![
+        ("enterprise".to_string(), vec![1.0, 1.0, 1.0]),
+        ("free".to_string(), vec![0.0, 1.0, 0.0]),
+    ];
+    // The join after distinct (bucket, company) ...
+    assert_eq!(lines(run(&f, &q).await), expected);
+    // ... and the join before it (a group filter needs the properties first) agree.
+    q.filters.filters.push(PropertyFilter {
+        key: "plan".into(),
+        source: PropertySource::Group("company".into()),
+        operator: Operator::IsSet,
+        values: vec![],
+    });
+    assert_eq!(lines(run(&f, &q).await), expected);
+    q.display = Display::TotalValue;
+    let totals: Vec<(Option<String>, Option<f64>)> = run(&f, &q)
+        .await
+        .results
+        .into_iter()
+        .map(|s| (s.breakdown_value, s.aggregated_value))
+        .collect();
+    assert_eq!(
+        totals,
+        [
+            (Some("enterprise".to_string()), Some(1.0)),
+            (Some("free".to_string()), Some(1.0))
+        ]
+    );
+}
+
+#[tokio::test]
 async fn timezone_moves_events_across_days() {
     let f = example_a().await;
     // In New York (UTC-5) 01-02 23:30Z and 01-03 00:10Z are both on 01-02 and 10:00Z on 01-01.
@@ -460,7 +510,13 @@ async fn monthly_active_on_weekly_buckets_counts_the_30_days_ending_at_each_week
     let r = run(&f, &q).await;
     assert_eq!(
         r.labels,
-        ["2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22", "2024-01-29"]
+        [
+            "2024-01-01",
+            "2024-01-08",
+            "2024-01-15",
+            "2024-01-22",
+            "2024-01-29"
+        ]
     );
     // a (12-10) is in the 30 days ending 01-01 and 01-08 (12-10 > 01-08 − 30 d = 12-09);
     // b (01-09) from 01-15 on.

@@ -79,7 +79,10 @@ fn label(tz: Tz, micros: i64, interval: Interval, week_start: WeekStart) -> (Nai
             let back = i64::from(local.minute()) * 60_000_000
                 + i64::from(local.second()) * 1_000_000
                 + i64::from(local.nanosecond() / 1000);
-            let start = tz.timestamp_micros(micros - back).single().expect("instant");
+            let start = tz
+                .timestamp_micros(micros - back)
+                .single()
+                .expect("instant");
             (date, start.format("%Y-%m-%dT%H:%M:%S%:z").to_string())
         }
         Interval::Day => (date, date.format("%Y-%m-%d").to_string()),
@@ -105,7 +108,11 @@ fn check(c: Case) {
     let from = window + Duration::days(c.from_day);
     let to = from + Duration::days(c.days - 1);
     let base = chrono::Utc
-        .from_utc_datetime(&(window - Duration::days(1)).and_hms_opt(0, 0, 0).expect("t"))
+        .from_utc_datetime(
+            &(window - Duration::days(1))
+                .and_hms_opt(0, 0, 0)
+                .expect("t"),
+        )
         .timestamp_micros();
     let events: Vec<Event> = c
         .events
