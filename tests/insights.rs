@@ -164,6 +164,122 @@ async fn trends_groups_and_reflection_from_python_grpcio() {
 }
 
 #[tokio::test]
+async fn herd_query_prints_trends_and_groups_as_json_and_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_project(dir.path());
+    let server = Server::start(dir.path(), &[]);
+    capture_example_a(&server).await;
+    let url = format!("http://{}", server.grpc);
+    let query = |args: &[&str]| {
+        let out = herd()
+            .args(["query"])
+            .args(args)
+            .args(["--server", &url, "--key", SECRET])
+            .output()
+            .expect("run herd query");
+        assert!(
+            out.status.success(),
+            "herd query {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    let doc: serde_json::Value = serde_json::from_str(&query(&[
+        "trends",
+        "--event",
+        "signed_up",
+        "--math",
+        "unique_group",
+        "--group-type",
+        "company",
+        "--interval",
+        "day",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-03",
+        "--tz",
+        "Europe/Berlin",
+        "--format",
+        "json",
+    ]))
+    .expect("json");
+    assert_eq!(doc["interval"], "day");
+    assert_eq!(doc["timezone"], "Europe/Berlin");
+    assert_eq!(doc["date_from"], "2023-12-31T23:00:00.000000Z");
+    assert_eq!(
+        doc["labels"],
+        serde_json::json!(["2024-01-01", "2024-01-02", "2024-01-03"])
+    );
+    // Berlin: 01-02 23:30Z is 01-03 00:30, so acme moves to the third day.
+    assert_eq!(
+        doc["results"][0]["data"],
+        serde_json::json!([1.0, 1.0, 1.0])
+    );
+    assert_eq!(
+        doc["results"][0]["breakdown_value"],
+        serde_json::Value::Null
+    );
+
+    let table = query(&[
+        "trends",
+        "--event",
+        "signed_up",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-03",
+        "--breakdown",
+        "company:plan",
+        "--filter",
+        "company:plan is_set",
+    ]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].contains("signed_up [enterprise]") && lines[0].contains("signed_up [free]"),
+        "{table}"
+    );
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["2024-01-01", "2", "0"]
+    );
+
+    let groups: serde_json::Value = serde_json::from_str(&query(&[
+        "groups",
+        "--group-type",
+        "company",
+        "--search",
+        "ENTER",
+        "--format",
+        "json",
+    ]))
+    .expect("json");
+    assert_eq!(groups["groups"][0]["key"], "acme");
+    assert_eq!(
+        groups["groups"][0]["properties"],
+        serde_json::json!({"plan": "enterprise"})
+    );
+    assert_eq!(groups["groups"].as_array().map(Vec::len), Some(1));
+
+    // A bad request fails with the server's message.
+    let out = herd()
+        .args([
+            "query",
+            "trends",
+            "--tz",
+            "Nowhere/Land",
+            "--server",
+            &url,
+            "--key",
+            SECRET,
+        ])
+        .output()
+        .expect("run herd query");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timezone: unknown IANA timezone"));
+}
+
+#[tokio::test]
 async fn related_actors_of_a_group_in_the_last_90_days() {
     let dir = tempfile::tempdir().expect("tempdir");
     create_project(dir.path());
