@@ -153,7 +153,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let first = engine
             .trends(project, &q, now)
             .await
-            .with_context(|| format!("{name}"))?;
+            .with_context(|| name.clone())?;
         let mut times = Vec::with_capacity(args.runs);
         for _ in 0..args.runs {
             let t = Instant::now();
