@@ -439,6 +439,16 @@ impl QueryEngine {
             // Hidden "other" values have a NULL label.
             Ok(frame.filter(col(LABEL).is_not_null())?)
         };
+        // Group-by keys: the label only with a breakdown (a constant key would turn a
+        // one-column distinct count into a slower two-column group-by).
+        let has_breakdown = r.breakdown.is_some();
+        let by = |rest: Vec<Expr>| -> Vec<Expr> {
+            if has_breakdown {
+                std::iter::once(col(LABEL)).chain(rest).collect()
+            } else {
+                rest
+            }
+        };
 
         let mut per_label: HashMap<String, Vec<f64>> = HashMap::new();
         let mut totals: HashMap<String, f64> = HashMap::new();
@@ -460,7 +470,7 @@ impl QueryEngine {
                 } else {
                     math
                 };
-                let out = frame.aggregate(vec![col(LABEL)], vec![aggregate(agg_math)])?;
+                let out = frame.aggregate(by(vec![]), vec![aggregate(agg_math)])?;
                 for (label, v) in collect_labelled(out.collect().await?, LABEL)? {
                     totals.insert(label.unwrap_or_default(), v);
                 }
@@ -572,13 +582,13 @@ impl QueryEngine {
                 )?)?;
                 let first = frame
                     .aggregate(
-                        vec![col(LABEL), col(ACTOR)],
+                        by(vec![col(ACTOR)]),
                         vec![
                             datafusion::functions_aggregate::expr_fn::min(col(BUCKET))
                                 .alias(BUCKET),
                         ],
                     )?
-                    .aggregate(vec![col(LABEL), col(BUCKET)], vec![aggregate(Math::Total)])?;
+                    .aggregate(by(vec![col(BUCKET)]), vec![aggregate(Math::Total)])?;
                 fill(&mut per_label, first.collect().await?, n)?;
             }
             (Display::TimeSeries | Display::Cumulative, None) => {
@@ -590,7 +600,7 @@ impl QueryEngine {
                     p,
                     visible.scan_from(),
                 )?)?;
-                let out = frame.aggregate(vec![col(LABEL), col(BUCKET)], vec![aggregate(math)])?;
+                let out = frame.aggregate(by(vec![col(BUCKET)]), vec![aggregate(math)])?;
                 fill(&mut per_label, out.collect().await?, n)?;
             }
         }
@@ -704,12 +714,17 @@ fn float_column(batch: &RecordBatch, i: usize) -> Result<Float64Array> {
 fn collect_labelled(batches: Vec<RecordBatch>, name: &str) -> Result<Vec<(Option<String>, f64)>> {
     let mut out = Vec::new();
     for b in batches {
-        let li = b.schema().index_of(name)?;
-        let vi = b.schema().index_of(V)?;
-        let labels = string_column(&b, li)?;
-        let values = float_column(&b, vi)?;
+        // Without a breakdown there is no label column: every row is the one line "".
+        let labels = match b.schema().index_of(name) {
+            Ok(i) => Some(string_column(&b, i)?),
+            Err(_) => None,
+        };
+        let values = float_column(&b, b.schema().index_of(V)?)?;
         for row in 0..b.num_rows() {
-            let label = (!labels.is_null(row)).then(|| labels.value(row).to_string());
+            let label = match &labels {
+                Some(l) => (!l.is_null(row)).then(|| l.value(row).to_string()),
+                None => Some(String::new()),
+            };
             out.push((label, values.value(row)));
         }
     }
@@ -723,7 +738,10 @@ fn fill(
     n: usize,
 ) -> Result<()> {
     for b in batches {
-        let labels = string_column(&b, b.schema().index_of(LABEL)?)?;
+        let labels = match b.schema().index_of(LABEL) {
+            Ok(i) => Some(string_column(&b, i)?),
+            Err(_) => None,
+        };
         let buckets = int_column(&b, b.schema().index_of(BUCKET)?)?;
         let values = float_column(&b, b.schema().index_of(V)?)?;
         for row in 0..b.num_rows() {
@@ -734,8 +752,9 @@ fn fill(
             if i < 0 || i as usize >= n {
                 continue;
             }
+            let label = labels.as_ref().map_or("", |l| l.value(row));
             let data = per_label
-                .entry(labels.value(row).to_string())
+                .entry(label.to_string())
                 .or_insert_with(|| vec![0.0; n]);
             data[i as usize] += values.value(row);
         }
