@@ -39,12 +39,18 @@ CHECK_DD = {
 
 
 def herd_run(args):
-    cmd = [args.herd, "bench", "--data", args.data, "--project", str(args.project),
-           "--runs", str(args.runs), "--threads", str(args.threads), "--format", "json",
-           "--queries", ",".join(args.queries)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    doc = json.loads(out.strip().splitlines()[-1])
-    return {q["query"]: q for q in doc["queries"]}
+    """One `herd bench` process per query, so each peak RSS is that query's alone (an
+    allocator keeps freed pages, so a later query in the same process would report the
+    earlier one's high-water mark)."""
+    out = {}
+    for q in args.queries:
+        cmd = [args.herd, "bench", "--data", args.data, "--project", str(args.project),
+               "--runs", str(args.runs), "--threads", str(args.threads), "--format", "json",
+               "--queries", q]
+        text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        doc = json.loads(text.strip().splitlines()[-1])
+        out.update({r["query"]: r for r in doc["queries"]})
+    return out
 
 
 def normal(name, rows):
@@ -116,7 +122,7 @@ def main():
     print(f"{n_files} event files under {args.data}; {args.threads} threads per engine; "
           f"median of {args.runs} after a warm-up")
     print(f"{'query':<6} {'herd s':>8} " + " ".join(f"{e[0] + ' s':>13}" for e in engines)
-          + f" {'herd/best':>10}  answers")
+          + f" {'herd/best':>10}  {'herd MiB':>8}  answers")
     for q in args.queries:
         h = herd[q]
         row = {"query": q, "herd": h["median_s"], "herd_peak_rss_mib": h["peak_rss_mib"]}
@@ -141,7 +147,7 @@ def main():
         results.append(row)
         print(f"{q:<6} {h['median_s']:>8.3f} "
               + " ".join(f"{row[e[0]]:>13.3f}" for e in engines)
-              + f" {row['ratio']:>10.2f}  {'equal' if same else 'DIFFER'}")
+              + f" {row['ratio']:>10.2f}  {h['peak_rss_mib'] or 0:>8.0f}  {'equal' if same else 'DIFFER'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": datetime.date.today().isoformat(), "data": args.data,
