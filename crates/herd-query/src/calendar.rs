@@ -178,12 +178,14 @@ pub fn parse_date(
         return Ok(now);
     }
     if let Some(rel) = text.strip_prefix('-') {
-        let (n, unit) = rel.split_at(rel.len().saturating_sub(1));
-        let n: i64 = n.parse().map_err(|_| bad())?;
+        let unit = rel.chars().last().ok_or_else(bad)?;
+        let n: i64 = rel[..rel.len() - unit.len_utf8()]
+            .parse()
+            .map_err(|_| bad())?;
         if !(0..=100_000).contains(&n) {
             return Err(bad());
         }
-        if unit == "h" {
+        if unit == 'h' {
             let t = now - n * 3_600_000_000;
             return Ok(match end {
                 End::From => t,
@@ -192,12 +194,12 @@ pub fn parse_date(
         }
         let today = instant_to_local(tz, now).date();
         let day = match unit {
-            "d" => today - Duration::days(n),
-            "w" => today - Duration::weeks(n),
-            "m" => today
+            'd' => today - Duration::days(n),
+            'w' => today - Duration::weeks(n),
+            'm' => today
                 .checked_sub_months(chrono::Months::new(n as u32))
                 .ok_or_else(bad)?,
-            "y" => today
+            'y' => today
                 .checked_sub_months(chrono::Months::new(12 * n as u32))
                 .ok_or_else(bad)?,
             _ => return Err(bad()),
@@ -409,6 +411,9 @@ mod tests {
             at("2024-05-03T00:00:00Z")
         );
         assert!(parse_date("date_from", "yesterday-ish", End::From, tz, 0).is_err());
+        for bad in ["-7é", "-", "-d", "-99999999d", "-7x"] {
+            assert!(parse_date("date_from", bad, End::From, tz, now).is_err(), "{bad}");
+        }
         assert!(parse_timezone("Mars/Olympus").is_err());
         // Half-hour zone: hours start at :30 UTC.
         assert_eq!(
