@@ -412,7 +412,10 @@ mod tests {
         );
         assert!(parse_date("date_from", "yesterday-ish", End::From, tz, 0).is_err());
         for bad in ["-7é", "-", "-d", "-99999999d", "-7x"] {
-            assert!(parse_date("date_from", bad, End::From, tz, now).is_err(), "{bad}");
+            assert!(
+                parse_date("date_from", bad, End::From, tz, now).is_err(),
+                "{bad}"
+            );
         }
         assert!(parse_timezone("Mars/Olympus").is_err());
         // Half-hour zone: hours start at :30 UTC.
