@@ -164,6 +164,36 @@ pub fn parse_date(
     tz: Tz,
     now: i64,
 ) -> Result<i64, Error> {
+    let t = parse_unbounded(field, text, end, tz, now)?;
+    if !(MIN_INSTANT..MAX_INSTANT).contains(&t) {
+        return Err(out_of_range(field, text));
+    }
+    Ok(t)
+}
+
+/// Dates a request may name: years 1000 to 2999. Calendar arithmetic (next day, week start,
+/// DST probing) stays far from chrono's limits.
+const MIN_YEAR: i32 = 1000;
+const MAX_YEAR: i32 = 2999;
+/// Two days before 1000-01-01T00:00:00Z, µs (local midnights of those years in any zone).
+const MIN_INSTANT: i64 = -30_610_224_000_000_000 - 2 * 86_400_000_000;
+/// Two days after 3000-01-01T00:00:00Z, µs.
+const MAX_INSTANT: i64 = 32_503_680_000_000_000 + 2 * 86_400_000_000;
+
+fn out_of_range(field: &str, text: &str) -> Error {
+    Error::invalid(
+        field,
+        format!("{text:?} is outside the years {MIN_YEAR} to {MAX_YEAR}"),
+    )
+}
+
+fn parse_unbounded(
+    field: &'static str,
+    text: &str,
+    end: End,
+    tz: Tz,
+    now: i64,
+) -> Result<i64, Error> {
     let text = text.trim();
     let bad = || {
         Error::invalid(
@@ -204,12 +234,18 @@ pub fn parse_date(
                 .ok_or_else(bad)?,
             _ => return Err(bad()),
         };
+        if !(MIN_YEAR..=MAX_YEAR).contains(&day.year()) {
+            return Err(out_of_range(field, text));
+        }
         return Ok(day_bound(tz, day, end));
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_micros());
     }
     if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        if !(MIN_YEAR..=MAX_YEAR).contains(&day.year()) {
+            return Err(out_of_range(field, text));
+        }
         return Ok(day_bound(tz, day, end));
     }
     for fmt in [
@@ -219,6 +255,9 @@ pub fn parse_date(
         "%Y-%m-%d %H:%M",
     ] {
         if let Ok(local) = NaiveDateTime::parse_from_str(text, fmt) {
+            if !(MIN_YEAR..=MAX_YEAR).contains(&local.year()) {
+                return Err(out_of_range(field, text));
+            }
             return Ok(local_to_instant(tz, local));
         }
     }
@@ -392,6 +431,24 @@ mod tests {
         assert_eq!(b.index_of(at("2023-12-31T12:00:00Z")), Some(0));
         assert_eq!(b.index_of(at("2024-03-31T12:00:00Z")), Some(3));
         assert_eq!(b.index_of(at("2024-04-01T05:00:00Z")), None);
+    }
+
+    #[test]
+    fn dates_outside_years_1000_to_2999_are_refused() {
+        let tz = parse_timezone("Europe/Berlin").expect("tz");
+        for text in [
+            "+262142-12-31",
+            "262142-12-31",
+            "-262143-01-01",
+            "0001-01-01",
+            "3000-01-01",
+        ] {
+            for end in [End::From, End::To] {
+                assert!(parse_date("date_to", text, end, tz, 0).is_err(), "{text}");
+            }
+        }
+        assert!(parse_date("date_to", "2999-12-31", End::To, tz, 0).is_ok());
+        assert!(parse_date("date_from", "1000-01-01", End::From, tz, 0).is_ok());
     }
 
     #[test]
