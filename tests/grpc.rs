@@ -12,15 +12,6 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {key}").parse().expect("ascii"),
-    );
-    r
-}
-
 #[tokio::test]
 async fn server_info_health_and_reflection_over_grpc() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -13,15 +13,6 @@ use proto::groups_service_client::GroupsServiceClient;
 use proto::insights_service_client::InsightsServiceClient;
 use tonic::Code;
 
-fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {key}").parse().expect("ascii"),
-    );
-    r
-}
-
 /// Spec §8 example A as `signed_up` events with company groups, plus the groups' properties.
 async fn capture_example_a(server: &Server) {
     let ev = |ts: &str, who: &str, company: Option<&str>| {

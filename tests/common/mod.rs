@@ -23,6 +23,16 @@ pub fn herd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_herd"))
 }
 
+/// A gRPC request carrying `authorization: Bearer <key>`.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("ascii"),
+    );
+    r
+}
+
 /// Creates a project with the test token in `data` and returns its JSON line.
 pub fn create_project(data: &Path) -> Value {
     let out = herd()

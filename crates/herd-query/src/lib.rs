@@ -205,6 +205,19 @@ impl QueryEngine {
     }
 }
 
+/// Column `i` of `batch` cast to `data_type` and downcast to its array type `A`.
+pub(crate) fn column_as<A: datafusion::arrow::array::Array + Clone + 'static>(
+    batch: &datafusion::arrow::array::RecordBatch,
+    i: usize,
+    data_type: &datafusion::arrow::datatypes::DataType,
+) -> Result<A> {
+    let a = datafusion::arrow::compute::cast(batch.column(i), data_type)?;
+    a.as_any()
+        .downcast_ref::<A>()
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("column {i} is not {data_type}")))
+}
+
 /// The non-null values of string column `i` of `batches`.
 pub(crate) fn strings(
     batches: &[datafusion::arrow::array::RecordBatch],
@@ -213,14 +226,7 @@ pub(crate) fn strings(
     use datafusion::arrow::array::{Array, StringArray};
     let mut out = Vec::new();
     for b in batches {
-        let a = datafusion::arrow::compute::cast(
-            b.column(i),
-            &datafusion::arrow::datatypes::DataType::Utf8,
-        )?;
-        let a = a
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| Error::Internal("expected strings".into()))?;
+        let a: StringArray = column_as(b, i, &datafusion::arrow::datatypes::DataType::Utf8)?;
         out.extend(
             (0..a.len())
                 .filter(|r| !a.is_null(*r))

@@ -65,7 +65,9 @@ impl QueryEngine {
             out.users.truncate(limit);
             out.truncated = true;
         }
-        for other in 0..herd_core::MAX_GROUP_TYPES as u8 {
+        // Only the slots the project has assigned: an unused `$group_N` is '' everywhere.
+        let assigned = self.db().group_types(project).await.map_or(0, |m| m.len()) as u8;
+        for other in 0..assigned {
             if other == index {
                 continue;
             }

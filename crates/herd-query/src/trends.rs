@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use chrono_tz::Tz;
 use datafusion::arrow::array::{Array, Float64Array, Int32Array, RecordBatch, StringArray};
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
@@ -614,15 +613,14 @@ impl QueryEngine {
         let mut out = Vec::new();
         for label in order {
             let breakdown_value = r.breakdown.as_ref().map(|_| label.clone());
+            // A ranked value with no rows shows zeros; the null and "other" lines only appear
+            // when they have rows.
+            let present = totals.contains_key(&label) || per_label.contains_key(&label);
+            if !present && (label == BREAKDOWN_NULL || label == BREAKDOWN_OTHER) {
+                continue;
+            }
             let line = if display == Display::TotalValue {
-                // A breakdown value with no rows in the range shows 0.
                 let v = totals.get(&label).copied().unwrap_or(0.0);
-                if r.breakdown.is_some()
-                    && !totals.contains_key(&label)
-                    && (label == BREAKDOWN_NULL || label == BREAKDOWN_OTHER)
-                {
-                    continue;
-                }
                 SeriesResult {
                     series_index: p.index,
                     label: series_label.clone(),
@@ -632,13 +630,6 @@ impl QueryEngine {
                     aggregated_value: Some(v),
                 }
             } else {
-                let present = per_label.contains_key(&label);
-                if r.breakdown.is_some()
-                    && !present
-                    && (label == BREAKDOWN_NULL || label == BREAKDOWN_OTHER)
-                {
-                    continue;
-                }
                 let mut data = per_label.remove(&label).unwrap_or_else(|| vec![0.0; n]);
                 let count = if display == Display::Cumulative {
                     let mut acc = 0.0;
@@ -687,27 +678,15 @@ fn aggregate(math: Math) -> Expr {
 }
 
 fn string_column(batch: &RecordBatch, i: usize) -> Result<StringArray> {
-    let a = cast(batch.column(i), &DataType::Utf8)?;
-    a.as_any()
-        .downcast_ref::<StringArray>()
-        .cloned()
-        .ok_or_else(|| Error::Internal("expected a string column".into()))
+    crate::column_as(batch, i, &DataType::Utf8)
 }
 
 fn int_column(batch: &RecordBatch, i: usize) -> Result<Int32Array> {
-    let a = cast(batch.column(i), &DataType::Int32)?;
-    a.as_any()
-        .downcast_ref::<Int32Array>()
-        .cloned()
-        .ok_or_else(|| Error::Internal("expected an int column".into()))
+    crate::column_as(batch, i, &DataType::Int32)
 }
 
 fn float_column(batch: &RecordBatch, i: usize) -> Result<Float64Array> {
-    let a = cast(batch.column(i), &DataType::Float64)?;
-    a.as_any()
-        .downcast_ref::<Float64Array>()
-        .cloned()
-        .ok_or_else(|| Error::Internal("expected a float column".into()))
+    crate::column_as(batch, i, &DataType::Float64)
 }
 
 /// `(label, value)` rows of batches whose columns are `[name, __v]`.

@@ -38,15 +38,8 @@ impl Groups {
 }
 
 fn type_index(mapping: &GroupTypeMapping, group_type: &str) -> Result<u8, Status> {
-    if group_type.is_empty() {
-        return Err(Status::invalid_argument("group_type: required"));
-    }
-    mapping.index_of(group_type).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "group_type: unknown group type {group_type:?} (known: {})",
-            mapping.types().join(", ")
-        ))
-    })
+    herd_query::filters::group_index(mapping, "group_type", group_type)
+        .map_err(crate::insights_service::status)
 }
 
 /// serde_json → google.protobuf.Value.
