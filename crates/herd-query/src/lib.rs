@@ -147,19 +147,17 @@ impl QueryEngine {
         use datafusion::arrow::datatypes::{DataType, Field, Schema};
         let groups = self
             .db
-            .current_groups(project)
+            .current_groups_of_type(project, index)
             .await
             .ok_or(Error::UnknownProject(project))?;
         let mut keys = StringBuilder::new();
         let mut props = StringBuilder::new();
-        for ((i, key), state) in &groups {
-            if *i == index {
-                keys.append_value(key);
-                props.append_value(
-                    serde_json::to_string(&state.properties)
-                        .map_err(|e| Error::Internal(format!("group properties: {e}")))?,
-                );
-            }
+        for (key, state) in &groups {
+            keys.append_value(key);
+            props.append_value(
+                serde_json::to_string(&state.properties)
+                    .map_err(|e| Error::Internal(format!("group properties: {e}")))?,
+            );
         }
         let schema = Arc::new(Schema::new(vec![
             Field::new(filters::group_key_column(index), DataType::Utf8, false),

@@ -127,13 +127,17 @@ impl GroupsService for Groups {
             n => n,
         };
         let needle = req.search.to_lowercase();
-        let groups = self.db.current_groups(project).await.unwrap_or_default();
+        let groups = self
+            .db
+            .current_groups_of_type(project, index)
+            .await
+            .unwrap_or_default();
         let mut keys: Vec<(&String, &GroupState)> = groups
             .iter()
-            .filter(|((i, key), state)| {
-                *i == index && key.as_str() > req.cursor.as_str() && matches(key, state, &needle)
+            .filter(|(key, state)| {
+                key.as_str() > req.cursor.as_str() && matches(key, state, &needle)
             })
-            .map(|((_, key), state)| (key, state))
+            .map(|(key, state)| (key, state))
             .collect();
         keys.sort_by(|a, b| a.0.cmp(b.0));
         let more = keys.len() > page;
@@ -160,8 +164,8 @@ impl GroupsService for Groups {
         let req = request.into_inner();
         let mapping = self.mapping(project).await;
         let index = type_index(&mapping, &req.group_type)?;
-        let groups = self.db.current_groups(project).await.unwrap_or_default();
-        let state = groups.get(&(index, req.key.clone())).ok_or_else(|| {
+        let state = self.db.current_group(project, index, &req.key).await;
+        let state = state.ok_or_else(|| {
             Status::not_found(format!(
                 "no {} group with key {:?}",
                 req.group_type, req.key
@@ -171,7 +175,7 @@ impl GroupsService for Groups {
             index,
             &req.group_type,
             &req.key,
-            state,
+            &state,
         )))
     }
 

@@ -700,6 +700,37 @@ impl Db {
         Some(state.groups.clone())
     }
 
+    /// The current state of a project's groups of one type, key → state (a copy of that
+    /// type only; the project lock is held while copying).
+    pub async fn current_groups_of_type(
+        &self,
+        project: ProjectId,
+        index: u8,
+    ) -> Option<Vec<(String, GroupState)>> {
+        let handle = self.project(project)?;
+        let state = handle.state.lock().await;
+        Some(
+            state
+                .groups
+                .iter()
+                .filter(|((i, _), _)| *i == index)
+                .map(|((_, key), g)| (key.clone(), g.clone()))
+                .collect(),
+        )
+    }
+
+    /// The current state of one group.
+    pub async fn current_group(
+        &self,
+        project: ProjectId,
+        index: u8,
+        key: &str,
+    ) -> Option<GroupState> {
+        let handle = self.project(project)?;
+        let state = handle.state.lock().await;
+        state.groups.get(&(index, key.to_string())).cloned()
+    }
+
     /// The project's group-type mapping.
     pub async fn group_types(&self, project: ProjectId) -> Option<GroupTypeMapping> {
         let handle = self.project(project)?;
