@@ -11,11 +11,17 @@ use std::sync::Arc;
 pub mod bucket;
 pub mod calendar;
 pub mod filters;
+pub mod funnel;
 pub mod related;
 pub mod trends;
 
 pub use calendar::{Interval, WeekStart};
 pub use filters::{BoolOp, Operator, PropertyFilter, PropertyGroup, PropertySource};
+pub use funnel::{
+    Attribution, FunnelExclusion, FunnelLine, FunnelQuery, FunnelResult, FunnelStep,
+    FunnelStepResult, FunnelTrendPoint, FunnelTrendsLine, FunnelViz, Order, TimeToConvert, Window,
+    WindowUnit,
+};
 pub use trends::{
     Breakdown, Display, Math, MathSpec, Series, SeriesResult, TrendsQuery, TrendsResult,
 };

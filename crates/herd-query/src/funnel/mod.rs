@@ -1,0 +1,986 @@
+//! Funnels (spec §3): how many actors (users, or groups of one type) get through a sequence of
+//! steps within a conversion window, with exclusions, optional steps, breakdowns with
+//! attribution, conversion times, the time-to-convert histogram and funnel trends.
+//!
+//! One DataFusion plan: the project's events in range (files + write buffer) → optional left
+//! joins to the current groups tables → a projection of the actor, the time, the bitmask of
+//! matched steps, the bitmask of matched exclusion spans, the breakdown value and the trends
+//! bucket → `GROUP BY actor` with the [`udaf::FunnelUdaf`] aggregate, which runs the per-actor
+//! state machine of [`machine`]. The per-actor outcomes are then folded into step counts and
+//! conversion times here.
+
+pub mod machine;
+pub mod udaf;
+
+use std::collections::{BTreeSet, HashMap};
+
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, Int32Array, Int64Array, StringArray, UInt32Array,
+};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, JoinType, Operator, cast as cast_expr, lit, when,
+};
+use datafusion::prelude::col;
+use futures::StreamExt;
+use herd_core::GroupTypeMapping;
+use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
+
+use crate::bucket::BucketUdf;
+use crate::calendar::{Buckets, End, Interval, TimeRange, WeekStart, parse_date, parse_timezone};
+use crate::filters::{
+    PropertyGroup, PropertySource, group_column, group_index, group_key_column, property_expr,
+};
+use crate::trends::{Breakdown, DEFAULT_BREAKDOWN_LIMIT};
+use crate::{Error, QueryEngine, Result};
+
+use machine::Params;
+pub use machine::{Attribution, MAX_STEPS, Order};
+use udaf::{FunnelUdaf, Mode};
+
+/// Breakdown line collecting the values beyond the limit (PostHog's funnel label).
+pub const FUNNEL_OTHER: &str = "Other";
+
+/// Unit of a conversion window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WindowUnit {
+    /// Seconds.
+    Second,
+    /// Minutes.
+    Minute,
+    /// Hours.
+    Hour,
+    /// Days.
+    #[default]
+    Day,
+    /// 7 days.
+    Week,
+    /// 31 days (PostHog's month).
+    Month,
+}
+
+impl WindowUnit {
+    fn micros(self) -> i64 {
+        const S: i64 = 1_000_000;
+        match self {
+            WindowUnit::Second => S,
+            WindowUnit::Minute => 60 * S,
+            WindowUnit::Hour => 3600 * S,
+            WindowUnit::Day => 86_400 * S,
+            WindowUnit::Week => 7 * 86_400 * S,
+            WindowUnit::Month => 31 * 86_400 * S,
+        }
+    }
+}
+
+/// A window length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// How many units (> 0).
+    pub value: i64,
+    /// The unit.
+    pub unit: WindowUnit,
+}
+
+impl Window {
+    fn micros(&self, field: &str) -> Result<i64> {
+        if self.value <= 0 {
+            return Err(Error::invalid(
+                field,
+                format!("the window must be positive (got {})", self.value),
+            ));
+        }
+        self.value
+            .checked_mul(self.unit.micros())
+            .filter(|w| *w <= 3650 * WindowUnit::Day.micros())
+            .ok_or_else(|| Error::invalid(field, "the window is longer than 10 years"))
+    }
+}
+
+/// One step of a funnel.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FunnelStep {
+    /// Event name; `None` for any event.
+    pub event: Option<String>,
+    /// Filters the event must pass.
+    pub filters: PropertyGroup,
+    /// Display name; defaults to the event name.
+    pub name: Option<String>,
+    /// The step may be skipped (never the first step).
+    pub optional: bool,
+    /// Extra window from the previous reached step to this one (beyond PostHog, #37418).
+    pub window: Option<Window>,
+}
+
+/// An exclusion: an event that disqualifies an attempt between two steps.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FunnelExclusion {
+    /// Event name; `None` for any event.
+    pub event: Option<String>,
+    /// Filters of the excluding event.
+    pub filters: PropertyGroup,
+    /// The attempt is disqualified once it reached this step (0-based)…
+    pub from_step: usize,
+    /// …and before it reached this one.
+    pub to_step: usize,
+}
+
+/// What the funnel answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FunnelViz {
+    /// Counts and conversion times per step.
+    #[default]
+    Steps,
+    /// Conversion rate per interval of entry.
+    Trends,
+    /// Histogram of the time from one step to another.
+    TimeToConvert,
+}
+
+/// A funnel request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FunnelQuery {
+    /// Two or more steps.
+    pub steps: Vec<FunnelStep>,
+    /// Step order.
+    pub order: Order,
+    /// Conversion window (default 14 days).
+    pub window: Option<Window>,
+    /// Group type whose keys are the actors; `None` for users (`distinct_id`).
+    pub aggregation_group_type: Option<String>,
+    /// Exclusion steps.
+    pub exclusions: Vec<FunnelExclusion>,
+    /// Optional breakdown.
+    pub breakdown: Option<Breakdown>,
+    /// How an actor's breakdown value is chosen.
+    pub attribution: Attribution,
+    /// Start (see trends); empty = `-7d`.
+    pub date_from: String,
+    /// End (inclusive); empty = now.
+    pub date_to: String,
+    /// IANA timezone; empty = UTC.
+    pub timezone: String,
+    /// Filters on every event of the funnel.
+    pub filters: PropertyGroup,
+    /// Steps, trends or time to convert.
+    pub viz: FunnelViz,
+    /// Trends bucket width (default day).
+    pub interval: Option<Interval>,
+    /// First day of week buckets.
+    pub week_start: WeekStart,
+    /// Trends / time to convert: from this step (default 0).
+    pub from_step: Option<usize>,
+    /// Trends / time to convert: to this step (default the last).
+    pub to_step: Option<usize>,
+    /// Time to convert: number of bins (1..=90; default automatic).
+    pub bin_count: Option<usize>,
+    /// Let conversions complete after `date_to` for entries made before it (PostHog #33605).
+    pub window_past_date_to: bool,
+}
+
+/// One step of a result line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunnelStepResult {
+    /// 0-based position.
+    pub order: usize,
+    /// Display name ("Completed N steps" in unordered funnels).
+    pub name: String,
+    /// Event of the step (`None` for any event or unordered funnels).
+    pub event: Option<String>,
+    /// Whether the step is optional.
+    pub optional: bool,
+    /// Actors that reached the step.
+    pub count: u64,
+    /// Mean seconds from the previous reached step, over non-zero conversions.
+    pub average_conversion_time: Option<f64>,
+    /// Median of the same.
+    pub median_conversion_time: Option<f64>,
+}
+
+/// The steps of one breakdown value (or of the whole funnel).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunnelLine {
+    /// Breakdown value (`''` when missing, [`FUNNEL_OTHER`] beyond the limit); `None` without
+    /// a breakdown.
+    pub breakdown_value: Option<String>,
+    /// The steps.
+    pub steps: Vec<FunnelStepResult>,
+}
+
+/// Time-to-convert histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeToConvert {
+    /// `(bin start in seconds, actors)`; one more entry than bins (spec §3.6).
+    pub bins: Vec<(f64, u64)>,
+    /// Mean seconds over all converting actors (zero included).
+    pub average_conversion_time: Option<f64>,
+}
+
+/// One bucket of funnel trends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunnelTrendPoint {
+    /// Bucket label.
+    pub label: String,
+    /// Bucket start (µs).
+    pub start: i64,
+    /// Entries that reached the from step.
+    pub reached_from_step_count: u64,
+    /// Entries that reached the to step.
+    pub reached_to_step_count: u64,
+    /// `round(to / from · 100, 2)`, 0 when from is 0.
+    pub conversion_rate: f64,
+}
+
+/// Funnel trends of one breakdown value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunnelTrendsLine {
+    /// Breakdown value; `None` without a breakdown.
+    pub breakdown_value: Option<String>,
+    /// One point per bucket, zero-filled.
+    pub data: Vec<FunnelTrendPoint>,
+}
+
+/// The answer to a [`FunnelQuery`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FunnelResult {
+    /// Resolved start (µs).
+    pub date_from: i64,
+    /// Resolved end (µs, inclusive).
+    pub date_to: i64,
+    /// Timezone used.
+    pub timezone: String,
+    /// Steps viz: one line, or one per breakdown value ranked by conversions.
+    pub lines: Vec<FunnelLine>,
+    /// Time-to-convert viz.
+    pub time_to_convert: Option<TimeToConvert>,
+    /// Trends viz.
+    pub trends: Vec<FunnelTrendsLine>,
+}
+
+const ACTOR: &str = "__actor";
+const OUT: &str = "__funnel";
+
+/// A validated request.
+struct Resolved {
+    params: Params,
+    tz: chrono_tz::Tz,
+    range: TimeRange,
+    /// Last instant scanned (after `date_to` with `window_past_date_to`).
+    scan_to: i64,
+    actor_group: Option<u8>,
+    joins: BTreeSet<u8>,
+    step_exprs: Vec<Expr>,
+    exclusion_exprs: Vec<(Expr, u32)>,
+    /// Event names to pre-filter on; `None` when every event must be seen.
+    event_names: Option<Vec<String>>,
+    global: Option<Expr>,
+    breakdown: Option<Expr>,
+    from_step: usize,
+    to_step: usize,
+}
+
+impl QueryEngine {
+    /// Answers a funnel query on `project`; `now` (µs) resolves relative dates.
+    pub async fn funnel(
+        &self,
+        project: herd_core::ProjectId,
+        query: &FunnelQuery,
+        now: i64,
+    ) -> Result<FunnelResult> {
+        let mapping = self.db().group_types(project).await.unwrap_or_default();
+        let r = resolve(query, &mapping, now)?;
+        let events = self.events_table(project).await?;
+        let mut df = self.context().read_table(events)?;
+
+        let ts = |v: i64| {
+            lit(ScalarValue::TimestampMicrosecond(
+                Some(v),
+                Some("UTC".into()),
+            ))
+        };
+        let mut pred = col(TIMESTAMP)
+            .gt_eq(ts(r.range.from))
+            .and(col(TIMESTAMP).lt_eq(ts(r.scan_to)));
+        if let Some(names) = &r.event_names {
+            let list = names.iter().map(|n| lit(n.as_str())).collect();
+            pred = pred.and(col(EVENT).in_list(list, false));
+        }
+        if let Some(n) = r.actor_group {
+            pred = pred.and(col(group_column(n)).not_eq(lit("")));
+        }
+        df = df.filter(pred)?;
+        for n in &r.joins {
+            let table = self.groups_table(project, *n).await?;
+            let right = self.context().read_table(table)?;
+            let key = group_key_column(*n);
+            df = df.join(
+                right,
+                JoinType::Left,
+                &[group_column(*n)],
+                &[key.as_str()],
+                None,
+            )?;
+        }
+        if let Some(g) = &r.global {
+            df = df.filter(g.clone())?;
+        }
+
+        let mut steps_mask = lit(ScalarValue::UInt32(Some(0)));
+        for (k, cond) in r.step_exprs.iter().enumerate() {
+            let mut cond = cond.clone();
+            if k == 0 && r.scan_to > r.range.to {
+                // Entries only before date_to; later events can only complete them.
+                cond = cond.and(col(TIMESTAMP).lt_eq(ts(r.range.to)));
+            }
+            steps_mask = bit_or(
+                steps_mask,
+                when(cond, lit(ScalarValue::UInt32(Some(1 << k))))
+                    .otherwise(lit(ScalarValue::UInt32(Some(0))))?,
+            );
+        }
+        let mut excl_mask = lit(ScalarValue::UInt32(Some(0)));
+        for (cond, mask) in &r.exclusion_exprs {
+            excl_mask = bit_or(
+                excl_mask,
+                when(cond.clone(), lit(ScalarValue::UInt32(Some(*mask))))
+                    .otherwise(lit(ScalarValue::UInt32(Some(0))))?,
+            );
+        }
+        let actor = match r.actor_group {
+            Some(n) => col(group_column(n)),
+            None => col(DISTINCT_ID),
+        };
+        let bd = match &r.breakdown {
+            Some(e) => cast_expr(e.clone(), DataType::Utf8),
+            None => lit(ScalarValue::Utf8(None)),
+        };
+        let (mode, buckets) = match query.viz {
+            FunnelViz::Trends => {
+                let b = Buckets::new(
+                    r.range,
+                    query.interval.unwrap_or(Interval::Day),
+                    query.week_start,
+                    0,
+                )?;
+                (
+                    Mode::Trends {
+                        from_step: r.from_step,
+                        to_step: r.to_step,
+                    },
+                    Some(b),
+                )
+            }
+            _ => (Mode::Steps, None),
+        };
+        let bucket = match &buckets {
+            Some(b) => BucketUdf::expr(b, col(TIMESTAMP)),
+            None => lit(0i32),
+        };
+        df = df.select(vec![
+            actor.alias(ACTOR),
+            cast_expr(col(TIMESTAMP), DataType::Int64).alias("__ts"),
+            steps_mask.alias("__steps"),
+            excl_mask.alias("__excl"),
+            bd.alias("__bd"),
+            bucket.alias("__bucket"),
+        ])?;
+        if query.order != Order::Strict {
+            // Events of the funnel's names that pass none of the step or exclusion filters.
+            df = df.filter(
+                col("__steps")
+                    .not_eq(lit(ScalarValue::UInt32(Some(0))))
+                    .or(col("__excl").not_eq(lit(ScalarValue::UInt32(Some(0))))),
+            )?;
+        }
+        let agg = FunnelUdaf::expr(
+            r.params.clone(),
+            mode,
+            vec![
+                col("__ts"),
+                col("__steps"),
+                col("__excl"),
+                col("__bd"),
+                col("__bucket"),
+            ],
+        );
+        let df = df.aggregate(vec![col(ACTOR)], vec![agg.alias(OUT)])?;
+        let mut stream = df.execute_stream().await?;
+
+        let mut result = FunnelResult {
+            date_from: r.range.from,
+            date_to: r.range.to,
+            timezone: r.tz.name().to_string(),
+            ..Default::default()
+        };
+        match query.viz {
+            FunnelViz::Steps | FunnelViz::TimeToConvert => {
+                let mut fold = StepsFold::new(r.params.steps, r.from_step, r.to_step);
+                while let Some(batch) = stream.next().await {
+                    fold.add(&batch?)?;
+                }
+                if query.viz == FunnelViz::Steps {
+                    result.lines = fold.lines(query, &r);
+                } else {
+                    result.time_to_convert = Some(fold.time_to_convert(query.bin_count));
+                }
+            }
+            FunnelViz::Trends => {
+                let buckets = buckets.ok_or_else(|| Error::Internal("no buckets".into()))?;
+                let mut per: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    let list = batch
+                        .column(1)
+                        .as_list_opt::<i32>()
+                        .ok_or_else(|| Error::Internal("funnel output is a list".into()))?;
+                    let items: datafusion::arrow::array::RecordBatch =
+                        list.values().as_struct().clone().into();
+                    let bd: StringArray = crate::column_as(&items, 0, &DataType::Utf8)?;
+                    let bucket: Int32Array = crate::column_as(&items, 1, &DataType::Int32)?;
+                    let conv: BooleanArray = crate::column_as(&items, 2, &DataType::Boolean)?;
+                    for i in 0..items.num_rows() {
+                        let value = if bd.is_null(i) { "" } else { bd.value(i) };
+                        let line = per
+                            .entry(value.to_string())
+                            .or_insert_with(|| vec![(0, 0); buckets.len()]);
+                        if let Some(slot) = usize::try_from(bucket.value(i))
+                            .ok()
+                            .and_then(|b| line.get_mut(b))
+                        {
+                            slot.0 += 1;
+                            if conv.value(i) {
+                                slot.1 += 1;
+                            }
+                        }
+                    }
+                }
+                let labels = buckets.labels(r.tz);
+                let mut values: Vec<String> = per.keys().cloned().collect();
+                if r.breakdown.is_none() {
+                    values = vec![String::new()];
+                }
+                values.sort();
+                for v in values {
+                    let line = per
+                        .remove(&v)
+                        .unwrap_or_else(|| vec![(0, 0); buckets.len()]);
+                    result.trends.push(FunnelTrendsLine {
+                        breakdown_value: r.breakdown.as_ref().map(|_| v.clone()),
+                        data: line
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (from, to))| FunnelTrendPoint {
+                                label: labels.get(i).cloned().unwrap_or_default(),
+                                start: buckets.starts().get(i).copied().unwrap_or_default(),
+                                reached_from_step_count: *from,
+                                reached_to_step_count: *to,
+                                conversion_rate: if *from == 0 {
+                                    0.0
+                                } else {
+                                    (*to as f64 / *from as f64 * 10_000.0).round() / 100.0
+                                },
+                            })
+                            .collect(),
+                    });
+                }
+            }
+        }
+        Ok(result)
+    }
+}
+
+fn bit_or(a: Expr, b: Expr) -> Expr {
+    Expr::BinaryExpr(BinaryExpr::new(
+        Box::new(a),
+        Operator::BitwiseOr,
+        Box::new(b),
+    ))
+}
+
+/// Per breakdown value: step counts and conversion times.
+#[derive(Default)]
+struct Line {
+    counts: Vec<u64>,
+    times: Vec<Vec<f64>>,
+}
+
+struct StepsFold {
+    steps: usize,
+    from_step: usize,
+    to_step: usize,
+    lines: HashMap<String, Line>,
+    /// Seconds from `from_step` to `to_step` of converting actors.
+    ttc: Vec<f64>,
+}
+
+impl StepsFold {
+    fn new(steps: usize, from_step: usize, to_step: usize) -> Self {
+        Self {
+            steps,
+            from_step,
+            to_step,
+            lines: HashMap::new(),
+            ttc: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, batch: &datafusion::arrow::array::RecordBatch) -> Result<()> {
+        let list = batch
+            .column(1)
+            .as_list_opt::<i32>()
+            .ok_or_else(|| Error::Internal("funnel output is a list".into()))?;
+        let items: datafusion::arrow::array::RecordBatch = list.values().as_struct().clone().into();
+        let bd: StringArray = crate::column_as(&items, 0, &DataType::Utf8)?;
+        let bits: UInt32Array = crate::column_as(&items, 1, &DataType::UInt32)?;
+        let times = (0..self.steps)
+            .map(|k| crate::column_as::<Int64Array>(&items, 2 + k, &DataType::Int64))
+            .collect::<Result<Vec<_>>>()?;
+        let n = self.steps;
+        for i in 0..items.num_rows() {
+            let value = if bd.is_null(i) { "" } else { bd.value(i) };
+            let line = match self.lines.get_mut(value) {
+                Some(l) => l,
+                None => self.lines.entry(value.to_string()).or_insert_with(|| Line {
+                    counts: vec![0; n],
+                    times: vec![Vec::new(); n],
+                }),
+            };
+            let b = bits.value(i);
+            let at = |k: usize| (!times[k].is_null(i)).then(|| times[k].value(i));
+            let mut prev: Option<i64> = None;
+            for k in 0..n {
+                if b & (1 << k) == 0 {
+                    continue;
+                }
+                line.counts[k] += 1;
+                let t = at(k);
+                if let (Some(p), Some(t)) = (prev, t) {
+                    let dt = (t - p) as f64 / 1e6;
+                    if dt > 0.0 {
+                        line.times[k].push(dt);
+                    }
+                }
+                prev = t;
+            }
+            let (f, t) = (self.from_step, self.to_step);
+            if b & (1 << f) != 0
+                && b & (1 << t) != 0
+                && let (Some(a), Some(z)) = (at(f), at(t))
+            {
+                self.ttc.push((z - a) as f64 / 1e6);
+            }
+        }
+        Ok(())
+    }
+
+    fn lines(mut self, query: &FunnelQuery, r: &Resolved) -> Vec<FunnelLine> {
+        let step_result = |k: usize, line: &mut Line| {
+            let times = &mut line.times[k];
+            let (avg, median) = if k == 0 || times.is_empty() {
+                (None, None)
+            } else {
+                times.sort_by(f64::total_cmp);
+                let avg = times.iter().sum::<f64>() / times.len() as f64;
+                let m = times.len();
+                let median = if m % 2 == 1 {
+                    times[m / 2]
+                } else {
+                    (times[m / 2 - 1] + times[m / 2]) / 2.0
+                };
+                (Some(avg), Some(median))
+            };
+            let step = &query.steps[k];
+            let (name, event) = if query.order == Order::Unordered {
+                (
+                    format!("Completed {} step{}", k + 1, if k == 0 { "" } else { "s" }),
+                    None,
+                )
+            } else {
+                (
+                    step.name
+                        .clone()
+                        .or_else(|| step.event.clone())
+                        .unwrap_or_else(|| "All events".into()),
+                    step.event.clone(),
+                )
+            };
+            FunnelStepResult {
+                order: k,
+                name,
+                event,
+                optional: step.optional,
+                count: line.counts[k],
+                average_conversion_time: avg,
+                median_conversion_time: median,
+            }
+        };
+        let n = self.steps;
+        if r.breakdown.is_none() {
+            let mut line = self.lines.remove("").unwrap_or_else(|| Line {
+                counts: vec![0; n],
+                times: vec![Vec::new(); n],
+            });
+            return vec![FunnelLine {
+                breakdown_value: None,
+                steps: (0..n).map(|k| step_result(k, &mut line)).collect(),
+            }];
+        }
+        let mut values: Vec<(String, Line)> = self.lines.into_iter().collect();
+        // Ranked by the last step's count, then the earlier ones, descending.
+        values.sort_by(|a, b| {
+            (0..n)
+                .rev()
+                .map(|k| b.1.counts[k].cmp(&a.1.counts[k]))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        let (limit, hide_other) =
+            query
+                .breakdown
+                .as_ref()
+                .map_or((DEFAULT_BREAKDOWN_LIMIT, false), |b| {
+                    (
+                        if b.limit == 0 {
+                            DEFAULT_BREAKDOWN_LIMIT
+                        } else {
+                            b.limit
+                        },
+                        b.hide_other,
+                    )
+                });
+        let rest = if values.len() > limit {
+            values.split_off(limit)
+        } else {
+            Vec::new()
+        };
+        if !rest.is_empty() && !hide_other {
+            let mut other = Line {
+                counts: vec![0; n],
+                times: vec![Vec::new(); n],
+            };
+            for (_, l) in rest {
+                for k in 0..n {
+                    other.counts[k] += l.counts[k];
+                    other.times[k].extend(l.times[k].iter().copied());
+                }
+            }
+            values.push((FUNNEL_OTHER.to_string(), other));
+        }
+        values
+            .into_iter()
+            .map(|(v, mut line)| FunnelLine {
+                breakdown_value: Some(v),
+                steps: (0..n).map(|k| step_result(k, &mut line)).collect(),
+            })
+            .collect()
+    }
+
+    fn time_to_convert(mut self, bin_count: Option<usize>) -> TimeToConvert {
+        let values = &mut self.ttc;
+        if values.is_empty() {
+            return TimeToConvert {
+                bins: Vec::new(),
+                average_conversion_time: None,
+            };
+        }
+        values.sort_by(f64::total_cmp);
+        let (min, max) = (values[0], values[values.len() - 1]);
+        let bins = match bin_count {
+            Some(b) => b.clamp(1, 90),
+            None => ((values.len() as f64).cbrt().ceil() as usize).clamp(1, 60),
+        };
+        let mut width = ((max - min) / bins as f64).ceil();
+        if width <= 0.0 {
+            width = 60.0;
+        }
+        let mut counts = vec![0u64; bins + 1];
+        for v in values.iter() {
+            let i = (((v - min) / width).floor() as usize).min(bins);
+            counts[i] += 1;
+        }
+        TimeToConvert {
+            bins: counts
+                .into_iter()
+                .enumerate()
+                .map(|(j, c)| ((min + j as f64 * width).round(), c))
+                .collect(),
+            average_conversion_time: Some(values.iter().sum::<f64>() / values.len() as f64),
+        }
+    }
+}
+
+/// Whether filters `a` are a subset of filters `b` (an event passing `b` passes `a`).
+fn filters_subset(a: &PropertyGroup, b: &PropertyGroup) -> bool {
+    if a.is_empty() {
+        return true;
+    }
+    a.groups.is_empty()
+        && b.groups.is_empty()
+        && a.op == crate::BoolOp::And
+        && b.op == crate::BoolOp::And
+        && a.filters.iter().all(|f| b.filters.contains(f))
+}
+
+fn resolve(query: &FunnelQuery, mapping: &GroupTypeMapping, now: i64) -> Result<Resolved> {
+    let n = query.steps.len();
+    if n < 2 {
+        return Err(Error::invalid(
+            "steps",
+            format!("a funnel needs at least 2 steps (got {n})"),
+        ));
+    }
+    if n > MAX_STEPS {
+        return Err(Error::invalid(
+            "steps",
+            format!("a funnel has at most {MAX_STEPS} steps (got {n})"),
+        ));
+    }
+    let window = query
+        .window
+        .unwrap_or(Window {
+            value: 14,
+            unit: WindowUnit::Day,
+        })
+        .micros("window")?;
+    let tz = parse_timezone(&query.timezone)?;
+    let from_text = if query.date_from.is_empty() {
+        "-7d"
+    } else {
+        &query.date_from
+    };
+    let to_text = if query.date_to.is_empty() {
+        "now"
+    } else {
+        &query.date_to
+    };
+    let from = parse_date("date_from", from_text, End::From, tz, now)?;
+    let to = parse_date("date_to", to_text, End::To, tz, now)?;
+    if from > to {
+        return Err(Error::invalid(
+            "date_from",
+            format!("date_from ({from_text}) is after date_to ({to_text})"),
+        ));
+    }
+    let actor_group = query
+        .aggregation_group_type
+        .as_deref()
+        .map(|g| group_index(mapping, "aggregation_group_type", g))
+        .transpose()?;
+
+    let mut joins = BTreeSet::new();
+    query
+        .filters
+        .group_indexes(mapping, "filters", &mut joins)?;
+    let global = query.filters.to_expr(mapping, "filters")?;
+
+    let mut optional = 0u32;
+    let mut step_windows = Vec::with_capacity(n);
+    let mut step_exprs = Vec::with_capacity(n);
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    let mut any_event = false;
+    for (k, s) in query.steps.iter().enumerate() {
+        let field = format!("steps[{k}]");
+        if s.event.as_deref() == Some("") {
+            return Err(Error::invalid(
+                &format!("{field}.event"),
+                "empty event name (leave it unset for any event)",
+            ));
+        }
+        if s.optional {
+            if k == 0 {
+                return Err(Error::invalid(
+                    &format!("{field}.optional"),
+                    "the first step cannot be optional",
+                ));
+            }
+            if query.order == Order::Unordered {
+                return Err(Error::invalid(
+                    &format!("{field}.optional"),
+                    "optional steps need an ordered or strict funnel",
+                ));
+            }
+            optional |= 1 << k;
+        }
+        step_windows.push(match &s.window {
+            None => None,
+            Some(_) if k == 0 => {
+                return Err(Error::invalid(
+                    &format!("{field}.window"),
+                    "the first step has no window (it starts the attempt)",
+                ));
+            }
+            Some(w) => Some(w.micros(&format!("{field}.window"))?),
+        });
+        s.filters
+            .group_indexes(mapping, &format!("{field}.filters"), &mut joins)?;
+        let mut cond = match &s.event {
+            Some(e) => {
+                names.insert(e.clone());
+                col(EVENT).eq(lit(e.as_str()))
+            }
+            None => {
+                any_event = true;
+                lit(true)
+            }
+        };
+        if let Some(f) = s.filters.to_expr(mapping, &format!("{field}.filters"))? {
+            cond = cond.and(f);
+        }
+        step_exprs.push(cond);
+    }
+    if optional & (1 << (n - 1)) != 0 {
+        return Err(Error::invalid(
+            &format!("steps[{}].optional", n - 1),
+            "the last step cannot be optional",
+        ));
+    }
+
+    let mut exclusion_exprs = Vec::new();
+    for (j, x) in query.exclusions.iter().enumerate() {
+        let field = format!("exclusions[{j}]");
+        if x.from_step >= x.to_step || x.to_step >= n {
+            return Err(Error::invalid(
+                &field,
+                format!(
+                    "from_step {} and to_step {} must satisfy 0 ≤ from_step < to_step ≤ {} (the last step)",
+                    x.from_step,
+                    x.to_step,
+                    n - 1
+                ),
+            ));
+        }
+        if query.order == Order::Unordered && (x.from_step != 0 || x.to_step != n - 1) {
+            return Err(Error::invalid(
+                &field,
+                format!(
+                    "unordered funnels only accept exclusions over all steps (from_step 0, to_step {})",
+                    n - 1
+                ),
+            ));
+        }
+        if x.event.as_deref() == Some("") {
+            return Err(Error::invalid(
+                &format!("{field}.event"),
+                "empty event name (leave it unset for any event)",
+            ));
+        }
+        for k in x.from_step..=x.to_step {
+            let s = &query.steps[k];
+            let same_event = x.event.is_none() || x.event == s.event;
+            if same_event && filters_subset(&x.filters, &s.filters) {
+                return Err(Error::invalid(
+                    &field,
+                    format!(
+                        "the exclusion matches every event of step {k} inside its range, so no attempt could pass"
+                    ),
+                ));
+            }
+        }
+        x.filters
+            .group_indexes(mapping, &format!("{field}.filters"), &mut joins)?;
+        let mut cond = match &x.event {
+            Some(e) => {
+                names.insert(e.clone());
+                col(EVENT).eq(lit(e.as_str()))
+            }
+            None => {
+                any_event = true;
+                lit(true)
+            }
+        };
+        if let Some(f) = x.filters.to_expr(mapping, &format!("{field}.filters"))? {
+            cond = cond.and(f);
+        }
+        let mask = ((x.from_step + 1)..=x.to_step).fold(0u32, |m, k| m | (1 << k));
+        exclusion_exprs.push((cond, mask));
+    }
+
+    let breakdown = match &query.breakdown {
+        None => None,
+        Some(b) => {
+            if let PropertySource::Group(name) = &b.source {
+                joins.insert(group_index(mapping, "breakdown.group_type", name)?);
+            }
+            if query.viz == FunnelViz::TimeToConvert {
+                return Err(Error::invalid(
+                    "breakdown",
+                    "time to convert has no breakdown",
+                ));
+            }
+            Some(property_expr(mapping, "breakdown", &b.source, &b.property)?)
+        }
+    };
+    if let Attribution::Step(k) = query.attribution {
+        if k >= n {
+            return Err(Error::invalid(
+                "attribution.step",
+                format!(
+                    "step {k} is out of range (the funnel has steps 0..={})",
+                    n - 1
+                ),
+            ));
+        }
+        if query.order == Order::Unordered && k != 0 {
+            return Err(Error::invalid(
+                "attribution.step",
+                "unordered funnels only accept step 0 for breakdown attribution",
+            ));
+        }
+    }
+    let from_step = query.from_step.unwrap_or(0);
+    let to_step = query.to_step.unwrap_or(n - 1);
+    if from_step >= to_step || to_step >= n {
+        return Err(Error::invalid(
+            "from_step",
+            format!(
+                "from_step {from_step} and to_step {to_step} must satisfy 0 ≤ from_step < to_step ≤ {}",
+                n - 1
+            ),
+        ));
+    }
+    if query.viz == FunnelViz::TimeToConvert && query.order == Order::Unordered {
+        return Err(Error::invalid(
+            "viz",
+            "time to convert needs an ordered or strict funnel",
+        ));
+    }
+    if let Some(b) = query.bin_count
+        && !(1..=90).contains(&b)
+    {
+        return Err(Error::invalid(
+            "bin_count",
+            format!("bins must be 1..=90 (got {b})"),
+        ));
+    }
+    let scan_to = if query.window_past_date_to {
+        to.saturating_add(window)
+    } else {
+        to
+    };
+    let event_names =
+        (!any_event && query.order != Order::Strict).then(|| names.into_iter().collect());
+    Ok(Resolved {
+        params: Params {
+            steps: n,
+            order: query.order,
+            window,
+            step_windows,
+            optional,
+            attribution: query.breakdown.as_ref().map(|_| query.attribution),
+        },
+        tz,
+        range: TimeRange { tz, from, to },
+        scan_to,
+        actor_group,
+        joins,
+        step_exprs,
+        exclusion_exprs,
+        event_names,
+        global,
+        breakdown,
+        from_step,
+        to_step,
+    })
+}

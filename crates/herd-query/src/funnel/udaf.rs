@@ -1,0 +1,613 @@
+//! `herd_funnel(ts, steps, excl, breakdown, bucket)`: the funnel as a DataFusion aggregate,
+//! grouped by actor.
+//!
+//! The [`GroupsAccumulator`] keeps one flat `Vec` of compact rows `(group, ts, steps, excl,
+//! breakdown id, bucket)` for all groups, with breakdown strings interned once. Evaluation
+//! sorts the rows of the emitted groups by group (a counting sort) and each group's rows by
+//! time, then runs the state machine of [`machine`] per group. Partial states are the group's
+//! rows as lists, so the answer is the same whatever the batch boundaries, the partitioning or
+//! the number of aggregation phases. Groups emitted early (`EmitTo::First`, when the input
+//! arrives sorted by actor) release their rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int32Builder, Int64Builder, ListArray,
+    StringBuilder, StructArray, UInt32Builder,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{
+    DataType, Field, FieldRef, Fields, Int32Type, Int64Type, UInt32Type,
+};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator, Signature,
+    Volatility,
+};
+
+use super::machine::{self, Ev, NO_VALUE, Params};
+
+/// What the aggregate computes per actor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Furthest step and step times per breakdown value.
+    Steps,
+    /// Per entry bucket, converted or not (funnel trends).
+    Trends {
+        /// Step an entry must reach to count (0-based).
+        from_step: usize,
+        /// Step an entry must reach to convert (0-based).
+        to_step: usize,
+    },
+}
+
+/// The funnel aggregate of one request.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct FunnelUdaf {
+    params: Params,
+    mode: Mode,
+    signature: Signature,
+}
+
+/// Name of the breakdown field of the output structs.
+pub const BD: &str = "bd";
+/// Name of the steps bitfield of the output structs.
+pub const BITS: &str = "bits";
+/// Name of the bucket field of the trends output structs.
+pub const BUCKET: &str = "bucket";
+/// Name of the converted flag of the trends output structs.
+pub const CONVERTED: &str = "converted";
+
+/// Name of the time field of step `k` of the output structs.
+pub fn time_field(k: usize) -> String {
+    format!("t{k}")
+}
+
+impl FunnelUdaf {
+    /// `herd_funnel(ts: Int64 µs, steps: UInt32, excl: UInt32, breakdown: Utf8, bucket:
+    /// Int32)` for one request. Returns a list of structs per actor: for [`Mode::Steps`]
+    /// `{bd, bits, t0 … t(n−1)}`, for [`Mode::Trends`] `{bd, bucket, converted}`.
+    pub fn expr(params: Params, mode: Mode, args: Vec<Expr>) -> Expr {
+        let udaf = AggregateUDF::new_from_impl(Self {
+            params,
+            mode,
+            signature: Signature::exact(
+                vec![
+                    DataType::Int64,
+                    DataType::UInt32,
+                    DataType::UInt32,
+                    DataType::Utf8,
+                    DataType::Int32,
+                ],
+                Volatility::Immutable,
+            ),
+        });
+        udaf.call(args)
+    }
+
+    fn item_fields(&self) -> Fields {
+        let mut fields = vec![Field::new(BD, DataType::Utf8, true)];
+        match self.mode {
+            Mode::Steps => {
+                fields.push(Field::new(BITS, DataType::UInt32, false));
+                for k in 0..self.params.steps {
+                    fields.push(Field::new(time_field(k), DataType::Int64, true));
+                }
+            }
+            Mode::Trends { .. } => {
+                fields.push(Field::new(BUCKET, DataType::Int32, false));
+                fields.push(Field::new(CONVERTED, DataType::Boolean, false));
+            }
+        }
+        Fields::from(fields)
+    }
+
+    fn output_type(&self) -> DataType {
+        DataType::List(Arc::new(Field::new(
+            "item",
+            DataType::Struct(self.item_fields()),
+            true,
+        )))
+    }
+
+    fn accumulator_state(&self) -> FunnelAccumulator {
+        FunnelAccumulator {
+            params: self.params.clone(),
+            mode: self.mode.clone(),
+            item_fields: self.item_fields(),
+            rows: Vec::new(),
+            groups: 0,
+            values: Vec::new(),
+            ids: HashMap::new(),
+        }
+    }
+}
+
+fn list_of(t: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", t, true)))
+}
+
+impl AggregateUDFImpl for FunnelUdaf {
+    fn name(&self) -> &str {
+        "herd_funnel"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.output_type())
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        let name = |s: &str| format!("{}[{s}]", args.name);
+        Ok(vec![
+            Arc::new(Field::new(name("ts"), list_of(DataType::Int64), true)),
+            Arc::new(Field::new(name("steps"), list_of(DataType::UInt32), true)),
+            Arc::new(Field::new(name("excl"), list_of(DataType::UInt32), true)),
+            Arc::new(Field::new(name("bd"), list_of(DataType::Utf8), true)),
+            Arc::new(Field::new(name("bucket"), list_of(DataType::Int32), true)),
+        ])
+    }
+
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(SingleFunnel(self.accumulator_state())))
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(self.accumulator_state()))
+    }
+}
+
+/// One input row, compact.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    group: u32,
+    ev: Ev,
+}
+
+/// The flat state of all groups.
+#[derive(Debug)]
+struct FunnelAccumulator {
+    params: Params,
+    mode: Mode,
+    item_fields: Fields,
+    rows: Vec<Row>,
+    /// Groups seen so far (groups may have no rows).
+    groups: usize,
+    /// Interned breakdown values.
+    values: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+fn internal(message: &str) -> DataFusionError {
+    DataFusionError::Internal(format!("herd_funnel: {message}"))
+}
+
+impl FunnelAccumulator {
+    fn intern(&mut self, value: &str) -> u32 {
+        if let Some(id) = self.ids.get(value) {
+            return *id;
+        }
+        let id = self.values.len() as u32;
+        self.values.push(value.to_string());
+        self.ids.insert(value.to_string(), id);
+        id
+    }
+
+    fn group_of(index: usize) -> Result<u32> {
+        u32::try_from(index).map_err(|_| internal("more than 2^32 groups"))
+    }
+
+    /// Appends rows `i` of flat value arrays for `group`.
+    #[allow(clippy::too_many_arguments)]
+    fn push_rows(
+        &mut self,
+        ts: &ArrayRef,
+        steps: &ArrayRef,
+        excl: &ArrayRef,
+        bd: &ArrayRef,
+        bucket: &ArrayRef,
+        rows: impl Iterator<Item = (usize, u32)>,
+    ) -> Result<()> {
+        let ts = ts
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| internal("ts"))?;
+        let steps = steps
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(|| internal("steps"))?;
+        let excl = excl
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(|| internal("excl"))?;
+        let bd = bd.as_string_opt::<i32>().ok_or_else(|| internal("bd"))?;
+        let bucket = bucket
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| internal("bucket"))?;
+        for (i, group) in rows {
+            if ts.is_null(i) {
+                continue;
+            }
+            let s = if steps.is_null(i) { 0 } else { steps.value(i) };
+            let x = if excl.is_null(i) { 0 } else { excl.value(i) };
+            let b = if bd.is_null(i) {
+                NO_VALUE
+            } else {
+                self.intern(bd.value(i))
+            };
+            self.rows.push(Row {
+                group,
+                ev: Ev {
+                    ts: ts.value(i),
+                    steps: s,
+                    excl: x,
+                    bd: b,
+                    bucket: if bucket.is_null(i) {
+                        0
+                    } else {
+                        bucket.value(i)
+                    },
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the rows of the emitted groups, sorted by group and then by event, with the
+    /// group count; the remaining groups are renumbered from 0.
+    fn take(&mut self, emit_to: EmitTo) -> (Vec<Row>, usize) {
+        let groups = match emit_to {
+            EmitTo::All => std::mem::take(&mut self.groups),
+            EmitTo::First(n) => {
+                let n = n.min(self.groups);
+                self.groups -= n;
+                n
+            }
+        };
+        let taken = match emit_to {
+            EmitTo::All => std::mem::take(&mut self.rows),
+            EmitTo::First(_) => {
+                let n = groups as u32;
+                let (taken, mut kept): (Vec<Row>, Vec<Row>) =
+                    self.rows.drain(..).partition(|r| r.group < n);
+                for r in &mut kept {
+                    r.group -= n;
+                }
+                self.rows = kept;
+                taken
+            }
+        };
+        // Counting sort by group, then each group's rows by event.
+        let mut starts = vec![0usize; groups + 1];
+        for r in &taken {
+            starts[r.group as usize + 1] += 1;
+        }
+        for g in 0..groups {
+            starts[g + 1] += starts[g];
+        }
+        let mut next = starts.clone();
+        let mut sorted = vec![
+            Row {
+                group: 0,
+                ev: Ev {
+                    ts: 0,
+                    steps: 0,
+                    excl: 0,
+                    bd: NO_VALUE,
+                    bucket: 0
+                }
+            };
+            taken.len()
+        ];
+        for r in taken {
+            let g = r.group as usize;
+            sorted[next[g]] = r;
+            next[g] += 1;
+        }
+        for g in 0..groups {
+            sorted[starts[g]..starts[g + 1]].sort_unstable_by(|a, b| a.ev.cmp(&b.ev));
+        }
+        (sorted, groups)
+    }
+
+    fn empty(&self) -> Self {
+        Self {
+            params: self.params.clone(),
+            mode: self.mode.clone(),
+            item_fields: self.item_fields.clone(),
+            rows: Vec::new(),
+            groups: 0,
+            values: Vec::new(),
+            ids: HashMap::new(),
+        }
+    }
+
+    fn bd_value(&self, id: u32) -> Option<&str> {
+        (id != NO_VALUE).then(|| self.values.get(id as usize).map(String::as_str))?
+    }
+
+    fn evaluate_rows(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let (rows, groups) = self.take(emit_to);
+        let fields = self.item_fields.clone();
+        let mut offsets = Vec::with_capacity(groups + 1);
+        offsets.push(0i32);
+        let mut bd = StringBuilder::new();
+        let mut bits = UInt32Builder::new();
+        let mut times: Vec<Int64Builder> = (0..self.params.steps)
+            .map(|_| Int64Builder::new())
+            .collect();
+        let mut buckets = Int32Builder::new();
+        let mut converted = BooleanBuilder::new();
+        let mut items = 0i32;
+        let mut start = 0;
+        let mut evs: Vec<Ev> = Vec::new();
+        for g in 0..groups {
+            let mut end = start;
+            while end < rows.len() && rows[end].group as usize == g {
+                end += 1;
+            }
+            evs.clear();
+            evs.extend(rows[start..end].iter().map(|r| r.ev));
+            start = end;
+            match self.mode {
+                Mode::Steps => {
+                    for o in machine::run(&self.params, &evs) {
+                        bd.append_option(self.bd_value(o.bd));
+                        bits.append_value(o.bits);
+                        for (k, t) in o.at.iter().enumerate() {
+                            times[k].append_option(*t);
+                        }
+                        items += 1;
+                    }
+                }
+                Mode::Trends { from_step, to_step } => {
+                    for o in machine::run_trends(&self.params, &evs, from_step, to_step) {
+                        bd.append_option(self.bd_value(o.bd));
+                        buckets.append_value(o.bucket);
+                        converted.append_value(o.converted);
+                        items += 1;
+                    }
+                }
+            }
+            offsets.push(items);
+        }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(bd.finish())];
+        match self.mode {
+            Mode::Steps => {
+                columns.push(Arc::new(bits.finish()));
+                for mut t in times {
+                    columns.push(Arc::new(t.finish()));
+                }
+            }
+            Mode::Trends { .. } => {
+                columns.push(Arc::new(buckets.finish()));
+                columns.push(Arc::new(converted.finish()));
+            }
+        }
+        let structs = StructArray::try_new(fields.clone(), columns, None)?;
+        let list = ListArray::try_new(
+            Arc::new(Field::new("item", DataType::Struct(fields), true)),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(structs),
+            None,
+        )?;
+        if self.rows.is_empty() {
+            self.values.clear();
+            self.ids.clear();
+        }
+        Ok(Arc::new(list))
+    }
+
+    fn state_rows(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let (rows, groups) = self.take(emit_to);
+        let mut offsets = Vec::with_capacity(groups + 1);
+        offsets.push(0i32);
+        let mut ts = Int64Builder::with_capacity(rows.len());
+        let mut steps = UInt32Builder::with_capacity(rows.len());
+        let mut excl = UInt32Builder::with_capacity(rows.len());
+        let mut bd = StringBuilder::new();
+        let mut bucket = Int32Builder::with_capacity(rows.len());
+        let mut i = 0;
+        for g in 0..groups {
+            while i < rows.len() && rows[i].group as usize == g {
+                let e = rows[i].ev;
+                ts.append_value(e.ts);
+                steps.append_value(e.steps);
+                excl.append_value(e.excl);
+                bd.append_option(self.bd_value(e.bd));
+                bucket.append_value(e.bucket);
+                i += 1;
+            }
+            offsets
+                .push(i32::try_from(i).map_err(|_| internal("more than 2^31 rows in one state"))?);
+        }
+        let offsets = OffsetBuffer::new(offsets.into());
+        let list = |values: ArrayRef| -> Result<ArrayRef> {
+            Ok(Arc::new(ListArray::try_new(
+                Arc::new(Field::new("item", values.data_type().clone(), true)),
+                offsets.clone(),
+                values,
+                None,
+            )?))
+        };
+        let out = vec![
+            list(Arc::new(ts.finish()))?,
+            list(Arc::new(steps.finish()))?,
+            list(Arc::new(excl.finish()))?,
+            list(Arc::new(bd.finish()))?,
+            list(Arc::new(bucket.finish()))?,
+        ];
+        if self.rows.is_empty() {
+            self.values.clear();
+            self.ids.clear();
+        }
+        Ok(out)
+    }
+
+    fn merge_lists(
+        &mut self,
+        values: &[ArrayRef],
+        group_of: &dyn Fn(usize) -> Result<u32>,
+    ) -> Result<()> {
+        if values.len() != 5 {
+            return Err(internal("state has 5 columns"));
+        }
+        let lists = values
+            .iter()
+            .map(|v| {
+                v.as_list_opt::<i32>()
+                    .ok_or_else(|| internal("state is a list"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let offsets = lists[0].value_offsets();
+        let mut row_groups = Vec::with_capacity(lists[0].values().len());
+        for r in 0..lists[0].len() {
+            let g = group_of(r)?;
+            let (a, b) = (offsets[r] as usize, offsets[r + 1] as usize);
+            row_groups.extend((a..b).map(|i| (i, g)));
+        }
+        let inner: Vec<ArrayRef> = lists.iter().map(|l| l.values().clone()).collect();
+        self.push_rows(
+            &inner[0],
+            &inner[1],
+            &inner[2],
+            &inner[3],
+            &inner[4],
+            row_groups.into_iter(),
+        )
+    }
+}
+
+impl GroupsAccumulator for FunnelAccumulator {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        if values.len() != 5 {
+            return Err(internal("takes 5 arguments"));
+        }
+        self.groups = self.groups.max(total_num_groups);
+        let mut rows = Vec::with_capacity(group_indices.len());
+        for (i, g) in group_indices.iter().enumerate() {
+            if opt_filter.is_some_and(|f| !f.is_valid(i) || !f.value(i)) {
+                continue;
+            }
+            rows.push((i, Self::group_of(*g)?));
+        }
+        self.push_rows(
+            &values[0],
+            &values[1],
+            &values[2],
+            &values[3],
+            &values[4],
+            rows.into_iter(),
+        )
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.evaluate_rows(emit_to)
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        // Each row its own group.
+        let mut one = self.empty();
+        one.update_batch(
+            values,
+            &(0..values.first().map_or(0, |v| v.len())).collect::<Vec<_>>(),
+            opt_filter,
+            values.first().map_or(0, |v| v.len()),
+        )?;
+        one.state_rows(EmitTo::All)
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        self.state_rows(emit_to)
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.groups = self.groups.max(total_num_groups);
+        self.merge_lists(values, &|r| {
+            group_indices
+                .get(r)
+                .ok_or_else(|| internal("state row without a group"))
+                .and_then(|g| Self::group_of(*g))
+        })
+    }
+
+    fn size(&self) -> usize {
+        self.rows.capacity() * std::mem::size_of::<Row>()
+            + self
+                .values
+                .iter()
+                .map(|v| v.capacity() * 2 + 48)
+                .sum::<usize>()
+    }
+}
+
+/// The row accumulator (aggregates without GROUP BY, window functions): one group.
+#[derive(Debug)]
+struct SingleFunnel(FunnelAccumulator);
+
+impl Accumulator for SingleFunnel {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let n = values.first().map_or(0, |v| v.len());
+        let rows = (0..n).map(|i| (i, 0u32)).collect::<Vec<_>>();
+        if values.len() != 5 {
+            return Err(internal("takes 5 arguments"));
+        }
+        self.0.groups = 1;
+        self.0.push_rows(
+            &values[0],
+            &values[1],
+            &values[2],
+            &values[3],
+            &values[4],
+            rows.into_iter(),
+        )
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.0.groups = 1;
+        let out = self.0.evaluate_rows(EmitTo::All)?;
+        ScalarValue::try_from_array(&out, 0)
+    }
+
+    fn size(&self) -> usize {
+        self.0.size() + std::mem::size_of::<Self>()
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.0.groups = 1;
+        let arrays = self.0.state_rows(EmitTo::All)?;
+        arrays
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.0.groups = 1;
+        self.0.merge_lists(states, &|_| Ok(0))
+    }
+}
