@@ -335,7 +335,36 @@ impl FunnelAccumulator {
         (id != NO_VALUE).then(|| self.values.get(id as usize).map(String::as_str))?
     }
 
+    /// Renumbers the interned values in string order, so that ties between values (two
+    /// events at the same time with different values) resolve the same way whatever order
+    /// the rows arrived in.
+    fn sort_values(&mut self) {
+        if self.values.is_empty() {
+            return;
+        }
+        let mut order: Vec<u32> = (0..self.values.len() as u32).collect();
+        order.sort_by(|a, b| self.values[*a as usize].cmp(&self.values[*b as usize]));
+        let mut new_id = vec![0u32; order.len()];
+        for (pos, old) in order.iter().enumerate() {
+            new_id[*old as usize] = pos as u32;
+        }
+        for r in &mut self.rows {
+            if r.ev.bd != NO_VALUE {
+                r.ev.bd = new_id[r.ev.bd as usize];
+            }
+        }
+        let values = std::mem::take(&mut self.values);
+        self.values = order.iter().map(|o| values[*o as usize].clone()).collect();
+        self.ids = self
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.clone(), i as u32))
+            .collect();
+    }
+
     fn evaluate_rows(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.sort_values();
         let (rows, groups) = self.take(emit_to);
         let fields = self.item_fields.clone();
         let mut offsets = Vec::with_capacity(groups + 1);
