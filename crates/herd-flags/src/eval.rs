@@ -23,6 +23,9 @@
 //! Preparing a flag ([`CompiledFlag::compile`]) is also its validation: the same pass checks
 //! the definition against the group types and compiles regexes, dates and versions once.
 
+#[cfg(test)]
+mod tests;
+
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
