@@ -332,8 +332,10 @@ spelled_enum! {
 
 spelled_enum! {
     /// Where a property filter reads its property from.
+    #[derive(Default)]
     PropertyType {
         /// The person's properties (`person_properties`).
+        #[default]
         Person = "person",
         /// The properties of a group (`group_properties[type]`).
         Group = "group",
@@ -341,12 +343,6 @@ spelled_enum! {
         Cohort = "cohort",
         /// Another flag's value (not supported yet).
         Flag = "flag",
-    }
-}
-
-impl Default for PropertyType {
-    fn default() -> Self {
-        Self::Person
     }
 }
 
@@ -667,7 +663,10 @@ mod tests {
     fn spec_example_round_trips_unchanged() {
         let flag: FeatureFlag = serde_json::from_value(spec_example()).unwrap();
         assert_eq!(flag.filters.aggregation_group_type_index, Some(0));
-        assert_eq!(flag.filters.groups[0].properties[0].operator, Some(Operator::Exact));
+        assert_eq!(
+            flag.filters.groups[0].properties[0].operator,
+            Some(Operator::Exact)
+        );
         assert_eq!(
             flag.filters.groups[0].properties[0].property_type,
             PropertyType::Group

@@ -314,7 +314,10 @@ fn percent_in_range(path: &str, value: f64) -> Result<(), ValidationError> {
     if (0.0..=100.0).contains(&value) {
         Ok(())
     } else {
-        Err(ValidationError::new(path, Problem::PercentOutOfRange(value)))
+        Err(ValidationError::new(
+            path,
+            Problem::PercentOutOfRange(value),
+        ))
     }
 }
 
@@ -428,13 +431,13 @@ fn compile_condition(
 ) -> Result<CompiledCondition, ValidationError> {
     let rollout = condition.rollout_percentage.unwrap_or(100.0);
     percent_in_range(&format!("{path}.rollout_percentage"), rollout)?;
-    if let Some(v) = &condition.variant {
-        if !variant_keys.contains(v) {
-            return Err(ValidationError::new(
-                format!("{path}.variant"),
-                Problem::UnknownVariant(v.clone()),
-            ));
-        }
+    if let Some(v) = &condition.variant
+        && !variant_keys.contains(v)
+    {
+        return Err(ValidationError::new(
+            format!("{path}.variant"),
+            Problem::UnknownVariant(v.clone()),
+        ));
     }
     let filters = condition
         .properties
@@ -482,21 +485,18 @@ impl CompiledFlag {
                 Problem::BadKey(flag.key.clone()),
             ));
         }
-        if let Some(b) = &flag.bucketing_identifier {
-            if b != "distinct_id" && b != "device_id" {
-                return Err(ValidationError::new(
-                    "bucketing_identifier",
-                    Problem::BadBucketingIdentifier(b.clone()),
-                ));
-            }
+        if let Some(b) = &flag.bucketing_identifier
+            && b != "distinct_id"
+            && b != "device_id"
+        {
+            return Err(ValidationError::new(
+                "bucketing_identifier",
+                Problem::BadBucketingIdentifier(b.clone()),
+            ));
         }
         let filters = &flag.filters;
         let aggregation = match filters.aggregation_group_type_index {
-            Some(i) => resolve_group(
-                "filters.aggregation_group_type_index".to_owned(),
-                i,
-                groups,
-            )?,
+            Some(i) => resolve_group("filters.aggregation_group_type_index".to_owned(), i, groups)?,
             None => Aggregation::Person,
         };
 
@@ -533,7 +533,10 @@ impl CompiledFlag {
         let variant_keys: Vec<String> = variants.iter().map(|(k, _, _)| k.clone()).collect();
 
         if let Some(h) = &filters.holdout {
-            percent_in_range("filters.holdout.exclusion_percentage", h.exclusion_percentage)?;
+            percent_in_range(
+                "filters.holdout.exclusion_percentage",
+                h.exclusion_percentage,
+            )?;
         }
 
         let mut conditions = Vec::with_capacity(filters.groups.len());
@@ -542,9 +545,11 @@ impl CompiledFlag {
             let agg = match condition.aggregation_group_type_index {
                 None => aggregation.clone(),
                 Some(None) => Aggregation::Person,
-                Some(Some(index)) => {
-                    resolve_group(format!("{path}.aggregation_group_type_index"), index, groups)?
-                }
+                Some(Some(index)) => resolve_group(
+                    format!("{path}.aggregation_group_type_index"),
+                    index,
+                    groups,
+                )?,
             };
             conditions.push(compile_condition(
                 &path,
@@ -618,8 +623,7 @@ impl CompiledFlag {
         description: String,
     ) -> Evaluation {
         let payload = if enabled {
-            self.flag
-                .payload_for(variant.as_deref().unwrap_or("true"))
+            self.flag.payload_for(variant.as_deref().unwrap_or("true"))
         } else {
             None
         };
@@ -646,10 +650,10 @@ impl CompiledFlag {
                 if self.flag.bucketing_identifier.as_deref() == Some("device_id") {
                     return ctx.device_id.as_deref().filter(|d| !d.is_empty());
                 }
-                if self.flag.ensure_experience_continuity {
-                    if let Some(h) = ctx.hash_key_override.as_deref().filter(|h| !h.is_empty()) {
-                        return Some(h);
-                    }
+                if self.flag.ensure_experience_continuity
+                    && let Some(h) = ctx.hash_key_override.as_deref().filter(|h| !h.is_empty())
+                {
+                    return Some(h);
                 }
                 Some(ctx.distinct_id.as_str())
             }
@@ -730,9 +734,10 @@ impl CompiledFlag {
         };
 
         if let Some(sc) = &self.super_condition {
-            let known = sc.filters.iter().any(|f| {
-                ctx.lookup(&f.source, &f.key).is_some()
-            });
+            let known = sc
+                .filters
+                .iter()
+                .any(|f| ctx.lookup(&f.source, &f.key).is_some());
             if known {
                 let person_bucket = self.bucketing_id(&Aggregation::Person, ctx);
                 let matched = person_bucket.is_some_and(|b| {

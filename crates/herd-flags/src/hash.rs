@@ -73,7 +73,10 @@ mod tests {
     #[test]
     fn spec_vector_person_flag_variant() {
         assert_eq!(variant_hash("person-flag", "user-1"), 0.05807638295106366);
-        assert_eq!(hash("person-flag", "user-1", "variant"), 0.05807638295106366);
+        assert_eq!(
+            hash("person-flag", "user-1", "variant"),
+            0.05807638295106366
+        );
     }
 
     #[test]
@@ -83,7 +86,10 @@ mod tests {
 
     #[test]
     fn spec_vector_beta_feature() {
-        assert_eq!(rollout_hash("beta-feature", "some-distinct-id"), 0.3435078163984861);
+        assert_eq!(
+            rollout_hash("beta-feature", "some-distinct-id"),
+            0.3435078163984861
+        );
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! properties: when a flag needs properties the caller did not pass, evaluation answers
 //! [`eval::Evaluation::Inconclusive`] and the caller loads them.
 
+// Tests unwrap freely; the library build (checked by clippy without `cfg(test)`) may not.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::path::PathBuf;
 
 pub mod definition;
@@ -20,8 +23,8 @@ mod property;
 pub mod store;
 
 pub use definition::{
-    Condition, Definitions, FeatureFlag, FlagFilters, GroupTypes, Holdout, Multivariate,
-    Operator, Problem, PropertyFilter, PropertyType, ValidationError, Variant,
+    Condition, Definitions, FeatureFlag, FlagFilters, GroupTypes, Holdout, Multivariate, Operator,
+    Problem, PropertyFilter, PropertyType, ValidationError, Variant,
 };
 pub use eval::{
     CompiledFlag, EvalContext, Evaluation, FlagResult, FlagSet, PropertyMode, PropertyRef, Reason,

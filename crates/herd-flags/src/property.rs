@@ -105,12 +105,31 @@ impl DateSpec {
 enum Matcher {
     IsSet,
     IsNotSet,
-    Exact { negate: bool, target: ExactTarget },
-    Text { negate: bool, op: TextOp, needle: String },
-    Regex { negate: bool, regex: Regex },
-    Number { cmp: Cmp, rhs: f64 },
-    Date { cmp: Cmp, rhs: DateSpec },
-    Semver { cmp: Cmp, rhs: Version },
+    Exact {
+        negate: bool,
+        target: ExactTarget,
+    },
+    Text {
+        negate: bool,
+        op: TextOp,
+        needle: String,
+    },
+    Regex {
+        negate: bool,
+        regex: Regex,
+    },
+    Number {
+        cmp: Cmp,
+        rhs: f64,
+    },
+    Date {
+        cmp: Cmp,
+        rhs: DateSpec,
+    },
+    Semver {
+        cmp: Cmp,
+        rhs: Version,
+    },
     SemverReq(VersionReq),
 }
 
@@ -135,21 +154,17 @@ impl PreparedMatch {
                 negate: *operator == Operator::IsNot,
                 target: exact_target(value),
             },
-            Operator::IContains | Operator::NotIContains => text(
-                *operator == Operator::NotIContains,
-                TextOp::Contains,
-                value,
-            ),
+            Operator::IContains | Operator::NotIContains => {
+                text(*operator == Operator::NotIContains, TextOp::Contains, value)
+            }
             Operator::StartsWith | Operator::NotStartsWith => text(
                 *operator == Operator::NotStartsWith,
                 TextOp::StartsWith,
                 value,
             ),
-            Operator::EndsWith | Operator::NotEndsWith => text(
-                *operator == Operator::NotEndsWith,
-                TextOp::EndsWith,
-                value,
-            ),
+            Operator::EndsWith | Operator::NotEndsWith => {
+                text(*operator == Operator::NotEndsWith, TextOp::EndsWith, value)
+            }
             Operator::Regex | Operator::NotRegex => Matcher::Regex {
                 negate: *operator == Operator::NotRegex,
                 regex: compile_regex(&as_text(value))?,
@@ -173,13 +188,12 @@ impl PreparedMatch {
                         Operator::IsDateAfter => Cmp::Gt,
                         _ => Cmp::Eq,
                     },
-                    rhs: value
-                        .as_str()
-                        .and_then(parse_date_spec)
-                        .ok_or_else(|| Problem::NotADate {
+                    rhs: value.as_str().and_then(parse_date_spec).ok_or_else(|| {
+                        Problem::NotADate {
                             operator: op_name(),
                             value: value.to_string(),
-                        })?,
+                        }
+                    })?,
                 }
             }
             Operator::SemverEq
@@ -242,7 +256,7 @@ impl PreparedMatch {
                     ExactTarget::Truthy(t) => is_truthy(property) == *t,
                     ExactTarget::Any(list) => {
                         let text = as_text(property).to_lowercase();
-                        list.iter().any(|v| *v == text)
+                        list.contains(&text)
                     }
                 };
                 equal != *negate
@@ -341,7 +355,11 @@ fn compile_regex(pattern: &str) -> Result<Regex, Problem> {
         .build()
         .map_err(|e| Problem::BadRegex {
             pattern: pattern.to_owned(),
-            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         })
 }
 
@@ -623,20 +641,37 @@ mod tests {
         assert!(before(json!("2024-01-02"), json!("2024-01-01")));
         assert!(!before(json!("2024-01-01"), json!("2024-01-01")));
         assert!(after(json!("2024-01-01"), json!("2024-01-01T00:00:01Z")));
-        assert!(before(json!("2024-01-01"), json!("2023-12-31T23:59:59+00:00")));
+        assert!(before(
+            json!("2024-01-01"),
+            json!("2023-12-31T23:59:59+00:00")
+        ));
         // An offset is honoured: 00:30+01:00 is 23:30 the day before in UTC.
-        assert!(before(json!("2024-01-01"), json!("2024-01-01T00:30:00+01:00")));
-        assert!(after(json!("2024-01-01 10:00"), json!("2024-01-01 10:00:30")));
+        assert!(before(
+            json!("2024-01-01"),
+            json!("2024-01-01T00:30:00+01:00")
+        ));
+        assert!(after(
+            json!("2024-01-01 10:00"),
+            json!("2024-01-01 10:00:30")
+        ));
         // Numbers, and numeric text, are Unix seconds.
         assert!(after(json!("2023-01-01"), json!(1_704_067_200)));
         assert!(before(json!("2024-01-02"), json!("1704067200.5")));
-        assert!(m("is_date_exact", json!("2024-01-01"), json!(1_704_067_200)));
+        assert!(m(
+            "is_date_exact",
+            json!("2024-01-01"),
+            json!(1_704_067_200)
+        ));
         assert!(m(
             "is_date_exact",
             json!("2024-01-01T00:00:00Z"),
             json!("2024-01-01")
         ));
-        assert!(!m("is_date_exact", json!("2024-01-01"), json!("2024-01-02")));
+        assert!(!m(
+            "is_date_exact",
+            json!("2024-01-01"),
+            json!("2024-01-02")
+        ));
         // Unparseable properties don't match.
         assert!(!before(json!("2024-01-01"), json!("yesterday")));
         assert!(!after(json!("2024-01-01"), json!(true)));
@@ -647,11 +682,23 @@ mod tests {
         // now = 2024-03-31 12:00 UTC
         assert!(m("is_date_after", json!("-7d"), json!("2024-03-25")));
         assert!(!m("is_date_after", json!("-7d"), json!("2024-03-24")));
-        assert!(m("is_date_before", json!("-1h"), json!("2024-03-31T10:59:00Z")));
+        assert!(m(
+            "is_date_before",
+            json!("-1h"),
+            json!("2024-03-31T10:59:00Z")
+        ));
         assert!(m("is_date_after", json!("-2w"), json!("2024-03-18")));
         // One calendar month back from March 31 is February 29 (clamped).
-        assert!(m("is_date_after", json!("-1m"), json!("2024-02-29T12:00:01Z")));
-        assert!(!m("is_date_after", json!("-1m"), json!("2024-02-29T11:59:59Z")));
+        assert!(m(
+            "is_date_after",
+            json!("-1m"),
+            json!("2024-02-29T12:00:01Z")
+        ));
+        assert!(!m(
+            "is_date_after",
+            json!("-1m"),
+            json!("2024-02-29T11:59:59Z")
+        ));
         assert!(m("is_date_before", json!("-1y"), json!("2023-03-30")));
         assert!(m("is_date_after", json!("1y"), json!("2023-04-01")));
         assert_eq!(
@@ -708,7 +755,13 @@ mod tests {
     #[test]
     fn missing_property_partial_is_missing_for_every_operator() {
         for op in [
-            "exact", "is_not", "icontains", "not_regex", "gt", "is_set", "is_not_set",
+            "exact",
+            "is_not",
+            "icontains",
+            "not_regex",
+            "gt",
+            "is_set",
+            "is_not_set",
         ] {
             assert_eq!(missing(op, json!("1"), false), Match::Missing, "{op}");
         }
@@ -730,7 +783,10 @@ mod tests {
 
     #[test]
     fn operators_needing_a_value_reject_null_and_unknown_operators_are_named() {
-        assert_eq!(problem("exact", Value::Null), "operator exact needs a value");
+        assert_eq!(
+            problem("exact", Value::Null),
+            "operator exact needs a value"
+        );
         assert_eq!(problem("like", json!("a")), "unknown operator \"like\"");
         assert!(PreparedMatch::new(&Operator::IsSet, &Value::Null).is_ok());
     }

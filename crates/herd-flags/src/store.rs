@@ -368,7 +368,10 @@ mod tests {
 
         let mut changed = b.clone();
         changed.name = "renamed".into();
-        changed.filters.payloads.insert("true".into(), json!({"x": 1}));
+        changed
+            .filters
+            .payloads
+            .insert("true".into(), json!({"x": 1}));
         let b2 = store.update(7, b.id, changed, &groups()).unwrap();
         assert_eq!(b2.version, 2);
         assert_eq!(b2.filters.payloads["true"], json!("{\"x\":1}"));
@@ -413,7 +416,11 @@ mod tests {
         drop(store);
         // A crash half-way through the next write.
         let tmp = dir.path().join("flags").join("3.json.tmp");
-        fs::write(&tmp, b"{\"format\": 1, \"project_id\": 3, \"next_id\": 2, \"fla").unwrap();
+        fs::write(
+            &tmp,
+            b"{\"format\": 1, \"project_id\": 3, \"next_id\": 2, \"fla",
+        )
+        .unwrap();
         let store = FlagStore::open(dir.path()).unwrap();
         assert_eq!(store.snapshot(3), before);
         assert!(!tmp.exists());
@@ -437,7 +444,10 @@ mod tests {
         )
         .unwrap();
         let err = FlagStore::open(dir.path()).unwrap_err().to_string();
-        assert!(err.ends_with("format 2 is not supported (this herd reads format 1)"), "{err}");
+        assert!(
+            err.ends_with("format 2 is not supported (this herd reads format 1)"),
+            "{err}"
+        );
 
         fs::write(
             flags_dir.join("5.json"),
@@ -445,11 +455,17 @@ mod tests {
         )
         .unwrap();
         let err = FlagStore::open(dir.path()).unwrap_err().to_string();
-        assert!(err.ends_with("holds project 6 but is named for project 5"), "{err}");
+        assert!(
+            err.ends_with("holds project 6 but is named for project 5"),
+            "{err}"
+        );
 
         // Files that are not a project's are left alone.
-        fs::write(flags_dir.join("5.json"), br#"{"format": 1, "project_id": 5,
-            "next_id": 1, "revision": 1, "flags": []}"#)
+        fs::write(
+            flags_dir.join("5.json"),
+            br#"{"format": 1, "project_id": 5,
+            "next_id": 1, "revision": 1, "flags": []}"#,
+        )
         .unwrap();
         fs::write(flags_dir.join("README"), b"x").unwrap();
         assert!(FlagStore::open(dir.path()).is_ok());
@@ -463,7 +479,10 @@ mod tests {
         let rev = store.snapshot(1).revision;
 
         let err = store.create(1, flag("a"), &groups()).unwrap_err();
-        assert_eq!(err.to_string(), "project 1 already has a flag with key \"a\"");
+        assert_eq!(
+            err.to_string(),
+            "project 1 already has a flag with key \"a\""
+        );
 
         let mut bad = flag("bad");
         bad.filters.groups[0].properties.push(PropertyFilter {
@@ -482,7 +501,10 @@ mod tests {
 
         let err = store.update(1, 99, flag("z"), &groups()).unwrap_err();
         assert_eq!(err.to_string(), "project 1 has no flag with id 99");
-        assert!(matches!(store.delete(1, 99), Err(Error::NotFound { id: 99, .. })));
+        assert!(matches!(
+            store.delete(1, 99),
+            Err(Error::NotFound { id: 99, .. })
+        ));
 
         let b = store.create(1, flag("b"), &groups()).unwrap();
         let err = store.update(1, b.id, flag("a"), &groups()).unwrap_err();
@@ -504,6 +526,9 @@ mod tests {
         assert_eq!(v["next_id"], 2);
         assert_eq!(v["revision"], 1);
         assert_eq!(v["flags"][0]["key"], "a");
-        assert_eq!(v["flags"][0]["filters"]["groups"][0]["rollout_percentage"], 50);
+        assert_eq!(
+            v["flags"][0]["filters"]["groups"][0]["rollout_percentage"],
+            50
+        );
     }
 }

@@ -17,8 +17,10 @@ fn flag(v: Value) -> FeatureFlag {
 }
 
 fn person_flag(rollout: f64, properties: Value) -> FeatureFlag {
-    flag(json!({"id": 3, "key": "person-flag", "version": 2, "filters": {
-        "groups": [{"properties": properties, "rollout_percentage": rollout}]}}))
+    flag(
+        json!({"id": 3, "key": "person-flag", "version": 2, "filters": {
+        "groups": [{"properties": properties, "rollout_percentage": rollout}]}}),
+    )
 }
 
 /// The spec §3.5 example: company (index 0) flag on `plan = enterprise`.
@@ -93,8 +95,10 @@ fn validation_empty_and_bad_keys() {
         "filters.groups[0].properties[0].key: must not be empty"
     );
     assert_eq!(
-        invalid(json!({"key": "k", "filters": {"multivariate": {"variants": [
-            {"key": "", "rollout_percentage": 100}]}}})),
+        invalid(
+            json!({"key": "k", "filters": {"multivariate": {"variants": [
+            {"key": "", "rollout_percentage": 100}]}}})
+        ),
         "filters.multivariate.variants[0].key: must not be empty"
     );
 }
@@ -102,16 +106,20 @@ fn validation_empty_and_bad_keys() {
 #[test]
 fn validation_person_property_in_group_flag() {
     assert_eq!(
-        invalid(json!({"key": "k", "filters": {"aggregation_group_type_index": 0, "groups": [
-            {"properties": [{"key": "email", "value": "a@b.c", "type": "person"}]}]}})),
+        invalid(
+            json!({"key": "k", "filters": {"aggregation_group_type_index": 0, "groups": [
+            {"properties": [{"key": "email", "value": "a@b.c", "type": "person"}]}]}})
+        ),
         "filters.groups[0].properties[0].type: person property \"email\" in a group flag: \
          conditions aggregated by group type 0 (\"company\") take only properties with \
          \"type\": \"group\" and \"group_type_index\": 0"
     );
     // No type means person.
     assert!(
-        invalid(json!({"key": "k", "filters": {"aggregation_group_type_index": 1, "groups": [
-            {"properties": [{"key": "email", "value": "a@b.c"}]}]}}))
+        invalid(
+            json!({"key": "k", "filters": {"aggregation_group_type_index": 1, "groups": [
+            {"properties": [{"key": "email", "value": "a@b.c"}]}]}})
+        )
         .contains("person property \"email\" in a group flag")
     );
 }
@@ -125,10 +133,12 @@ fn validation_group_property_in_person_flag_and_mismatched_index() {
          the flag's aggregation_group_type_index to target groups"
     );
     assert_eq!(
-        invalid(json!({"key": "k", "filters": {"aggregation_group_type_index": 0, "groups": [
+        invalid(
+            json!({"key": "k", "filters": {"aggregation_group_type_index": 0, "groups": [
             {"properties": []},
             {"properties": [{"key": "plan", "value": "pro", "type": "group",
-                             "group_type_index": 1}]}]}})),
+                             "group_type_index": 1}]}]}})
+        ),
         "filters.groups[1].properties[0].group_type_index: group property \"plan\" has \
          group_type_index 1, but the condition aggregates by group type 0"
     );
@@ -142,9 +152,11 @@ fn validation_unknown_group_type_index() {
          0 \"company\", 1 \"project\")"
     );
     assert_eq!(
-        invalid(json!({"key": "k", "filters": {"aggregation_group_type_index": 0, "groups": [
+        invalid(
+            json!({"key": "k", "filters": {"aggregation_group_type_index": 0, "groups": [
             {"properties": [{"key": "plan", "value": "pro", "type": "group",
-                             "group_type_index": 4}]}]}})),
+                             "group_type_index": 4}]}]}})
+        ),
         "filters.groups[0].properties[0].group_type_index: unknown group type index 4 (this \
          project has 0 \"company\", 1 \"project\")"
     );
@@ -167,18 +179,24 @@ fn validation_unknown_group_type_index() {
 #[test]
 fn validation_variants() {
     assert_eq!(
-        invalid(json!({"key": "k", "filters": {"multivariate": {"variants": [
-            {"key": "a", "rollout_percentage": 50}, {"key": "b", "rollout_percentage": 40}]}}})),
+        invalid(
+            json!({"key": "k", "filters": {"multivariate": {"variants": [
+            {"key": "a", "rollout_percentage": 50}, {"key": "b", "rollout_percentage": 40}]}}})
+        ),
         "filters.multivariate.variants: variant rollout percentages sum to 90, not 100"
     );
     assert_eq!(
-        invalid(json!({"key": "k", "filters": {"multivariate": {"variants": [
-            {"key": "a", "rollout_percentage": 50}, {"key": "a", "rollout_percentage": 50}]}}})),
+        invalid(
+            json!({"key": "k", "filters": {"multivariate": {"variants": [
+            {"key": "a", "rollout_percentage": 50}, {"key": "a", "rollout_percentage": 50}]}}})
+        ),
         "filters.multivariate.variants[1].key: duplicate variant key \"a\""
     );
     assert_eq!(
-        invalid(json!({"key": "k", "filters": {"multivariate": {"variants": [
-            {"key": "a", "rollout_percentage": 150}, {"key": "b", "rollout_percentage": -50}]}}})),
+        invalid(
+            json!({"key": "k", "filters": {"multivariate": {"variants": [
+            {"key": "a", "rollout_percentage": 150}, {"key": "b", "rollout_percentage": -50}]}}})
+        ),
         "filters.multivariate.variants[0].rollout_percentage: 150 is outside 0..=100"
     );
     assert_eq!(
@@ -188,9 +206,11 @@ fn validation_variants() {
         "filters.groups[0].variant: variant override \"b\" is not a variant of this flag"
     );
     // Thirds that sum to 100 within float error are fine.
-    flag(json!({"key": "k", "filters": {"multivariate": {"variants": [
+    flag(
+        json!({"key": "k", "filters": {"multivariate": {"variants": [
         {"key": "a", "rollout_percentage": 33.3}, {"key": "b", "rollout_percentage": 33.3},
-        {"key": "c", "rollout_percentage": 33.4}]}}}))
+        {"key": "c", "rollout_percentage": 33.4}]}}}),
+    )
     .validate(&groups())
     .unwrap();
 }
@@ -202,8 +222,10 @@ fn validation_operators_values_and_percentages() {
             {"key": "a", "value": "x", "operator": "like"}]}]}})),
         "filters.groups[0].properties[0].operator: unknown operator \"like\""
     );
-    let msg = invalid(json!({"key": "k", "filters": {"groups": [{}, {"properties": [
-        {"key": "email", "value": "[a-", "operator": "regex"}]}]}}));
+    let msg = invalid(
+        json!({"key": "k", "filters": {"groups": [{}, {"properties": [
+        {"key": "email", "value": "[a-", "operator": "regex"}]}]}}),
+    );
     assert!(
         msg.starts_with("filters.groups[1].properties[0].value: invalid regex \"[a-\": "),
         "{msg}"
@@ -228,7 +250,9 @@ fn validation_operators_values_and_percentages() {
         "filters.groups[0].rollout_percentage: -1 is outside 0..=100"
     );
     assert_eq!(
-        invalid(json!({"key": "k", "filters": {"holdout": {"id": 1, "exclusion_percentage": 100.5}}})),
+        invalid(
+            json!({"key": "k", "filters": {"holdout": {"id": 1, "exclusion_percentage": 100.5}}})
+        ),
         "filters.holdout.exclusion_percentage: 100.5 is outside 0..=100"
     );
     assert_eq!(
@@ -248,8 +272,10 @@ fn validation_operators_values_and_percentages() {
         "bucketing_identifier: must be \"distinct_id\" or \"device_id\", got \"ip\""
     );
     assert_eq!(
-        invalid(json!({"key": "k", "filters": {"super_groups": [{"properties": [
-            {"key": "$feature_enrollment/k", "value": ["true"], "operator": "nope"}]}]}})),
+        invalid(
+            json!({"key": "k", "filters": {"super_groups": [{"properties": [
+            {"key": "$feature_enrollment/k", "value": ["true"], "operator": "nope"}]}]}})
+        ),
         "filters.super_groups[0].properties[0].operator: unknown operator \"nope\""
     );
 }
@@ -368,7 +394,10 @@ fn group_flag_as_observed_with_posthog_python() {
     assert_eq!(reason(&r).0, "condition_match");
     assert_eq!(r.payload.as_deref(), Some("{\"x\":1}"));
 
-    let r = decide(&f, &with_company(ctx("user-1"), "id:5", json!({"plan": "free"})));
+    let r = decide(
+        &f,
+        &with_company(ctx("user-1"), "id:5", json!({"plan": "free"})),
+    );
     assert!(!r.enabled);
     assert_eq!(r.payload, None);
     assert_eq!(
@@ -376,12 +405,18 @@ fn group_flag_as_observed_with_posthog_python() {
         ("no_condition_match", Some(0), "No matching condition set")
     );
 
-    let r = decide(&f, &with_person(ctx("user-1"), json!({"plan": "enterprise"})));
+    let r = decide(
+        &f,
+        &with_person(ctx("user-1"), json!({"plan": "enterprise"})),
+    );
     assert!(!r.enabled);
     assert_eq!(reason(&r), ("no_group_type", None, "No group type"));
 
     // An empty group key is no group.
-    let r = decide(&f, &with_company(ctx("user-1"), "", json!({"plan": "enterprise"})));
+    let r = decide(
+        &f,
+        &with_company(ctx("user-1"), "", json!({"plan": "enterprise"})),
+    );
     assert_eq!(reason(&r).0, "no_group_type");
 }
 
@@ -397,9 +432,11 @@ fn group_flag_buckets_on_the_group_key() {
 
 #[test]
 fn group_key_is_a_group_property() {
-    let f = flag(json!({"key": "group-flag", "filters": {"aggregation_group_type_index": 1,
+    let f = flag(
+        json!({"key": "group-flag", "filters": {"aggregation_group_type_index": 1,
         "groups": [{"properties": [{"key": "$group_key", "value": "p-1", "type": "group",
-                                    "group_type_index": 1}]}]}}));
+                                    "group_type_index": 1}]}]}}),
+    );
     let mut c = ctx("u");
     c.groups.insert("project".into(), "p-1".into());
     assert!(decide(&f, &c).enabled);
@@ -451,7 +488,10 @@ fn mixed_targeting_skips_conditions_without_their_group() {
         &f,
         &with_company(person("a@other.com"), "id:5", json!({"plan": "enterprise"})),
     );
-    assert_eq!(reason(&r), ("condition_match", Some(0), "Matched condition set 1"));
+    assert_eq!(
+        reason(&r),
+        ("condition_match", Some(0), "Matched condition set 1")
+    );
 
     // Only group conditions, no group: no_group_type at the last skipped condition.
     let only_group = flag(json!({"key": "mixed", "filters": {"groups": [
@@ -558,13 +598,18 @@ fn holdout_comes_before_conditions() {
     let r = decide(&f(17.0), &ctx("user-1"));
     assert_eq!(reason(&r).0, "condition_match");
     assert_eq!(r.variant, None);
-    assert_eq!(decide(&f(100.0), &ctx("user-2")).variant.as_deref(), Some("holdout-7"));
+    assert_eq!(
+        decide(&f(100.0), &ctx("user-2")).variant.as_deref(),
+        Some("holdout-7")
+    );
 }
 
 #[test]
 fn feature_enrollment_gates_first() {
-    let f = flag(json!({"key": "beta", "filters": {"feature_enrollment": true,
-        "groups": [{"properties": [{"key": "plan", "value": "pro"}]}]}}));
+    let f = flag(
+        json!({"key": "beta", "filters": {"feature_enrollment": true,
+        "groups": [{"properties": [{"key": "plan", "value": "pro"}]}]}}),
+    );
     let enrolled = with_person(ctx("u"), json!({"$feature_enrollment/beta": true}));
     let r = decide(&f, &enrolled);
     assert!(r.enabled);
@@ -716,20 +761,39 @@ fn relative_dates_use_the_context_clock() {
         100.0,
         json!([{"key": "signed_up", "value": "-7d", "operator": "is_date_after"}]),
     );
-    assert!(decide(&f, &with_person(ctx("u"), json!({"signed_up": "2024-05-28"}))).enabled);
-    assert!(!decide(&f, &with_person(ctx("u"), json!({"signed_up": "2024-05-20"}))).enabled);
+    assert!(
+        decide(
+            &f,
+            &with_person(ctx("u"), json!({"signed_up": "2024-05-28"}))
+        )
+        .enabled
+    );
+    assert!(
+        !decide(
+            &f,
+            &with_person(ctx("u"), json!({"signed_up": "2024-05-20"}))
+        )
+        .enabled
+    );
 }
 
 // ---------------------------------------------------------------- many flags
 
 #[test]
 fn evaluate_all_isolates_broken_flags_and_skips_deleted_ones() {
-    let broken = flag(json!({"key": "broken", "filters": {"groups": [{"properties": [
-        {"key": "a", "value": "(", "operator": "regex"}]}]}}));
+    let broken = flag(
+        json!({"key": "broken", "filters": {"groups": [{"properties": [
+        {"key": "a", "value": "(", "operator": "regex"}]}]}}),
+    );
     let mut deleted = person_flag(100.0, json!([]));
     deleted.key = "deleted".into();
     deleted.deleted = true;
-    let flags = vec![person_flag(100.0, json!([])), broken, deleted, group_flag(100.0)];
+    let flags = vec![
+        person_flag(100.0, json!([])),
+        broken,
+        deleted,
+        group_flag(100.0),
+    ];
     let out = evaluate_all(&flags, &groups(), &ctx("user-1"));
     let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["person-flag", "broken", "group-flag"]);
