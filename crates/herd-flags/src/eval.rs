@@ -90,6 +90,34 @@ impl EvalContext {
         }
     }
 
+    /// The second pass of server-side evaluation: this request's properties merged over the
+    /// stored ones (the request's win, key by key), now [`PropertyMode::Complete`].
+    pub fn with_stored_properties(
+        &self,
+        stored_person: &Map<String, Value>,
+        stored_groups: &BTreeMap<String, Map<String, Value>>,
+    ) -> Self {
+        let mut person = stored_person.clone();
+        person.extend(
+            self.person_properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        let mut group_properties = stored_groups.clone();
+        for (group_type, props) in &self.group_properties {
+            group_properties
+                .entry(group_type.clone())
+                .or_default()
+                .extend(props.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Self {
+            person_properties: person,
+            group_properties,
+            property_mode: PropertyMode::Complete,
+            ..self.clone()
+        }
+    }
+
     fn complete(&self) -> bool {
         self.property_mode == PropertyMode::Complete
     }
@@ -665,14 +693,12 @@ impl CompiledFlag {
         condition: &CompiledCondition,
         bucketing_id: &str,
         ctx: &EvalContext,
+        complete: bool,
     ) -> ConditionOutcome {
         let mut missing = Vec::new();
         for filter in &condition.filters {
             let value = ctx.lookup(&filter.source, &filter.key);
-            match filter
-                .matcher
-                .matches(value.as_deref(), ctx.complete(), ctx.now)
-            {
+            match filter.matcher.matches(value.as_deref(), complete, ctx.now) {
                 Match::Yes => {}
                 // One false filter decides the condition, whatever else is missing.
                 Match::No => return ConditionOutcome::NoMatch(Rank::NoConditionMatch),
@@ -740,14 +766,10 @@ impl CompiledFlag {
                 .any(|f| ctx.lookup(&f.source, &f.key).is_some());
             if known {
                 let person_bucket = self.bucketing_id(&Aggregation::Person, ctx);
+                // Super conditions treat absent properties as unset.
                 let matched = person_bucket.is_some_and(|b| {
-                    // Super conditions treat absent properties as unset.
-                    let complete = EvalContext {
-                        property_mode: PropertyMode::Complete,
-                        ..ctx.clone()
-                    };
                     matches!(
-                        self.evaluate_condition(sc, b, &complete),
+                        self.evaluate_condition(sc, b, ctx, true),
                         ConditionOutcome::Matched
                     )
                 });
@@ -807,7 +829,7 @@ impl CompiledFlag {
                 }
                 continue;
             };
-            match self.evaluate_condition(condition, bucket, ctx) {
+            match self.evaluate_condition(condition, bucket, ctx, ctx.complete()) {
                 ConditionOutcome::Missing(m) => missing.extend(m),
                 ConditionOutcome::NoMatch(rank) => note(&mut best, rank, index),
                 ConditionOutcome::Matched => {

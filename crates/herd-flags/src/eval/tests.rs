@@ -901,3 +901,34 @@ proptest! {
         prop_assert!((4_500..=5_500).contains(&enabled), "{} of 10000", enabled);
     }
 }
+
+#[test]
+fn second_pass_merges_request_properties_over_stored_ones() {
+    let f = flag(
+        json!({"key": "group-flag", "filters": {"aggregation_group_type_index": 0,
+        "groups": [{"properties": [
+            {"key": "plan", "value": "enterprise", "type": "group", "group_type_index": 0},
+            {"key": "seats", "value": 10, "operator": "gte", "type": "group",
+             "group_type_index": 0}]}]}}),
+    );
+    let request = with_company(ctx("u"), "id:5", json!({"plan": "enterprise"}));
+    assert_eq!(missing(&f, &request).len(), 1);
+
+    let mut stored = BTreeMap::new();
+    stored.insert(
+        "company".to_owned(),
+        json!({"plan": "free", "seats": 12})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let second = request.with_stored_properties(&Map::new(), &stored);
+    assert_eq!(second.property_mode, PropertyMode::Complete);
+    // The request's plan wins over the stored one; seats comes from storage.
+    assert!(decide(&f, &second).enabled);
+    assert_eq!(
+        second.group_properties["company"]["plan"],
+        json!("enterprise")
+    );
+    assert_eq!(second.groups["company"], "id:5");
+}
