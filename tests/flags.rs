@@ -198,7 +198,10 @@ async fn flags_service_http_endpoints_and_bad_input() {
     let (status, v2) = post_flags(&http, server.url("/flags/?v=2"), request.clone()).await;
     assert_eq!(status, 200, "{v2}");
     assert_eq!(v2["flags"]["group-flag"]["enabled"], true);
-    assert_eq!(v2["flags"]["group-flag"]["metadata"]["payload"], "{\"x\":1}");
+    assert_eq!(
+        v2["flags"]["group-flag"]["metadata"]["payload"],
+        "{\"x\":1}"
+    );
     assert_eq!(
         v2["flags"]["person-flag"]["reason"]["code"],
         "condition_match"
@@ -250,9 +253,11 @@ async fn flags_service_http_endpoints_and_bad_input() {
     );
     let r = http
         .post(server.url("/batch/"))
-        .json(&json!({"api_key": TOKEN, "batch": [{"event": "$groupidentify",
+        .json(
+            &json!({"api_key": TOKEN, "batch": [{"event": "$groupidentify",
             "distinct_id": "admin", "properties": {"$group_type": "company",
-            "$group_key": "stored-co", "$group_set": {"plan": "enterprise"}}}]}))
+            "$group_key": "stored-co", "$group_set": {"plan": "enterprise"}}}]}),
+        )
         .send()
         .await
         .expect("batch");
@@ -436,10 +441,7 @@ async fn flags_service_http_endpoints_and_bad_input() {
     broken["key"] = json!("broken-flag");
     broken["filters"] = json!({"groups": [{"properties": [
         {"key": "email", "value": "(", "operator": "regex"}]}]});
-    doc["flags"]
-        .as_array_mut()
-        .expect("flags")
-        .push(broken);
+    doc["flags"].as_array_mut().expect("flags").push(broken);
     doc["next_id"] = json!(8);
     std::fs::write(&file, serde_json::to_vec(&doc).expect("json")).expect("write");
     let server = Server::start(dir.path(), &[]);

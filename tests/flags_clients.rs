@@ -44,7 +44,12 @@ fn herd_flags(args: &[&str], server: &Server) -> Value {
     let out = herd()
         .arg("flags")
         .args(args)
-        .args(["--server", &format!("http://{}", server.grpc), "--key", SECRET])
+        .args([
+            "--server",
+            &format!("http://{}", server.grpc),
+            "--key",
+            SECRET,
+        ])
         .output()
         .expect("run herd flags");
     assert!(
@@ -102,7 +107,10 @@ fn parsed_payloads(result: &Value) -> Value {
     let mut out = result.clone();
     if let Some(payloads) = out["payloads"].as_object_mut() {
         for p in payloads.values_mut() {
-            if let Some(parsed) = p.as_str().and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+            if let Some(parsed) = p
+                .as_str()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            {
                 *p = parsed;
             }
         }
@@ -224,7 +232,11 @@ async fn sdks_local_and_remote_evaluation_agree_with_herd() {
     )
     .expect("write definition");
     let mv = herd_flags(
-        &["create", "--file", multivariate_file.to_str().expect("utf8")],
+        &[
+            "create",
+            "--file",
+            multivariate_file.to_str().expect("utf8"),
+        ],
         &server,
     );
     assert_eq!(mv["version"], 1);
@@ -394,14 +406,20 @@ async fn sdks_local_and_remote_evaluation_agree_with_herd() {
         "multivariate-flag=\"other\"",
         "multivariate-flag=false",
     ] {
-        assert!(tally.get(key).copied().unwrap_or(0) > 20, "{key}: {tally:?}");
+        assert!(
+            tally.get(key).copied().unwrap_or(0) > 20,
+            "{key}: {tally:?}"
+        );
     }
     // Enterprise companies split about half and half; others never get the group flag.
     let enterprise_on = group_value
         .iter()
         .filter(|(c, v)| {
             let n: usize = c["company-".len()..].parse().expect("n");
-            assert!(plan_of(n) == "enterprise" || **v == false, "{c} is not enterprise");
+            assert!(
+                plan_of(n) == "enterprise" || **v == false,
+                "{c} is not enterprise"
+            );
             **v == true
         })
         .count();

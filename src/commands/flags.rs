@@ -210,7 +210,7 @@ impl DefinitionArgs {
                     _ => bail!("{}: the flag must be a JSON object", path.display()),
                 }
             }
-            None => self.from_flags(!group_type.is_empty())?,
+            None => self.built_from_flags(!group_type.is_empty())?,
         };
         if let Some(key) = &self.flag_key {
             flag.insert("key".into(), Value::String(key.clone()));
@@ -232,7 +232,7 @@ impl DefinitionArgs {
         Ok((Value::Object(flag).to_string(), group_type))
     }
 
-    fn from_flags(&self, group: bool) -> anyhow::Result<Map<String, Value>> {
+    fn built_from_flags(&self, group: bool) -> anyhow::Result<Map<String, Value>> {
         let properties = self
             .property
             .iter()

@@ -30,8 +30,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herd_core::ProjectId;
 use herd_flags::{
-    Definitions, EvalContext, Evaluation, FeatureFlag, FlagResult, FlagSet, FlagStore,
-    GroupTypes, PropertyRef,
+    Definitions, EvalContext, Evaluation, FeatureFlag, FlagResult, FlagSet, FlagStore, GroupTypes,
+    PropertyRef,
 };
 use herd_storage::Db;
 use parking_lot::Mutex;
@@ -285,7 +285,9 @@ impl FlagsState {
         let mut stored_types: BTreeSet<String> = BTreeSet::new();
         for (key, outcome) in &first {
             if let Ok(Evaluation::Inconclusive { missing, .. }) = outcome
-                && missing.iter().all(|m| matches!(m, PropertyRef::Group { .. }))
+                && missing
+                    .iter()
+                    .all(|m| matches!(m, PropertyRef::Group { .. }))
             {
                 retry.insert(key.clone());
                 for m in missing {

@@ -320,7 +320,10 @@ fn actor_from(request: &Map<String, Value>) -> Result<Actor, FlagsError> {
     actor.device_id = match field(request, &["device_id", "$device_id"]) {
         Some((Value::String(s), _)) => Some(s.clone()),
         Some((other, name)) => {
-            return Err(bad(format!("{name}: must be a string, not {}", kind(other))));
+            return Err(bad(format!(
+                "{name}: must be a string, not {}",
+                kind(other)
+            )));
         }
         None => actor
             .person_properties
@@ -344,12 +347,14 @@ fn failed_record(key: &str, id: u64, version: u64, code: &str, message: &str) ->
 }
 
 fn respond(shape: Shape, outcomes: &[Outcome]) -> Value {
-    let errors = outcomes
-        .iter()
-        .any(|o| matches!(o, Outcome::Failed { .. }));
+    let errors = outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
     for o in outcomes {
         if let Outcome::Failed { key, message, .. } = o {
-            tracing::debug!(flag = key.as_str(), error = message.as_str(), "flag not evaluated");
+            tracing::debug!(
+                flag = key.as_str(),
+                error = message.as_str(),
+                "flag not evaluated"
+            );
         }
     }
     let values = || {
@@ -455,9 +460,7 @@ async fn definitions_inner(
         .strip_prefix("Bearer ")
         .or_else(|| auth.strip_prefix("bearer "))
         .ok_or_else(|| {
-            FlagsError::Unauthorized(
-                "Authorization must be `Bearer <project secret key>`".into(),
-            )
+            FlagsError::Unauthorized("Authorization must be `Bearer <project secret key>`".into())
         })?
         .trim();
     let handle = state

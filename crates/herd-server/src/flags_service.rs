@@ -244,7 +244,12 @@ impl FlagsService for Flags {
             .store()
             .update(project, current.id, flag, &groups)
             .map_err(FlagsError::from)?;
-        tracing::info!(project, key = stored.key, version = stored.version, "flag updated");
+        tracing::info!(
+            project,
+            key = stored.key,
+            version = stored.version,
+            "flag updated"
+        );
         Ok(Response::new(self.to_proto(project, &stored).await?))
     }
 
@@ -309,9 +314,7 @@ impl FlagsService for Flags {
             },
         };
         let outcomes = self.state.evaluate(project, actor).await;
-        let errors = outcomes
-            .iter()
-            .any(|o| matches!(o, Outcome::Failed { .. }));
+        let errors = outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
         Ok(Response::new(EvaluateFlagsResponse {
             flags: outcomes.into_iter().map(flag_value).collect(),
             errors_while_computing_flags: errors,

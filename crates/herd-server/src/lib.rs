@@ -150,10 +150,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
         source,
     })?;
 
-    let flags = Arc::new(flags::FlagsState::open(
-        db.clone(),
-        &flags_dir,
-    )?);
+    let flags = Arc::new(flags::FlagsState::open(db.clone(), &flags_dir)?);
 
     let (stop, stop_rx) = watch::channel(false);
     let ingestor = Arc::new(Ingestor::new(db.clone()));
