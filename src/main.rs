@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: commands::query::QueryCommand,
     },
+    /// Manage a project's feature flags on a running server (gRPC).
+    Flags {
+        #[command(subcommand)]
+        command: commands::flags::FlagsCommand,
+    },
     /// Manage projects and their keys.
     Project {
         #[command(subcommand)]
@@ -137,6 +142,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Query { command } => {
             init_logs(false);
             commands::query::run(command).await
+        }
+        Command::Flags { command } => {
+            init_logs(false);
+            commands::flags::run(command).await
         }
         Command::Project { command } => {
             init_logs(false);

@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "herd/v1/server.proto",
         "herd/v1/groups.proto",
         "herd/v1/insights.proto",
+        "herd/v1/flags.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

@@ -50,4 +50,16 @@ impl ServeConfig {
             ))),
         }
     }
+
+    /// The folder that holds `flags/` (the flag definitions): the data folder when it is
+    /// local, else the folder the WAL folder is in (definitions need a local disk too).
+    pub fn resolve_flags_dir(&self, storage: &Storage, wal_dir: &std::path::Path) -> PathBuf {
+        match storage.local_root() {
+            Some(root) => root.to_path_buf(),
+            None => wal_dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf),
+        }
+    }
 }

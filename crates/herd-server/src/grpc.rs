@@ -95,6 +95,7 @@ impl ServerInfoService for ServerInfo {
 pub async fn serve(
     listener: TcpListener,
     db: Arc<Db>,
+    flags: Arc<crate::flags::FlagsState>,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -109,6 +110,9 @@ pub async fn serve(
         .await;
     reporter
         .set_serving::<proto::insights_service_server::InsightsServiceServer<crate::insights_service::Insights>>()
+        .await;
+    reporter
+        .set_serving::<proto::flags_service_server::FlagsServiceServer<crate::flags_service::Flags>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -139,6 +143,9 @@ pub async fn serve(
         ))
         .add_service(proto::insights_service_server::InsightsServiceServer::new(
             insights,
+        ))
+        .add_service(proto::flags_service_server::FlagsServiceServer::new(
+            crate::flags_service::Flags::new(flags),
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await

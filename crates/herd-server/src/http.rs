@@ -205,12 +205,14 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
 }
 
 /// Serves HTTP on `listener` until `stop` resolves, then lets in-flight requests finish.
+/// `extra` routes (the flag endpoints) are served beside capture.
 pub async fn serve(
     listener: TcpListener,
     ingestor: Arc<Ingestor>,
+    extra: Router,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let app = router(ingestor);
+    let app = router(ingestor).merge(extra);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -3,9 +3,14 @@
 //! Owns the HTTP capture endpoints ([`http`]), the gRPC listener with the standard health
 //! service ([`grpc`]), configuration ([`config`]), the background flusher, and graceful
 //! shutdown: stop accepting, finish in-flight requests, flush the write buffer, stop the WAL.
+//! Feature flags: the shared state and its error mapping ([`flags`]), the SDK endpoints
+//! ([`flags_http`]) and the gRPC service ([`flags_service`]).
 //! Every library error is mapped to a status exactly once, in [`http::ApiError`].
 
 pub mod config;
+pub mod flags;
+pub mod flags_http;
+pub mod flags_service;
 pub mod groups_service;
 pub mod grpc;
 pub mod http;
@@ -43,6 +48,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(String),
+    /// The flag definitions could not be opened.
+    #[error("flags: {0}")]
+    Flags(#[from] herd_flags::Error),
 }
 
 /// herd-server's result type.
@@ -110,6 +118,7 @@ impl RunningServer {
 pub async fn start(config: ServeConfig) -> Result<RunningServer> {
     let storage = Storage::open(&config.data)?;
     let wal_dir = config.resolve_wal_dir(&storage)?;
+    let flags_dir = config.resolve_flags_dir(&storage, &wal_dir);
     let mut db_config = DbConfig::new(wal_dir);
     db_config.flush_interval = config.flush_interval;
     db_config.flush_rows = config.flush_rows;
@@ -141,15 +150,22 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
         source,
     })?;
 
+    let flags = Arc::new(flags::FlagsState::open(db.clone(), &flags_dir)?);
+
     let (stop, stop_rx) = watch::channel(false);
     let ingestor = Arc::new(Ingestor::new(db.clone()));
     let tasks = vec![
         tokio::spawn(with_grace(
-            http::serve(http_listener, ingestor, stopped(stop_rx.clone())),
+            http::serve(
+                http_listener,
+                ingestor,
+                flags_http::router(flags.clone()),
+                stopped(stop_rx.clone()),
+            ),
             stopped(stop_rx.clone()),
         )),
         tokio::spawn(with_grace(
-            grpc::serve(grpc_listener, db.clone(), stopped(stop_rx.clone())),
+            grpc::serve(grpc_listener, db.clone(), flags, stopped(stop_rx.clone())),
             stopped(stop_rx.clone()),
         )),
         tokio::spawn(flusher(db.clone(), stopped(stop_rx))),
