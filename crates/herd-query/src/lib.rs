@@ -13,6 +13,7 @@ pub mod calendar;
 pub mod filters;
 pub mod funnel;
 pub mod related;
+pub mod retention;
 pub mod trends;
 
 pub use calendar::{Interval, WeekStart};
@@ -22,6 +23,7 @@ pub use funnel::{
     FunnelStepResult, FunnelTrendPoint, FunnelTrendsLine, FunnelViz, Order, TimeToConvert, Window,
     WindowUnit,
 };
+pub use retention::{Cohort, RetentionEntity, RetentionQuery, RetentionResult, RetentionType};
 pub use trends::{
     Breakdown, Display, Math, MathSpec, Series, SeriesResult, TrendsQuery, TrendsResult,
 };
