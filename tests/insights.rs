@@ -457,3 +457,154 @@ async fn bad_requests_get_invalid_argument_naming_the_problem() {
         .into_inner();
     assert_eq!(ok.results[0].data, [1.0, 2.0, 1.0]);
 }
+
+/// Spec §8 example B as captured events.
+async fn capture_example_b(server: &Server) {
+    let ev = |ts: &str, who: &str, event: &str, company: &str| {
+        let mut props = serde_json::json!({});
+        if !company.is_empty() {
+            props["$groups"] = serde_json::json!({ "company": company });
+        }
+        serde_json::json!({"event": event, "distinct_id": who, "timestamp": ts, "properties": props})
+    };
+    let batch = serde_json::json!({"api_key": TOKEN, "batch": [
+        ev("2024-01-01T10:00:00Z", "u1", "signup", "acme"),
+        ev("2024-01-01T12:00:00Z", "u2", "install", "acme"),
+        ev("2024-01-03T09:00:00Z", "u3", "purchase", "acme"),
+        ev("2024-01-01T08:00:00Z", "u4", "signup", "globex"),
+        ev("2024-01-01T09:00:00Z", "u4", "install", "globex"),
+        ev("2024-01-01T20:00:00Z", "u5", "purchase", "globex"),
+        ev("2024-01-02T10:00:00Z", "u6", "install", "initech"),
+        ev("2024-01-01T07:00:00Z", "u7", "signup", ""),
+    ]});
+    let r = reqwest::Client::new()
+        .post(server.url("/batch/"))
+        .json(&batch)
+        .send()
+        .await
+        .expect("capture");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn funnel_and_retention_by_company_from_python_grpcio_and_herd_query() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_project(dir.path());
+    let server = Server::start(dir.path(), &[]);
+    capture_example_b(&server).await;
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(python())
+        .arg(repo().join("tests/clients/grpc_funnels.py"))
+        .arg(repo().join("proto"))
+        .arg(out.path())
+        .arg(&server.grpc)
+        .arg(SECRET)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        got["by_company"],
+        serde_json::json!([
+            {"name": "signup", "count": 2, "avg": null, "median": null},
+            {"name": "install", "count": 2, "avg": 5400.0, "median": 5400.0},
+            {"name": "purchase", "count": 1, "avg": 39600.0, "median": 39600.0},
+        ])
+    );
+    assert_eq!(got["by_person"], serde_json::json!([3, 1, 0]));
+    // acme and globex enter on 01-01 and both install within the day.
+    assert_eq!(
+        got["trends"],
+        serde_json::json!([["2024-01-01", 2, 2, 100.0], ["2024-01-02", 0, 0, 0.0]])
+    );
+    // acme is active on 01-01 and 01-03, globex on 01-01, initech on 01-02.
+    assert_eq!(
+        got["retention"],
+        serde_json::json!([
+            ["2024-01-01", [2, 0, 1]],
+            ["2024-01-02", [1, 0, 0]],
+            ["2024-01-03", [1, 0, 0]]
+        ])
+    );
+    let bad = &got["bad"];
+    assert_eq!(bad[0][0], "INVALID_ARGUMENT");
+    assert!(
+        bad[0][1].as_str().expect("message").starts_with("steps: "),
+        "{bad}"
+    );
+    assert_eq!(bad[1][0], "INVALID_ARGUMENT");
+    assert!(
+        bad[1][1]
+            .as_str()
+            .expect("message")
+            .starts_with("exclusions[0]: "),
+        "{bad}"
+    );
+
+    // The same funnel from the command line.
+    let url = format!("http://{}", server.grpc);
+    let run = |args: &[&str]| {
+        let out = herd()
+            .args(["query"])
+            .args(args)
+            .args(["--server", &url, "--key", SECRET])
+            .output()
+            .expect("run herd query");
+        assert!(
+            out.status.success(),
+            "herd query {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    let doc: serde_json::Value = serde_json::from_str(&run(&[
+        "funnel",
+        "--step",
+        "signup",
+        "--step",
+        "install",
+        "--step",
+        "purchase",
+        "--window",
+        "1",
+        "--group-type",
+        "company",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-07",
+        "--format",
+        "json",
+    ]))
+    .expect("json");
+    let counts: Vec<u64> = doc["lines"][0]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["count"].as_u64().expect("count"))
+        .collect();
+    assert_eq!(counts, [2, 2, 1]);
+    let table = run(&[
+        "retention",
+        "--period",
+        "day",
+        "--periods",
+        "3",
+        "--group-type",
+        "company",
+        "--to",
+        "2024-01-03",
+    ]);
+    let first: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .expect("first cohort")
+        .split_whitespace()
+        .collect();
+    assert_eq!(first, ["2024-01-01", "2", "0", "1"]);
+}

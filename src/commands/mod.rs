@@ -7,6 +7,7 @@ pub(crate) mod flags;
 pub(crate) mod generate;
 pub(crate) mod progress;
 pub(crate) mod query;
+pub(crate) mod query_funnel;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! `herd query trends|groups|group-types`: a gRPC client of a running `herd serve` that prints
+//! `herd query trends|funnel|retention|groups|group-types`: a gRPC client of a running `herd serve` that prints
 //! a table, or one JSON document (`--format json`, shape documented in the README).
 
 use anyhow::{Context, bail};
@@ -20,11 +20,11 @@ pub(crate) struct ClientArgs {
     key: String,
     /// Output: a table, or one JSON document.
     #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    pub(crate) format: Format,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Table,
     Json,
 }
@@ -33,6 +33,10 @@ enum Format {
 pub(crate) enum QueryCommand {
     /// Counts per time bucket: events, unique users, unique groups, actives, property math.
     Trends(TrendsArgs),
+    /// How many users or groups get through a sequence of steps.
+    Funnel(super::query_funnel::FunnelArgs),
+    /// Of each period's cohort, how many come back in the following periods.
+    Retention(super::query_funnel::RetentionArgs),
     /// Groups of one type with their current properties.
     Groups(GroupsArgs),
     /// The project's group types.
@@ -58,7 +62,7 @@ enum MathArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum IntervalArg {
+pub(crate) enum IntervalArg {
     Hour,
     Day,
     Week,
@@ -138,7 +142,7 @@ pub(crate) struct GroupsArgs {
     cursor: String,
 }
 
-async fn channel(args: &ClientArgs) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(args: &ClientArgs) -> anyhow::Result<Channel> {
     Channel::from_shared(args.server.clone())
         .context("--server must be a URL like http://127.0.0.1:50051")?
         .connect()
@@ -146,7 +150,7 @@ async fn channel(args: &ClientArgs) -> anyhow::Result<Channel> {
         .with_context(|| format!("connect to {}", args.server))
 }
 
-fn authorized<T>(args: &ClientArgs, message: T) -> anyhow::Result<tonic::Request<T>> {
+pub(crate) fn authorized<T>(args: &ClientArgs, message: T) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     let value: MetadataValue<_> = format!("Bearer {}", args.key)
         .parse()
@@ -155,19 +159,19 @@ fn authorized<T>(args: &ClientArgs, message: T) -> anyhow::Result<tonic::Request
     Ok(request)
 }
 
-fn status_error(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 
 /// `[GROUP_TYPE:]KEY` → (group type, key).
-fn split_source(text: &str) -> (String, String) {
+pub(crate) fn split_source(text: &str) -> (String, String) {
     match text.split_once(':') {
         Some((g, k)) if !g.is_empty() && !g.starts_with('$') => (g.to_string(), k.to_string()),
         _ => (String::new(), text.to_string()),
     }
 }
 
-fn parse_filter(text: &str) -> anyhow::Result<proto::PropertyFilter> {
+pub(crate) fn parse_filter(text: &str) -> anyhow::Result<proto::PropertyFilter> {
     let mut parts = text.trim().splitn(3, char::is_whitespace);
     let (Some(target), Some(op)) = (parts.next(), parts.next()) else {
         bail!("--filter {text:?}: expected `[GROUP_TYPE:]KEY OPERATOR [VALUE]`");
@@ -210,6 +214,8 @@ fn parse_filter(text: &str) -> anyhow::Result<proto::PropertyFilter> {
 pub(crate) async fn run(command: QueryCommand) -> anyhow::Result<()> {
     match command {
         QueryCommand::Trends(args) => trends(args).await,
+        QueryCommand::Funnel(args) => super::query_funnel::funnel(args).await,
+        QueryCommand::Retention(args) => super::query_funnel::retention(args).await,
         QueryCommand::Groups(args) => groups(args).await,
         QueryCommand::GroupTypes(args) => {
             let mut client = GroupsServiceClient::new(channel(&args).await?);
@@ -353,7 +359,7 @@ async fn trends(args: TrendsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn number(v: f64) -> String {
+pub(crate) fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {
@@ -361,7 +367,7 @@ fn number(v: f64) -> String {
     }
 }
 
-fn micros_rfc3339(micros: i64) -> String {
+pub(crate) fn micros_rfc3339(micros: i64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default()
