@@ -348,10 +348,11 @@ impl QueryEngine {
                     .entry(key)
                     .or_insert_with(|| vec![vec![0; periods]; periods]);
                 for i in cohorts {
-                    table[i][0] += 1;
-                    for k in 1..periods - i {
+                    let row = &mut table[i];
+                    row[0] += 1;
+                    for (k, slot) in row.iter_mut().enumerate().take(periods - i).skip(1) {
                         if has(1, i + k) {
-                            table[i][k] += 1;
+                            *slot += 1;
                         }
                     }
                 }

@@ -117,7 +117,8 @@ async fn example_b_by_company_and_by_person() {
 /// Spec §8 example C: one actor, A→B→C, window 14 days.
 #[tokio::test]
 async fn example_c_order_types() {
-    let cases: &[(&[&str], [u64; 3], [u64; 3], [u64; 3])] = &[
+    type Case<'a> = (&'a [&'a str], [u64; 3], [u64; 3], [u64; 3]);
+    let cases: &[Case<'_>] = &[
         // events, ordered, strict, unordered
         (&["A", "X", "B", "C"], [1, 1, 1], [1, 0, 0], [1, 1, 1]),
         (&["B", "A", "C"], [1, 0, 0], [1, 0, 0], [1, 1, 1]),

@@ -291,13 +291,14 @@ fn check(c: Case) {
                 continue;
             }
             let i = (d - first_day) as usize;
-            want[i][0] += 1;
-            for k in 1..n - i {
+            let row = &mut want[i];
+            row[0] += 1;
+            for (k, slot) in row.iter_mut().enumerate().take(n - i).skip(1) {
                 if returns
                     .get(actor)
                     .is_some_and(|r| r.contains(&(d + k as i64)))
                 {
-                    want[i][k] += 1;
+                    *slot += 1;
                 }
             }
         }

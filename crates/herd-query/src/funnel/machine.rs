@@ -414,24 +414,26 @@ fn unordered(p: &Params, events: &[Ev], value: u32) -> Option<Outcome> {
         if e.steps == 0 {
             return;
         }
-        // Evict events that fell out of the window, recording the best state first.
-        for k in 0..n {
-            while let Some(front) = queues[k].front().copied() {
-                if front + p.window < e.ts {
-                    update(queues, best);
-                    queues[k].pop_front();
-                } else {
-                    break;
-                }
+        // Evict events that fell out of the window, recording the best state first (which
+        // reads every queue, hence the index).
+        let mut k = 0;
+        while k < n {
+            while queues[k]
+                .front()
+                .is_some_and(|front| front + p.window < e.ts)
+            {
+                update(queues, best);
+                queues[k].pop_front();
             }
+            k += 1;
         }
         // The matched step whose most recent queued event is oldest (empty = oldest).
         let mut chosen: Option<(usize, i64)> = None;
-        for k in 0..n {
+        for (k, queue) in queues.iter().enumerate() {
             if e.steps & (1 << k) == 0 {
                 continue;
             }
-            let recent = queues[k].back().copied().unwrap_or(i64::MIN);
+            let recent = queue.back().copied().unwrap_or(i64::MIN);
             if chosen.is_none_or(|(_, t)| recent < t) {
                 chosen = Some((k, recent));
             }

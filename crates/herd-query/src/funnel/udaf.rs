@@ -314,7 +314,7 @@ impl FunnelAccumulator {
             next[g] += 1;
         }
         for g in 0..groups {
-            sorted[starts[g]..starts[g + 1]].sort_unstable_by(|a, b| a.ev.cmp(&b.ev));
+            sorted[starts[g]..starts[g + 1]].sort_unstable_by_key(|a| a.ev);
         }
         (sorted, groups)
     }
