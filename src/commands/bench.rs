@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use herd_query::{
-    Breakdown, Display, Interval, Math, MathSpec, PropertySource, QueryEngine, Series, TrendsQuery,
-    TrendsResult, WeekStart,
+    Breakdown, Display, FunnelQuery, FunnelStep, Interval, Math, MathSpec, PropertySource,
+    QueryEngine, Series, TrendsQuery, TrendsResult, WeekStart, Window, WindowUnit,
 };
 use serde_json::{Value, json};
 
@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 pub(crate) struct BenchArgs {
     #[command(flatten)]
     store: super::StoreArgs,
-    /// Queries to run (Q1, Q4, Q5).
-    #[arg(long, value_delimiter = ',', default_value = "Q1,Q4,Q5")]
+    /// Queries to run (Q1 … Q5).
+    #[arg(long, value_delimiter = ',', default_value = "Q1,Q2,Q3,Q4,Q5")]
     queries: Vec<String>,
     /// Timed runs per query (after one warm-up run).
     #[arg(long, default_value_t = 5)]
@@ -50,7 +50,55 @@ fn series(event: Option<&str>, math: Math, group: Option<&str>) -> Series {
     }
 }
 
-/// The request of a named query.
+/// A named query: a trends or a funnel request.
+enum Job {
+    Trends(TrendsQuery),
+    Funnel(FunnelQuery),
+}
+
+/// Q2 / Q3: the 4-step funnel over all events, 14-day window, by company or by user.
+fn funnel(group: Option<&str>) -> FunnelQuery {
+    FunnelQuery {
+        steps: ["$pageview", "signed_up", "created_project", "upgraded_plan"]
+            .iter()
+            .map(|e| FunnelStep {
+                event: Some((*e).to_string()),
+                ..FunnelStep::default()
+            })
+            .collect(),
+        window: Some(Window {
+            value: 14,
+            unit: WindowUnit::Day,
+        }),
+        aggregation_group_type: group.map(str::to_string),
+        // All events (the anchors have no time filter).
+        date_from: "1970-01-01".into(),
+        date_to: "2999-12-31".into(),
+        ..FunnelQuery::default()
+    }
+}
+
+impl Job {
+    async fn run(&self, engine: &QueryEngine, project: u64, now: i64, name: &str) -> anyhow::Result<Value> {
+        Ok(match self {
+            Job::Trends(q) => answer(name, &engine.trends(project, q, now).await?),
+            Job::Funnel(q) => {
+                let r = engine.funnel(project, q, now).await?;
+                json!(r.lines[0].steps.iter().map(|s| s.count).collect::<Vec<_>>())
+            }
+        })
+    }
+}
+
+fn job(name: &str, from: &str, to: &str) -> anyhow::Result<Job> {
+    Ok(match name {
+        "Q2" => Job::Funnel(funnel(Some("company"))),
+        "Q3" => Job::Funnel(funnel(None)),
+        _ => Job::Trends(request(name, from, to)?),
+    })
+}
+
+/// The request of a named trends query.
 fn request(name: &str, from: &str, to: &str) -> anyhow::Result<TrendsQuery> {
     let base = TrendsQuery {
         date_from: from.into(),
@@ -97,7 +145,7 @@ fn request(name: &str, from: &str, to: &str) -> anyhow::Result<TrendsQuery> {
             date_to: "now".into(),
             ..base
         },
-        other => bail!("unknown query {other:?} (known: Q1, Q4, Q5)"),
+        other => bail!("unknown query {other:?} (known: Q1, Q2, Q3, Q4, Q5)"),
     })
 }
 
@@ -152,16 +200,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let now = chrono::Utc::now().timestamp_micros();
     let mut out = Vec::new();
     for name in &args.queries {
-        let q = request(name, &args.from, &args.to)?;
+        let q = job(name, &args.from, &args.to)?;
         reset_peak_rss();
-        let first = engine
-            .trends(project, &q, now)
+        let first = q
+            .run(&engine, project, now, name)
             .await
             .with_context(|| name.clone())?;
         let mut times = Vec::with_capacity(args.runs);
         for _ in 0..args.runs {
             let t = Instant::now();
-            let r = engine.trends(project, &q, now).await?;
+            let r = q.run(&engine, project, now, name).await?;
             times.push(t.elapsed().as_secs_f64());
             anyhow::ensure!(r == first, "{name}: answers differ between runs");
         }
@@ -174,7 +222,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "median_s": median,
             "max_s": times.last(),
             "peak_rss_mib": peak_rss_kb().map(|k| k as f64 / 1024.0),
-            "answer": answer(name, &first),
+            "answer": first,
         }));
     }
     db.close().await?;
