@@ -79,7 +79,13 @@ fn funnel(group: Option<&str>) -> FunnelQuery {
 }
 
 impl Job {
-    async fn run(&self, engine: &QueryEngine, project: u64, now: i64, name: &str) -> anyhow::Result<Value> {
+    async fn run(
+        &self,
+        engine: &QueryEngine,
+        project: u64,
+        now: i64,
+        name: &str,
+    ) -> anyhow::Result<Value> {
         Ok(match self {
             Job::Trends(q) => answer(name, &engine.trends(project, q, now).await?),
             Job::Funnel(q) => {

@@ -640,3 +640,136 @@ impl Accumulator for SingleFunnel {
         self.0.merge_lists(states, &|_| Ok(0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array};
+    use datafusion::arrow::datatypes::Schema;
+    use datafusion::datasource::MemTable;
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::{SessionConfig, SessionContext, col};
+
+    use crate::funnel::machine::Order;
+
+    const H: i64 = 3_600_000_000;
+
+    fn params() -> Params {
+        Params {
+            steps: 2,
+            order: Order::Ordered,
+            window: 24 * H,
+            step_windows: vec![],
+            optional: 0,
+            attribution: None,
+        }
+    }
+
+    fn arrays(rows: &[(i64, u32)]) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|_| 0))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|_| None::<&str>))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|_| 0))),
+        ]
+    }
+
+    fn bits_of(list: &ArrayRef) -> Vec<Vec<u32>> {
+        let list = list.as_list::<i32>();
+        (0..list.len())
+            .map(|g| {
+                let items = list.value(g);
+                let s = items.as_struct();
+                let bits = s.column(1).as_primitive::<UInt32Type>();
+                bits.values().to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn emitting_the_first_groups_releases_their_rows_and_renumbers_the_rest() {
+        let udaf = FunnelUdaf {
+            params: params(),
+            mode: Mode::Steps,
+            signature: Signature::any(5, Volatility::Immutable),
+        };
+        let mut acc = udaf.accumulator_state();
+        // Groups 0, 1, 2: A→B, A only, A→B.
+        acc.update_batch(
+            &arrays(&[(0, 1), (H, 2), (0, 1), (0, 1)]),
+            &[0, 0, 1, 2],
+            None,
+            3,
+        )
+        .expect("update");
+        let first = acc.evaluate(EmitTo::First(2)).expect("evaluate");
+        assert_eq!(bits_of(&first), [vec![0b11], vec![0b1]]);
+        assert_eq!(acc.rows.len(), 1, "only group 2's row is kept");
+        // Former group 2 is now group 0.
+        acc.update_batch(&arrays(&[(H, 2)]), &[0], None, 1)
+            .expect("update");
+        let rest = acc.evaluate(EmitTo::All).expect("evaluate");
+        assert_eq!(bits_of(&rest), [vec![0b11]]);
+        assert!(acc.rows.is_empty());
+    }
+
+    #[tokio::test]
+    async fn input_sorted_by_actor_is_aggregated_in_streaming_order() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("actor", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("steps", DataType::UInt32, false),
+            Field::new("excl", DataType::UInt32, false),
+            Field::new("bd", DataType::Utf8, true),
+            Field::new("bucket", DataType::Int32, false),
+        ]));
+        let actors: Vec<String> = (0..1000).map(|i| format!("a{i:04}")).collect();
+        let mut columns = vec![Arc::new(StringArray::from_iter_values(
+            actors.iter().flat_map(|a| [a.clone(), a.clone()]),
+        )) as ArrayRef];
+        let rows: Vec<(i64, u32)> = (0..1000).flat_map(|_| [(0, 1), (H, 2)]).collect();
+        columns.extend(arrays(&rows));
+        let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+        let table = MemTable::try_new(schema, vec![vec![batch]])
+            .expect("table")
+            .with_sort_order(vec![vec![col("actor").sort(true, false)]]);
+        let ctx = SessionContext::new_with_config(
+            SessionConfig::new()
+                .with_target_partitions(1)
+                .with_batch_size(64),
+        );
+        let agg = FunnelUdaf::expr(
+            params(),
+            Mode::Steps,
+            vec![
+                col("ts"),
+                col("steps"),
+                col("excl"),
+                col("bd"),
+                col("bucket"),
+            ],
+        );
+        let df = ctx
+            .read_table(Arc::new(table))
+            .expect("read")
+            .aggregate(vec![col("actor")], vec![agg.alias("r")])
+            .expect("aggregate");
+        let plan = df.clone().create_physical_plan().await.expect("plan");
+        let text = displayable(plan.as_ref()).indent(true).to_string();
+        // The aggregate knows its input is grouped by actor and emits each actor as soon as
+        // the next one starts, instead of holding every actor's rows to the end.
+        assert!(text.contains("ordering_mode=Sorted"), "{text}");
+        let batches = df.collect().await.expect("collect");
+        let converted: usize = batches
+            .iter()
+            .map(|b| {
+                bits_of(b.column(1))
+                    .iter()
+                    .filter(|v| v == &&vec![0b11])
+                    .count()
+            })
+            .sum();
+        assert_eq!(converted, 1000);
+    }
+}
