@@ -4,16 +4,19 @@
 //! #36135).
 //!
 //! One DataFusion plan: events → optional joins to the current groups tables → a projection of
-//! the actor, the breakdown value, the bucket of target events, the bucket of returning events
-//! and the time of target events → `GROUP BY actor, breakdown` with the [`RetentionUdaf`]
-//! aggregate, whose flat state is two period bitsets and the first target time per actor.
-//! The cohorts are folded from the per-actor bitsets here.
+//! the actor, the bucket of target events, the bucket of returning events, the time and the
+//! breakdown value of target events → `GROUP BY actor` with the [`RetentionUdaf`] aggregate,
+//! whose flat state is two period bitsets, the first target time and the breakdown value of
+//! the earliest target event that has one, per actor. An actor's cohorts and returns all count
+//! under that one value (first touch), so a return is counted whatever its own value. The
+//! cohorts are folded from the per-actor bitsets here.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Int64Array, Int64Builder, StructArray,
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Int64Array, Int64Builder, StringBuilder,
+    StructArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Int32Type, Int64Type};
 use datafusion::common::{DataFusionError, ScalarValue};
@@ -276,7 +279,9 @@ impl QueryEngine {
         };
         df = df.select(vec![
             actor.alias(ACTOR),
-            bd.alias(BD),
+            when(target.clone(), bd)
+                .otherwise(lit(ScalarValue::Utf8(None)))?
+                .alias(BD),
             when(target.clone(), bucket.clone())
                 .otherwise(null_bucket.clone())?
                 .alias("__target"),
@@ -289,22 +294,19 @@ impl QueryEngine {
         ])?;
         let agg = RetentionUdaf::expr(
             periods,
-            vec![col("__target"), col("__return"), col("__first")],
+            vec![col("__target"), col("__return"), col("__first"), col(BD)],
         );
-        let df = df.aggregate(vec![col(ACTOR), col(BD)], vec![agg.alias("__r")])?;
+        let df = df.aggregate(vec![col(ACTOR)], vec![agg.alias("__r")])?;
         let mut stream = df.execute_stream().await?;
 
         // Per breakdown value, per cohort, per period.
-        let mut per: HashMap<Option<String>, Vec<Vec<u64>>> = HashMap::new();
+        // Sparse: (cohort, period) → actors, so many breakdown values stay small.
+        let mut per: HashMap<Option<String>, HashMap<(usize, usize), u64>> = HashMap::new();
         let words = periods.div_ceil(64);
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            let bd = batch
-                .column(1)
-                .as_string_opt::<i32>()
-                .ok_or_else(|| Error::Internal("retention breakdown is not text".into()))?;
             let r = batch
-                .column(2)
+                .column(1)
                 .as_struct_opt()
                 .ok_or_else(|| Error::Internal("retention output is a struct".into()))?;
             let bits = r.column(0).as_binary::<i32>();
@@ -313,6 +315,10 @@ impl QueryEngine {
                 .as_any()
                 .downcast_ref::<Int64Array>()
                 .ok_or_else(|| Error::Internal("retention first time".into()))?;
+            let bd = r
+                .column(2)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| Error::Internal("retention breakdown is not text".into()))?;
             for row in 0..batch.num_rows() {
                 let key = if breakdown.is_none() {
                     None
@@ -344,15 +350,12 @@ impl QueryEngine {
                 if cohorts.is_empty() {
                     continue;
                 }
-                let table = per
-                    .entry(key)
-                    .or_insert_with(|| vec![vec![0; periods]; periods]);
+                let table = per.entry(key).or_default();
                 for i in cohorts {
-                    let row = &mut table[i];
-                    row[0] += 1;
-                    for (k, slot) in row.iter_mut().enumerate().take(periods - i).skip(1) {
+                    *table.entry((i, 0)).or_default() += 1;
+                    for k in 1..periods - i {
                         if has(1, i + k) {
-                            *slot += 1;
+                            *table.entry((i, k)).or_default() += 1;
                         }
                     }
                 }
@@ -360,14 +363,18 @@ impl QueryEngine {
         }
 
         // Rank breakdown values by their cohorts' total size.
-        let mut values: Vec<(Option<String>, Vec<Vec<u64>>)> = per.into_iter().collect();
+        type Sparse = HashMap<(usize, usize), u64>;
+        let mut values: Vec<(Option<String>, Sparse)> = per.into_iter().collect();
         if breakdown.is_none() && values.is_empty() {
-            values.push((None, vec![vec![0; periods]; periods]));
+            values.push((None, HashMap::new()));
         }
-        values.sort_by(|a, b| {
-            let size = |t: &Vec<Vec<u64>>| t.iter().map(|c| c[0]).sum::<u64>();
-            size(&b.1).cmp(&size(&a.1)).then_with(|| a.0.cmp(&b.0))
-        });
+        let size = |t: &Sparse| {
+            t.iter()
+                .filter(|((_, k), _)| *k == 0)
+                .map(|(_, v)| *v)
+                .sum::<u64>()
+        };
+        values.sort_by(|a, b| size(&b.1).cmp(&size(&a.1)).then_with(|| a.0.cmp(&b.0)));
         if let Some(b) = &query.breakdown {
             let limit = if b.limit == 0 {
                 DEFAULT_BREAKDOWN_LIMIT
@@ -377,12 +384,10 @@ impl QueryEngine {
             if values.len() > limit {
                 let rest = values.split_off(limit);
                 if !b.hide_other {
-                    let mut other = vec![vec![0; periods]; periods];
+                    let mut other = Sparse::new();
                     for (_, t) in rest {
-                        for (i, c) in t.iter().enumerate() {
-                            for (k, v) in c.iter().enumerate() {
-                                other[i][k] += v;
-                            }
+                        for (cell, v) in t {
+                            *other.entry(cell).or_default() += v;
                         }
                     }
                     values.push((Some(BREAKDOWN_OTHER.to_string()), other));
@@ -392,7 +397,11 @@ impl QueryEngine {
         let dates = buckets.labels(tz);
         let name = period_name(period);
         let mut cohorts = Vec::new();
-        for (value, table) in values {
+        for (value, sparse) in values {
+            let mut table = vec![vec![0u64; periods]; periods];
+            for ((i, k), v) in sparse {
+                table[i][k] = v;
+            }
             for (i, c) in table.into_iter().enumerate() {
                 cohorts.push(Cohort {
                     label: format!("{name} {i}"),
@@ -429,7 +438,12 @@ impl RetentionUdaf {
         AggregateUDF::new_from_impl(Self {
             periods,
             signature: Signature::exact(
-                vec![DataType::Int32, DataType::Int32, DataType::Int64],
+                vec![
+                    DataType::Int32,
+                    DataType::Int32,
+                    DataType::Int64,
+                    DataType::Utf8,
+                ],
                 Volatility::Immutable,
             ),
         })
@@ -440,16 +454,12 @@ impl RetentionUdaf {
         Fields::from(vec![
             Field::new("bits", DataType::Binary, false),
             Field::new("first", DataType::Int64, true),
+            Field::new("bd", DataType::Utf8, true),
         ])
     }
 
     fn state(&self) -> RetentionState {
-        RetentionState {
-            words: self.periods.div_ceil(64),
-            periods: self.periods,
-            bits: Vec::new(),
-            first: Vec::new(),
-        }
+        RetentionState::new(self.periods)
     }
 }
 
@@ -478,6 +488,16 @@ impl AggregateUDFImpl for RetentionUdaf {
                 DataType::Int64,
                 true,
             )),
+            Arc::new(Field::new(
+                format!("{}[bd_time]", args.name),
+                DataType::Int64,
+                true,
+            )),
+            Arc::new(Field::new(
+                format!("{}[bd]", args.name),
+                DataType::Utf8,
+                true,
+            )),
         ])
     }
 
@@ -500,14 +520,17 @@ impl AggregateUDFImpl for RetentionUdaf {
     }
 }
 
-/// Flat state: `2 · words` bitset words per group (targets, then returns) and the first
-/// target time per group (`i64::MAX` for none).
+/// Flat state: `2 · words` bitset words per group (targets, then returns), the first target
+/// time per group (`i64::MAX` for none), and the time and value of the earliest target event
+/// with a breakdown value.
 #[derive(Debug)]
 struct RetentionState {
     words: usize,
     periods: usize,
     bits: Vec<u64>,
     first: Vec<i64>,
+    bd_time: Vec<i64>,
+    bd: Vec<Option<String>>,
 }
 
 fn internal(message: &str) -> DataFusionError {
@@ -515,10 +538,23 @@ fn internal(message: &str) -> DataFusionError {
 }
 
 impl RetentionState {
+    fn new(periods: usize) -> Self {
+        Self {
+            words: periods.div_ceil(64),
+            periods,
+            bits: Vec::new(),
+            first: Vec::new(),
+            bd_time: Vec::new(),
+            bd: Vec::new(),
+        }
+    }
+
     fn resize(&mut self, groups: usize) {
         if self.first.len() < groups {
             self.bits.resize(groups * 2 * self.words, 0);
             self.first.resize(groups, i64::MAX);
+            self.bd_time.resize(groups, i64::MAX);
+            self.bd.resize(groups, None);
         }
     }
 
@@ -530,21 +566,39 @@ impl RetentionState {
         }
     }
 
-    fn take(&mut self, emit_to: EmitTo) -> (Vec<u64>, Vec<i64>) {
+    /// Keeps the value of the earliest event (the smaller value on a tie).
+    fn offer(&mut self, group: usize, time: i64, value: &str) {
+        let better = match &self.bd[group] {
+            None => true,
+            Some(v) => (time, value) < (self.bd_time[group], v.as_str()),
+        };
+        if better {
+            self.bd_time[group] = time;
+            self.bd[group] = Some(value.to_string());
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn take(&mut self, emit_to: EmitTo) -> (Vec<u64>, Vec<i64>, Vec<i64>, Vec<Option<String>>) {
         let n = match emit_to {
             EmitTo::All => self.first.len(),
             EmitTo::First(n) => n.min(self.first.len()),
         };
         let first: Vec<i64> = self.first.drain(..n).collect();
         let bits: Vec<u64> = self.bits.drain(..n * 2 * self.words).collect();
-        (bits, first)
+        let bd_time: Vec<i64> = self.bd_time.drain(..n).collect();
+        let bd: Vec<Option<String>> = self.bd.drain(..n).collect();
+        (bits, first, bd_time, bd)
     }
 
+    /// `[bits, first, bd_time, bd]` for the state; the output is `[bits, first, bd]`.
     fn arrays(&mut self, emit_to: EmitTo) -> datafusion::common::Result<Vec<ArrayRef>> {
-        let (bits, first) = self.take(emit_to);
+        let (bits, first, bd_time, bd) = self.take(emit_to);
         let stride = 2 * self.words;
         let mut blobs = BinaryBuilder::with_capacity(first.len(), bits.len() * 8);
         let mut firsts = Int64Builder::with_capacity(first.len());
+        let mut times = Int64Builder::with_capacity(first.len());
+        let mut values = StringBuilder::new();
         for (g, f) in first.iter().enumerate() {
             let bytes: Vec<u8> = bits[g * stride..(g + 1) * stride]
                 .iter()
@@ -552,8 +606,21 @@ impl RetentionState {
                 .collect();
             blobs.append_value(bytes);
             firsts.append_option((*f != i64::MAX).then_some(*f));
+            times.append_option(bd[g].as_ref().map(|_| bd_time[g]));
+            values.append_option(bd[g].as_deref());
         }
-        Ok(vec![Arc::new(blobs.finish()), Arc::new(firsts.finish())])
+        Ok(vec![
+            Arc::new(blobs.finish()),
+            Arc::new(firsts.finish()),
+            Arc::new(times.finish()),
+            Arc::new(values.finish()),
+        ])
+    }
+
+    fn output(&mut self, emit_to: EmitTo) -> datafusion::common::Result<StructArray> {
+        let mut a = self.arrays(emit_to)?;
+        a.remove(2);
+        Ok(StructArray::try_new(RetentionUdaf::fields(), a, None)?)
     }
 
     fn merge(
@@ -561,8 +628,8 @@ impl RetentionState {
         values: &[ArrayRef],
         group_of: &dyn Fn(usize) -> datafusion::common::Result<usize>,
     ) -> datafusion::common::Result<()> {
-        let [blobs, firsts] = values else {
-            return Err(internal("state has 2 columns"));
+        let [blobs, firsts, times, bds] = values else {
+            return Err(internal("state has 4 columns"));
         };
         let blobs = blobs
             .as_binary_opt::<i32>()
@@ -570,6 +637,10 @@ impl RetentionState {
         let firsts = firsts
             .as_primitive_opt::<Int64Type>()
             .ok_or_else(|| internal("first"))?;
+        let times = times
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| internal("bd_time"))?;
+        let bds = bds.as_string_opt::<i32>().ok_or_else(|| internal("bd"))?;
         let stride = 2 * self.words;
         for r in 0..blobs.len() {
             let g = group_of(r)?;
@@ -582,6 +653,9 @@ impl RetentionState {
             if !firsts.is_null(r) {
                 self.first[g] = self.first[g].min(firsts.value(r));
             }
+            if !bds.is_null(r) && !times.is_null(r) {
+                self.offer(g, times.value(r), bds.value(r));
+            }
         }
         Ok(())
     }
@@ -591,8 +665,8 @@ impl RetentionState {
         values: &[ArrayRef],
         group_of: &dyn Fn(usize) -> Option<usize>,
     ) -> datafusion::common::Result<()> {
-        let [target, returning, first] = values else {
-            return Err(internal("takes 3 arguments"));
+        let [target, returning, first, bd] = values else {
+            return Err(internal("takes 4 arguments"));
         };
         let target = target
             .as_primitive_opt::<Int32Type>()
@@ -603,6 +677,7 @@ impl RetentionState {
         let first = first
             .as_primitive_opt::<Int64Type>()
             .ok_or_else(|| internal("first"))?;
+        let bd = bd.as_string_opt::<i32>().ok_or_else(|| internal("bd"))?;
         for r in 0..target.len() {
             let Some(g) = group_of(r) else { continue };
             if !target.is_null(r) {
@@ -612,7 +687,11 @@ impl RetentionState {
                 self.set(g, 1, returning.value(r));
             }
             if !first.is_null(r) {
-                self.first[g] = self.first[g].min(first.value(r));
+                let t = first.value(r);
+                self.first[g] = self.first[g].min(t);
+                if !bd.is_null(r) {
+                    self.offer(g, t, bd.value(r));
+                }
             }
         }
         Ok(())
@@ -635,12 +714,7 @@ impl GroupsAccumulator for RetentionState {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> datafusion::common::Result<ArrayRef> {
-        let arrays = self.arrays(emit_to)?;
-        Ok(Arc::new(StructArray::try_new(
-            RetentionUdaf::fields(),
-            arrays,
-            None,
-        )?))
+        Ok(Arc::new(self.output(emit_to)?))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> datafusion::common::Result<Vec<ArrayRef>> {
@@ -668,12 +742,7 @@ impl GroupsAccumulator for RetentionState {
         opt_filter: Option<&BooleanArray>,
     ) -> datafusion::common::Result<Vec<ArrayRef>> {
         let n = values.first().map_or(0, |v| v.len());
-        let mut one = RetentionState {
-            words: self.words,
-            periods: self.periods,
-            bits: Vec::new(),
-            first: Vec::new(),
-        };
+        let mut one = RetentionState::new(self.periods);
         one.resize(n);
         one.update(values, &|r| {
             opt_filter
@@ -684,7 +753,15 @@ impl GroupsAccumulator for RetentionState {
     }
 
     fn size(&self) -> usize {
-        self.bits.capacity() * 8 + self.first.capacity() * 8
+        self.bits.capacity() * 8
+            + self.first.capacity() * 16
+            + self.bd.capacity() * 24
+            + self
+                .bd
+                .iter()
+                .flatten()
+                .map(String::capacity)
+                .sum::<usize>()
     }
 }
 
@@ -700,8 +777,7 @@ impl Accumulator for SingleRetention {
 
     fn evaluate(&mut self) -> datafusion::common::Result<ScalarValue> {
         self.0.resize(1);
-        let arrays = self.0.arrays(EmitTo::All)?;
-        let s = StructArray::try_new(RetentionUdaf::fields(), arrays, None)?;
+        let s = self.0.output(EmitTo::All)?;
         ScalarValue::try_from_array(&s, 0)
     }
 

@@ -415,9 +415,13 @@ async fn breakdown_attribution() {
         lines(&run(&f, &q).await),
         [v("chrome", [2, 0]), v("", [1, 0])]
     );
-    // Step 1 must be done with the value; step 0 may have any.
+    // Step 1 must be done with the value; step 0 may have any. p3 never did step 1: it
+    // counts at step 0 under no value.
     q.attribution = Attribution::Step(1);
-    assert_eq!(lines(&run(&f, &q).await), [v("safari", [2, 2])]);
+    assert_eq!(
+        lines(&run(&f, &q).await),
+        [v("safari", [2, 2]), v("", [1, 0])]
+    );
     // The limit merges the rest into "Other".
     q.attribution = Attribution::FirstTouch;
     q.breakdown.as_mut().expect("breakdown").limit = 1;
@@ -530,6 +534,19 @@ async fn bad_requests_name_the_problem() {
     q.steps[0].optional = true;
     let (field, _) = err(q).await;
     assert_eq!(field, "steps[0].optional");
+
+    let mut q = base.clone();
+    q.order = Order::Unordered;
+    q.viz = FunnelViz::Trends;
+    let (field, msg) = err(q).await;
+    assert_eq!(field, "viz");
+    assert!(msg.contains("ordered or strict"), "{msg}");
+
+    let mut q = base.clone();
+    q.order = Order::Unordered;
+    q.window_past_date_to = true;
+    let (field, _) = err(q).await;
+    assert_eq!(field, "window_past_date_to");
 
     let mut q = base.clone();
     q.aggregation_group_type = Some("planet".into());

@@ -179,6 +179,64 @@ async fn distinct_target_and_returning_events_and_weeks() {
 }
 
 #[tokio::test]
+async fn an_actor_counts_under_the_value_of_its_first_target_event() {
+    let f = Fixture::new(&[]).await;
+    f.events(&[
+        // Target on chrome, comes back on firefox the next day: a chrome return.
+        (
+            "2024-01-01T10:00:00Z",
+            "u1",
+            "pv",
+            ["", ""],
+            r#"{"$browser":"chrome"}"#,
+        ),
+        (
+            "2024-01-02T10:00:00Z",
+            "u1",
+            "pv",
+            ["", ""],
+            r#"{"$browser":"firefox"}"#,
+        ),
+        (
+            "2024-01-01T11:00:00Z",
+            "u2",
+            "pv",
+            ["", ""],
+            r#"{"$browser":"firefox"}"#,
+        ),
+    ])
+    .await;
+    let mut q = query(2, "2024-01-02");
+    q.breakdown = Some(Breakdown {
+        property: "$browser".into(),
+        source: PropertySource::Event,
+        limit: 0,
+        hide_other: false,
+    });
+    let r = run(&f, &q).await;
+    let lines: Vec<(String, Vec<u64>)> = r
+        .cohorts
+        .iter()
+        .map(|c| {
+            (
+                c.breakdown_value.clone().unwrap_or_default(),
+                c.values.clone(),
+            )
+        })
+        .collect();
+    let l = |v: &str, c: [u64; 2]| (v.to_string(), c.to_vec());
+    assert_eq!(
+        lines,
+        [
+            l("chrome", [1, 1]),
+            l("chrome", [1, 0]),
+            l("firefox", [1, 0]),
+            l("firefox", [0, 0]),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn bad_requests_name_the_field() {
     let f = Fixture::new(&["company"]).await;
     let err = |r: Result<RetentionResult, Error>| match r {

@@ -138,6 +138,10 @@ fn values_of(p: &Params, events: &[Ev]) -> Vec<u32> {
                 .filter(|e| e.steps & (1 << k) != 0)
                 .map(|e| e.bd)
                 .collect();
+            if v.is_empty() {
+                // Never did step k: counted up to where it got, under "no value".
+                v.push(NO_VALUE);
+            }
             v.sort_unstable();
             v.dedup();
             v
@@ -523,8 +527,20 @@ fn trends_one(
     // Steps beyond `to_step` are not part of the funnel.
     let n = to_step + 1;
     let mut entries: Vec<Entry> = Vec::new();
+    // Entries that can no longer change: their bucket is over and their window has closed.
+    let mut finished: Vec<Entry> = Vec::new();
     let mut results: std::collections::BTreeMap<i32, bool> = std::collections::BTreeMap::new();
     for e in events {
+        let mut i = 0;
+        while i < entries.len() {
+            let x = &entries[i];
+            let latest = x.slots.iter().flatten().map(|(s, _)| *s).max();
+            if x.bucket < e.bucket && latest.is_none_or(|s| e.ts - s > p.window) {
+                finished.push(entries.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
         let mut matched: Vec<(usize, bool)> = Vec::new();
         for k in (1..n).rev() {
             if e.excl & (1 << k) != 0 {
@@ -623,6 +639,7 @@ fn trends_one(
             }
         }
     }
+    entries.extend(finished);
     if !entries.iter().any(|x| x.max_excluded == Exclusion::Full) {
         for x in &entries {
             if !results.contains_key(&x.bucket)

@@ -940,6 +940,32 @@ fn resolve(query: &FunnelQuery, mapping: &GroupTypeMapping, now: i64) -> Result<
             ),
         ));
     }
+    if query.viz == FunnelViz::Trends {
+        if query.order == Order::Unordered {
+            return Err(Error::invalid(
+                "viz",
+                "funnel trends need an ordered or strict funnel",
+            ));
+        }
+        if optional != 0 || step_windows.iter().any(Option::is_some) {
+            return Err(Error::invalid(
+                "viz",
+                "funnel trends take no optional steps and no per-step windows",
+            ));
+        }
+    }
+    if query.order == Order::Unordered && step_windows.iter().any(Option::is_some) {
+        return Err(Error::invalid(
+            "steps",
+            "per-step windows need an ordered or strict funnel",
+        ));
+    }
+    if query.window_past_date_to && query.order == Order::Unordered {
+        return Err(Error::invalid(
+            "window_past_date_to",
+            "needs an ordered or strict funnel (any step may start an unordered one)",
+        ));
+    }
     if query.viz == FunnelViz::TimeToConvert && query.order == Order::Unordered {
         return Err(Error::invalid(
             "viz",

@@ -335,6 +335,33 @@ impl FunnelAccumulator {
         (id != NO_VALUE).then(|| self.values.get(id as usize).map(String::as_str))?
     }
 
+    /// Keeps only the interned values the remaining rows use (groups emitted early take
+    /// theirs with them).
+    fn compact_values(&mut self) {
+        if self.values.is_empty() {
+            return;
+        }
+        let mut used = vec![u32::MAX; self.values.len()];
+        let mut values = Vec::new();
+        for r in &mut self.rows {
+            if r.ev.bd == NO_VALUE {
+                continue;
+            }
+            let old = r.ev.bd as usize;
+            if used[old] == u32::MAX {
+                used[old] = values.len() as u32;
+                values.push(std::mem::take(&mut self.values[old]));
+            }
+            r.ev.bd = used[old];
+        }
+        self.ids = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.clone(), i as u32))
+            .collect();
+        self.values = values;
+    }
+
     /// Renumbers the interned values in string order, so that ties between values (two
     /// events at the same time with different values) resolve the same way whatever order
     /// the rows arrived in.
@@ -429,10 +456,7 @@ impl FunnelAccumulator {
             Arc::new(structs),
             None,
         )?;
-        if self.rows.is_empty() {
-            self.values.clear();
-            self.ids.clear();
-        }
+        self.compact_values();
         Ok(Arc::new(list))
     }
 
@@ -475,10 +499,7 @@ impl FunnelAccumulator {
             list(Arc::new(bd.finish()))?,
             list(Arc::new(bucket.finish()))?,
         ];
-        if self.rows.is_empty() {
-            self.values.clear();
-            self.ids.clear();
-        }
+        self.compact_values();
         Ok(out)
     }
 
