@@ -46,6 +46,22 @@ async fn capture_example_a(server: &Server) {
     assert_eq!(r.status(), 200);
 }
 
+/// `herd query ARGS` against the server at `url`; its standard output.
+fn herd_query(url: &str, args: &[&str]) -> String {
+    let out = herd()
+        .args(["query"])
+        .args(args)
+        .args(["--server", url, "--key", SECRET])
+        .output()
+        .expect("run herd query");
+    assert!(
+        out.status.success(),
+        "herd query {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
 fn unique_companies_per_day() -> proto::TrendsRequest {
     proto::TrendsRequest {
         series: vec![proto::Series {
@@ -161,20 +177,7 @@ async fn herd_query_prints_trends_and_groups_as_json_and_tables() {
     let server = Server::start(dir.path(), &[]);
     capture_example_a(&server).await;
     let url = format!("http://{}", server.grpc);
-    let query = |args: &[&str]| {
-        let out = herd()
-            .args(["query"])
-            .args(args)
-            .args(["--server", &url, "--key", SECRET])
-            .output()
-            .expect("run herd query");
-        assert!(
-            out.status.success(),
-            "herd query {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf8")
-    };
+    let query = |args: &[&str]| herd_query(&url, args);
     let doc: serde_json::Value = serde_json::from_str(&query(&[
         "trends",
         "--event",
@@ -548,20 +551,7 @@ async fn funnel_and_retention_by_company_from_python_grpcio_and_herd_query() {
 
     // The same funnel from the command line.
     let url = format!("http://{}", server.grpc);
-    let run = |args: &[&str]| {
-        let out = herd()
-            .args(["query"])
-            .args(args)
-            .args(["--server", &url, "--key", SECRET])
-            .output()
-            .expect("run herd query");
-        assert!(
-            out.status.success(),
-            "herd query {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf8")
-    };
+    let run = |args: &[&str]| herd_query(&url, args);
     let doc: serde_json::Value = serde_json::from_str(&run(&[
         "funnel",
         "--step",

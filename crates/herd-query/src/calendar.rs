@@ -153,6 +153,26 @@ pub enum End {
     To,
 }
 
+/// The inclusive range of a request's `date_from` / `date_to` (empty: `-7d` / `now`), checked
+/// to be in order.
+pub fn parse_range(date_from: &str, date_to: &str, tz: Tz, now: i64) -> Result<(i64, i64), Error> {
+    let from_text = if date_from.is_empty() {
+        "-7d"
+    } else {
+        date_from
+    };
+    let to_text = if date_to.is_empty() { "now" } else { date_to };
+    let from = parse_date("date_from", from_text, End::From, tz, now)?;
+    let to = parse_date("date_to", to_text, End::To, tz, now)?;
+    if from > to {
+        return Err(Error::invalid(
+            "date_from",
+            format!("date_from ({from_text}) is after date_to ({to_text})"),
+        ));
+    }
+    Ok((from, to))
+}
+
 /// Parses a `date_from` / `date_to` value in `tz`:
 /// `YYYY-MM-DD` (a whole local day), `YYYY-MM-DD[T| ]HH:MM[:SS[.f]]` (local time), RFC 3339
 /// with an offset (an absolute instant), or relative `-N{h,d,w,m,y}` from `now` (days, weeks,

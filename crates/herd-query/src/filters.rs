@@ -145,6 +145,33 @@ impl PropertyGroup {
     }
 }
 
+/// "The event is `event` (any event when `None`) and passes `filters`" for a step, exclusion
+/// or retention entity at `field`; the group types its filters read are added to `joins`.
+pub fn event_condition(
+    mapping: &GroupTypeMapping,
+    field: &str,
+    event: Option<&str>,
+    filters: &PropertyGroup,
+    joins: &mut BTreeSet<u8>,
+) -> Result<Expr, Error> {
+    if event == Some("") {
+        return Err(Error::invalid(
+            &format!("{field}.event"),
+            "empty event name (leave it unset for any event)",
+        ));
+    }
+    let filters_field = format!("{field}.filters");
+    filters.group_indexes(mapping, &filters_field, joins)?;
+    let mut cond = match event {
+        Some(e) => col(herd_core::schema::EVENT).eq(lit(e)),
+        None => lit(true),
+    };
+    if let Some(f) = filters.to_expr(mapping, &filters_field)? {
+        cond = cond.and(f);
+    }
+    Ok(cond)
+}
+
 /// The slot of a group type, or INVALID_ARGUMENT naming `field`.
 pub fn group_index(mapping: &GroupTypeMapping, field: &str, name: &str) -> Result<u8, Error> {
     if name.is_empty() {

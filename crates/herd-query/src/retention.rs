@@ -32,7 +32,8 @@ use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
 use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, End, Interval, TimeRange, WeekStart, parse_date, parse_timezone};
 use crate::filters::{
-    PropertyGroup, PropertySource, group_column, group_index, group_key_column, property_expr,
+    PropertyGroup, PropertySource, event_condition, group_column, group_index, group_key_column,
+    property_expr,
 };
 use crate::trends::{BREAKDOWN_NULL, BREAKDOWN_OTHER, Breakdown, DEFAULT_BREAKDOWN_LIMIT};
 use crate::{Error, QueryEngine, Result};
@@ -190,23 +191,8 @@ impl QueryEngine {
         query
             .filters
             .group_indexes(&mapping, "filters", &mut joins)?;
-        let entity = |e: &RetentionEntity, field: &str, joins: &mut BTreeSet<u8>| -> Result<Expr> {
-            if e.event.as_deref() == Some("") {
-                return Err(Error::invalid(
-                    &format!("{field}.event"),
-                    "empty event name (leave it unset for any event)",
-                ));
-            }
-            e.filters
-                .group_indexes(&mapping, &format!("{field}.filters"), joins)?;
-            let mut cond = match &e.event {
-                Some(name) => col(EVENT).eq(lit(name.as_str())),
-                None => lit(true),
-            };
-            if let Some(f) = e.filters.to_expr(&mapping, &format!("{field}.filters"))? {
-                cond = cond.and(f);
-            }
-            Ok(cond)
+        let entity = |e: &RetentionEntity, field: &str, joins: &mut BTreeSet<u8>| {
+            event_condition(&mapping, field, e.event.as_deref(), &e.filters, joins)
         };
         let target = entity(&query.target, "target", &mut joins)?;
         let returning = entity(&query.returning, "returning", &mut joins)?;

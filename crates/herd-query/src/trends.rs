@@ -26,7 +26,7 @@ use herd_core::GroupTypeMapping;
 use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
 
 use crate::bucket::BucketUdf;
-use crate::calendar::{Buckets, End, Interval, TimeRange, WeekStart, parse_date, parse_timezone};
+use crate::calendar::{Buckets, Interval, TimeRange, WeekStart, parse_range, parse_timezone};
 use crate::filters::{
     PropertyGroup, PropertySource, group_column, group_index, group_key_column, numeric,
     property_expr,
@@ -752,24 +752,7 @@ fn resolve(query: &TrendsQuery, mapping: &GroupTypeMapping, now: i64) -> Result<
         ));
     }
     let tz = parse_timezone(&query.timezone)?;
-    let from_text = if query.date_from.is_empty() {
-        "-7d"
-    } else {
-        &query.date_from
-    };
-    let to_text = if query.date_to.is_empty() {
-        "now"
-    } else {
-        &query.date_to
-    };
-    let from = parse_date("date_from", from_text, End::From, tz, now)?;
-    let to = parse_date("date_to", to_text, End::To, tz, now)?;
-    if from > to {
-        return Err(Error::invalid(
-            "date_from",
-            format!("date_from ({from_text}) is after date_to ({to_text})"),
-        ));
-    }
+    let (from, to) = parse_range(&query.date_from, &query.date_to, tz, now)?;
     let breakdown = match &query.breakdown {
         None => None,
         Some(b) => Some((

@@ -28,9 +28,10 @@ use herd_core::GroupTypeMapping;
 use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
 
 use crate::bucket::BucketUdf;
-use crate::calendar::{Buckets, End, Interval, TimeRange, WeekStart, parse_date, parse_timezone};
+use crate::calendar::{Buckets, Interval, TimeRange, WeekStart, parse_range, parse_timezone};
 use crate::filters::{
-    PropertyGroup, PropertySource, group_column, group_index, group_key_column, property_expr,
+    PropertyGroup, PropertySource, event_condition, group_column, group_index, group_key_column,
+    property_expr,
 };
 use crate::trends::{Breakdown, DEFAULT_BREAKDOWN_LIMIT};
 use crate::{Error, QueryEngine, Result};
@@ -745,24 +746,7 @@ fn resolve(query: &FunnelQuery, mapping: &GroupTypeMapping, now: i64) -> Result<
         })
         .micros("window")?;
     let tz = parse_timezone(&query.timezone)?;
-    let from_text = if query.date_from.is_empty() {
-        "-7d"
-    } else {
-        &query.date_from
-    };
-    let to_text = if query.date_to.is_empty() {
-        "now"
-    } else {
-        &query.date_to
-    };
-    let from = parse_date("date_from", from_text, End::From, tz, now)?;
-    let to = parse_date("date_to", to_text, End::To, tz, now)?;
-    if from > to {
-        return Err(Error::invalid(
-            "date_from",
-            format!("date_from ({from_text}) is after date_to ({to_text})"),
-        ));
-    }
+    let (from, to) = parse_range(&query.date_from, &query.date_to, tz, now)?;
     let actor_group = query
         .aggregation_group_type
         .as_deref()
@@ -782,12 +766,6 @@ fn resolve(query: &FunnelQuery, mapping: &GroupTypeMapping, now: i64) -> Result<
     let mut any_event = false;
     for (k, s) in query.steps.iter().enumerate() {
         let field = format!("steps[{k}]");
-        if s.event.as_deref() == Some("") {
-            return Err(Error::invalid(
-                &format!("{field}.event"),
-                "empty event name (leave it unset for any event)",
-            ));
-        }
         if s.optional {
             if k == 0 {
                 return Err(Error::invalid(
@@ -813,20 +791,12 @@ fn resolve(query: &FunnelQuery, mapping: &GroupTypeMapping, now: i64) -> Result<
             }
             Some(w) => Some(w.micros(&format!("{field}.window"))?),
         });
-        s.filters
-            .group_indexes(mapping, &format!("{field}.filters"), &mut joins)?;
-        let mut cond = match &s.event {
+        let cond = event_condition(mapping, &field, s.event.as_deref(), &s.filters, &mut joins)?;
+        match &s.event {
             Some(e) => {
                 names.insert(e.clone());
-                col(EVENT).eq(lit(e.as_str()))
             }
-            None => {
-                any_event = true;
-                lit(true)
-            }
-        };
-        if let Some(f) = s.filters.to_expr(mapping, &format!("{field}.filters"))? {
-            cond = cond.and(f);
+            None => any_event = true,
         }
         step_exprs.push(cond);
     }
@@ -860,12 +830,6 @@ fn resolve(query: &FunnelQuery, mapping: &GroupTypeMapping, now: i64) -> Result<
                 ),
             ));
         }
-        if x.event.as_deref() == Some("") {
-            return Err(Error::invalid(
-                &format!("{field}.event"),
-                "empty event name (leave it unset for any event)",
-            ));
-        }
         for k in x.from_step..=x.to_step {
             let s = &query.steps[k];
             let same_event = x.event.is_none() || x.event == s.event;
@@ -878,20 +842,12 @@ fn resolve(query: &FunnelQuery, mapping: &GroupTypeMapping, now: i64) -> Result<
                 ));
             }
         }
-        x.filters
-            .group_indexes(mapping, &format!("{field}.filters"), &mut joins)?;
-        let mut cond = match &x.event {
+        let cond = event_condition(mapping, &field, x.event.as_deref(), &x.filters, &mut joins)?;
+        match &x.event {
             Some(e) => {
                 names.insert(e.clone());
-                col(EVENT).eq(lit(e.as_str()))
             }
-            None => {
-                any_event = true;
-                lit(true)
-            }
-        };
-        if let Some(f) = x.filters.to_expr(mapping, &format!("{field}.filters"))? {
-            cond = cond.and(f);
+            None => any_event = true,
         }
         let mask = ((x.from_step + 1)..=x.to_step).fold(0u32, |m, k| m | (1 << k));
         exclusion_exprs.push((cond, mask));
