@@ -150,10 +150,10 @@ fn values_of(p: &Params, events: &[Ev]) -> Vec<u32> {
 }
 
 /// The events seen under breakdown value `value`.
-fn events_for(p: &Params, events: &[Ev], value: u32) -> Vec<Ev> {
+fn events_for<'a>(p: &Params, events: &'a [Ev], value: u32) -> std::borrow::Cow<'a, [Ev]> {
     match p.attribution {
         Some(Attribution::AllEvents) => events.iter().filter(|e| e.bd == value).copied().collect(),
-        _ => events.to_vec(),
+        _ => std::borrow::Cow::Borrowed(events),
     }
 }
 
@@ -172,32 +172,33 @@ pub fn run(p: &Params, events: &[Ev]) -> Vec<Outcome> {
     out
 }
 
-/// One attempt: the state of a slot.
+/// One attempt: the state of a slot. `N` ≥ the number of steps; attempts are copied on every
+/// accepted step, so short funnels use short arrays.
 #[derive(Debug, Clone, Copy)]
-struct Attempt {
+struct Attempt<const N: usize> {
     start: i64,
     excluded: bool,
     bits: u32,
-    at: [i64; MAX_STEPS],
-    ids: [u32; MAX_STEPS],
+    at: [i64; N],
+    ids: [u32; N],
 }
 
 const UNSET: i64 = i64::MIN;
 
-impl Attempt {
+impl<const N: usize> Attempt<N> {
     fn entry(ts: i64) -> Self {
         Self {
             start: ts,
             excluded: false,
             bits: 0,
-            at: [UNSET; MAX_STEPS],
-            ids: [u32::MAX; MAX_STEPS],
+            at: [UNSET; N],
+            ids: [u32::MAX; N],
         }
     }
 
     /// The time of the latest step this attempt reached (its start when none).
     fn last_time(&self) -> i64 {
-        (0..MAX_STEPS)
+        (0..N)
             .rev()
             .find(|k| self.bits & (1 << k) != 0)
             .map_or(self.start, |k| self.at[k])
@@ -214,16 +215,16 @@ struct Item {
     bd: u32,
 }
 
-struct Ordered<'a> {
+struct Ordered<'a, const N: usize> {
     p: &'a Params,
     value: u32,
     /// `slots[0]` is the entry slot; `slots[s]` holds the attempt that reached step `s − 1`.
-    slots: Vec<Option<Attempt>>,
-    max: Option<(usize, Attempt)>,
+    slots: Vec<Option<Attempt<N>>>,
+    max: Option<(usize, Attempt<N>)>,
 }
 
-impl Ordered<'_> {
-    fn in_window(&self, a: &Attempt, ts: i64) -> bool {
+impl<const N: usize> Ordered<'_, N> {
+    fn in_window(&self, a: &Attempt<N>, ts: i64) -> bool {
         ts - a.start <= self.p.window
     }
 
@@ -232,18 +233,15 @@ impl Ordered<'_> {
         let n = self.p.steps;
         // Matched items, visited in descending order: exclusions (as negative steps) first
         // from the highest, then steps from the highest.
-        let mut matched: Vec<(usize, bool)> = Vec::with_capacity(4);
-        for k in (1..n).rev() {
-            if e.excl & (1 << k) != 0 {
-                matched.push((k + 1, true));
-            }
-        }
-        for k in (0..n).rev() {
-            if e.steps & (1 << k) != 0 {
-                matched.push((k + 1, false));
-            }
-        }
-        for (slot, exclusion) in matched {
+        let exclusions = (1..n)
+            .rev()
+            .filter(|k| e.excl & (1 << k) != 0)
+            .map(|k| (k + 1, true));
+        let steps = (0..n)
+            .rev()
+            .filter(|k| e.steps & (1 << k) != 0)
+            .map(|k| (k + 1, false));
+        for (slot, exclusion) in exclusions.chain(steps) {
             let mut prev = slot - 1;
             let ok = |s: &Self, prev: usize| s.slots[prev].is_some_and(|a| s.in_window(&a, e.ts));
             let mut in_window = ok(self, prev);
@@ -313,8 +311,16 @@ impl Ordered<'_> {
 }
 
 fn ordered(p: &Params, events: &[Ev], value: u32) -> Option<Outcome> {
+    match p.steps {
+        0..=4 => ordered_n::<4>(p, events, value),
+        5..=8 => ordered_n::<8>(p, events, value),
+        _ => ordered_n::<MAX_STEPS>(p, events, value),
+    }
+}
+
+fn ordered_n<const N: usize>(p: &Params, events: &[Ev], value: u32) -> Option<Outcome> {
     let n = p.steps;
-    let mut m = Ordered {
+    let mut m: Ordered<'_, N> = Ordered {
         p,
         value,
         slots: vec![None; n + 1],

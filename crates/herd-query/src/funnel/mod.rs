@@ -22,7 +22,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, JoinType, Operator, cast as cast_expr, lit, when,
 };
-use datafusion::prelude::col;
+use datafusion::prelude::{DataFrame, col};
 use futures::StreamExt;
 use herd_core::GroupTypeMapping;
 use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
@@ -406,6 +406,13 @@ impl QueryEngine {
             ],
         );
         let df = df.aggregate(vec![col(ACTOR)], vec![agg.alias(OUT)])?;
+        // The partial phase of the aggregate cannot reduce anything (its state is the rows
+        // themselves): pass rows straight to the final phase instead of holding them all.
+        let (mut state, plan) = df.into_parts();
+        let execution = &mut state.config_mut().options_mut().execution;
+        execution.skip_partial_aggregation_probe_ratio_threshold = 0.0;
+        execution.skip_partial_aggregation_probe_rows_threshold = 0;
+        let df = DataFrame::new(state, plan);
         let mut stream = df.execute_stream().await?;
 
         let mut result = FunnelResult {

@@ -575,7 +575,36 @@ impl GroupsAccumulator for FunnelAccumulator {
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
-        // Each row its own group.
+        // Each row its own group: with no filter, the input columns are the list values as
+        // they are (one-element lists, no copy).
+        let expected = [
+            DataType::Int64,
+            DataType::UInt32,
+            DataType::UInt32,
+            DataType::Utf8,
+            DataType::Int32,
+        ];
+        if opt_filter.is_none()
+            && values.len() == expected.len()
+            && values
+                .iter()
+                .zip(&expected)
+                .all(|(v, t)| v.data_type() == t)
+        {
+            let n = values.first().map_or(0, |v| v.len());
+            let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(1, n));
+            return values
+                .iter()
+                .map(|v| -> Result<ArrayRef> {
+                    Ok(Arc::new(ListArray::try_new(
+                        Arc::new(Field::new("item", v.data_type().clone(), true)),
+                        offsets.clone(),
+                        v.clone(),
+                        None,
+                    )?))
+                })
+                .collect();
+        }
         let mut one = self.empty();
         one.update_batch(
             values,
