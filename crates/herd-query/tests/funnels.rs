@@ -554,3 +554,32 @@ async fn bad_requests_name_the_problem() {
     assert_eq!(field, "aggregation_group_type");
     assert!(msg.contains("unknown group type"), "{msg}");
 }
+
+#[tokio::test]
+async fn more_actors_than_one_output_batch_are_each_counted_once() {
+    // DataFusion slices the aggregate's output into batches that share one list-values
+    // array; every actor must still count once.
+    let f = Fixture::new(&[]).await;
+    let base = common::micros("2024-01-02T10:00:00Z");
+    let mut rows = Vec::new();
+    for i in 0..20_000u64 {
+        for (k, event) in ["A", "B"].iter().enumerate() {
+            if k == 1 && i % 4 == 0 {
+                continue;
+            }
+            let t = base + (i as i64) * 1_000 + k as i64 * 60_000_000;
+            rows.push(herd_core::Event {
+                uuid: uuid::Uuid::from_u128(u128::from(i * 2 + k as u64 + 1)),
+                event: (*event).to_string(),
+                distinct_id: format!("u{i}"),
+                timestamp: t,
+                properties: "{}".into(),
+                groups: Default::default(),
+                created_at: t,
+            });
+        }
+    }
+    f.write(rows).await;
+    let r = run(&f, &funnel(&["A", "B"], days(1))).await;
+    assert_eq!(counts(&r), [20_000, 15_000]);
+}

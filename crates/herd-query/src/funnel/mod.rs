@@ -442,8 +442,7 @@ impl QueryEngine {
                         .column(1)
                         .as_list_opt::<i32>()
                         .ok_or_else(|| Error::Internal("funnel output is a list".into()))?;
-                    let items: datafusion::arrow::array::RecordBatch =
-                        list.values().as_struct().clone().into();
+                    let items = list_items(list);
                     let bd: StringArray = crate::column_as(&items, 0, &DataType::Utf8)?;
                     let bucket: Int32Array = crate::column_as(&items, 1, &DataType::Int32)?;
                     let conv: BooleanArray = crate::column_as(&items, 2, &DataType::Boolean)?;
@@ -498,6 +497,21 @@ impl QueryEngine {
     }
 }
 
+/// The items of the rows of a list of structs as one batch: only the range its offsets cover
+/// (an output batch may be a slice of a larger array, sharing all of its values).
+fn list_items(list: &datafusion::arrow::array::ListArray) -> datafusion::arrow::array::RecordBatch {
+    let offsets = list.value_offsets();
+    let (start, end) = (
+        offsets.first().copied().unwrap_or(0) as usize,
+        offsets.last().copied().unwrap_or(0) as usize,
+    );
+    list.values()
+        .slice(start, end - start)
+        .as_struct()
+        .clone()
+        .into()
+}
+
 fn bit_or(a: Expr, b: Expr) -> Expr {
     Expr::BinaryExpr(BinaryExpr::new(
         Box::new(a),
@@ -538,7 +552,7 @@ impl StepsFold {
             .column(1)
             .as_list_opt::<i32>()
             .ok_or_else(|| Error::Internal("funnel output is a list".into()))?;
-        let items: datafusion::arrow::array::RecordBatch = list.values().as_struct().clone().into();
+        let items = list_items(list);
         let bd: StringArray = crate::column_as(&items, 0, &DataType::Utf8)?;
         let bits: UInt32Array = crate::column_as(&items, 1, &DataType::UInt32)?;
         let times = (0..self.steps)
