@@ -411,3 +411,30 @@ proptest! {
         check(c);
     }
 }
+
+#[tokio::test]
+async fn more_actors_than_one_output_batch_are_each_counted_once() {
+    let f = Fixture::new(&[]).await;
+    let day1 = common::micros("2024-01-01T10:00:00Z");
+    let mut rows = Vec::new();
+    for i in 0..20_000u64 {
+        for d in 0..2i64 {
+            if d == 1 && i % 4 == 0 {
+                continue;
+            }
+            let t = day1 + d * 86_400_000_000 + i as i64;
+            rows.push(Event {
+                uuid: uuid::Uuid::from_u128(u128::from(i * 2 + d as u64 + 1)),
+                event: "pv".into(),
+                distinct_id: format!("u{i}"),
+                timestamp: t,
+                properties: "{}".into(),
+                groups: Default::default(),
+                created_at: t,
+            });
+        }
+    }
+    f.write(rows).await;
+    let r = run(&f, &query(2, "2024-01-02")).await;
+    assert_eq!(table(&r), [vec![20_000, 15_000], vec![15_000, 0]]);
+}
