@@ -46,6 +46,26 @@ async fn capture_example_a(server: &Server) {
     assert_eq!(r.status(), 200);
 }
 
+/// Runs a Python grpcio client from `tests/clients/` (stubs generated from `proto/` into a
+/// temporary folder) against `server`; the JSON document it prints.
+fn python_grpc_client(script: &str, server: &Server) -> serde_json::Value {
+    let out = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(python())
+        .arg(repo().join("tests/clients").join(script))
+        .arg(repo().join("proto"))
+        .arg(out.path())
+        .arg(&server.grpc)
+        .arg(SECRET)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python client {script} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
 /// `herd query ARGS` against the server at `url`; its standard output.
 fn herd_query(url: &str, args: &[&str]) -> String {
     let out = herd()
@@ -99,21 +119,7 @@ async fn trends_groups_and_reflection_from_python_grpcio() {
     assert_eq!(r.labels, ["2024-01-01", "2024-01-02", "2024-01-03"]);
     assert_eq!(r.results[0].data, [1.0, 2.0, 1.0]);
 
-    let out = tempfile::tempdir().expect("tempdir");
-    let output = std::process::Command::new(python())
-        .arg(repo().join("tests/clients/grpc_insights.py"))
-        .arg(repo().join("proto"))
-        .arg(out.path())
-        .arg(&server.grpc)
-        .arg(SECRET)
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "python client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let got = python_grpc_client("grpc_insights.py", &server);
     assert_eq!(
         got["daily"],
         serde_json::json!({"labels": ["2024-01-01", "2024-01-02", "2024-01-03"], "data": [1.0, 2.0, 1.0]})
@@ -496,21 +502,7 @@ async fn funnel_and_retention_by_company_from_python_grpcio_and_herd_query() {
     let server = Server::start(dir.path(), &[]);
     capture_example_b(&server).await;
 
-    let out = tempfile::tempdir().expect("tempdir");
-    let output = std::process::Command::new(python())
-        .arg(repo().join("tests/clients/grpc_funnels.py"))
-        .arg(repo().join("proto"))
-        .arg(out.path())
-        .arg(&server.grpc)
-        .arg(SECRET)
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "python client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let got = python_grpc_client("grpc_funnels.py", &server);
     assert_eq!(
         got["by_company"],
         serde_json::json!([

@@ -210,6 +210,16 @@ pub(crate) fn parse_filter(text: &str) -> anyhow::Result<proto::PropertyFilter> 
     })
 }
 
+/// The protobuf interval of `--interval` / `--period`.
+pub(crate) fn interval(i: IntervalArg) -> proto::Interval {
+    match i {
+        IntervalArg::Hour => proto::Interval::Hour,
+        IntervalArg::Day => proto::Interval::Day,
+        IntervalArg::Week => proto::Interval::Week,
+        IntervalArg::Month => proto::Interval::Month,
+    }
+}
+
 /// Runs a `herd query` subcommand.
 pub(crate) async fn run(command: QueryCommand) -> anyhow::Result<()> {
     match command {
@@ -281,12 +291,7 @@ async fn trends(args: TrendsArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let request = proto::TrendsRequest {
         series,
-        interval: match args.interval {
-            IntervalArg::Hour => proto::Interval::Hour,
-            IntervalArg::Day => proto::Interval::Day,
-            IntervalArg::Week => proto::Interval::Week,
-            IntervalArg::Month => proto::Interval::Month,
-        } as i32,
+        interval: interval(args.interval) as i32,
         date_from: args.from.clone(),
         date_to: args.to.clone(),
         timezone: args.tz.clone(),

@@ -7,8 +7,8 @@ use proto::insights_service_client::InsightsServiceClient;
 use serde_json::{Value, json};
 
 use super::query::{
-    ClientArgs, Format, IntervalArg, authorized, channel, micros_rfc3339, number, parse_filter,
-    split_source, status_error,
+    ClientArgs, Format, IntervalArg, authorized, channel, interval, micros_rfc3339, number,
+    parse_filter, split_source, status_error,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,15 +144,6 @@ fn filters(list: &[String]) -> anyhow::Result<Option<proto::PropertyGroup>> {
         filters,
         groups: vec![],
     }))
-}
-
-fn interval(i: IntervalArg) -> proto::Interval {
-    match i {
-        IntervalArg::Hour => proto::Interval::Hour,
-        IntervalArg::Day => proto::Interval::Day,
-        IntervalArg::Week => proto::Interval::Week,
-        IntervalArg::Month => proto::Interval::Month,
-    }
 }
 
 fn breakdown(text: &Option<String>, limit: u32) -> Option<proto::Breakdown> {

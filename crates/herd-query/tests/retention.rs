@@ -39,6 +39,19 @@ async fn run(f: &Fixture, q: &RetentionQuery) -> RetentionResult {
         .expect("retention")
 }
 
+/// (breakdown value, values) per cohort.
+fn lines(r: &RetentionResult) -> Vec<(String, Vec<u64>)> {
+    r.cohorts
+        .iter()
+        .map(|c| {
+            (
+                c.breakdown_value.clone().unwrap_or_default(),
+                c.values.clone(),
+            )
+        })
+        .collect()
+}
+
 fn table(r: &RetentionResult) -> Vec<Vec<u64>> {
     r.cohorts.iter().map(|c| c.values.clone()).collect()
 }
@@ -123,16 +136,7 @@ async fn by_company_with_a_breakdown_by_plan() {
         hide_other: false,
     });
     let r = run(&f, &q).await;
-    let lines: Vec<(String, Vec<u64>)> = r
-        .cohorts
-        .iter()
-        .map(|c| {
-            (
-                c.breakdown_value.clone().unwrap_or_default(),
-                c.values.clone(),
-            )
-        })
-        .collect();
+    let lines = lines(&r);
     let l = |v: &str, c: [u64; 4]| (v.to_string(), c.to_vec());
     assert_eq!(
         lines,
@@ -214,16 +218,7 @@ async fn an_actor_counts_under_the_value_of_its_first_target_event() {
         hide_other: false,
     });
     let r = run(&f, &q).await;
-    let lines: Vec<(String, Vec<u64>)> = r
-        .cohorts
-        .iter()
-        .map(|c| {
-            (
-                c.breakdown_value.clone().unwrap_or_default(),
-                c.values.clone(),
-            )
-        })
-        .collect();
+    let lines = lines(&r);
     let l = |v: &str, c: [u64; 2]| (v.to_string(), c.to_vec());
     assert_eq!(
         lines,
