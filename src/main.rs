@@ -3,7 +3,10 @@
 mod commands;
 
 /// mimalloc: capture and bulk loads allocate many small JSON values; glibc malloc was a
-/// quarter of the capture profile.
+/// quarter of the capture profile. Built with `no_thp`: scans allocate and free large decode
+/// buffers continually, and with transparent huge pages every fresh buffer faulted in a zeroed
+/// 2 MiB page (~30 % of a selective query's time in the kernel's `clear_page`, and 2–3× the
+/// peak RSS on the 10M benchmark set; README, "Memory tuning").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

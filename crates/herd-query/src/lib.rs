@@ -183,11 +183,14 @@ impl QueryEngine {
     }
 
     async fn events_provider(&self, snapshot: &TableSnapshot) -> Result<Arc<dyn TableProvider>> {
-        let schema = events_schema();
-        let buffered: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(
-            schema.clone(),
-            vec![snapshot.buffered_events.clone()],
-        )?);
+        let schema = query_events_schema();
+        let buffered = snapshot
+            .buffered_events
+            .iter()
+            .map(|b| as_query_batch(b, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        let buffered: Arc<dyn TableProvider> =
+            Arc::new(MemTable::try_new(schema.clone(), vec![buffered])?);
         if snapshot.catalog.events.is_empty() {
             return Ok(buffered);
         }
@@ -209,6 +212,92 @@ impl QueryEngine {
             .union(self.ctx.read_table(buffered)?)?;
         Ok(union.into_view())
     }
+}
+
+/// Environment variable: when set (to anything but `0`), every insight query prints its
+/// physical plan with DataFusion's execution metrics (rows, time, bytes scanned, pruning) to
+/// standard error once it has run. For finding where a query's time goes.
+pub const EXPLAIN_ENV: &str = "HERD_EXPLAIN_ANALYZE";
+
+fn explain_enabled() -> bool {
+    std::env::var_os(EXPLAIN_ENV).is_some_and(|v| v != "0")
+}
+
+/// Prints its plan with metrics to standard error when dropped (after the stream is drained).
+pub(crate) struct Explain(Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>);
+
+impl Explain {
+    /// A guard for `plan` (printing only when [`EXPLAIN_ENV`] is set).
+    pub(crate) fn new(plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Self {
+        Self(explain_enabled().then_some(plan))
+    }
+}
+
+impl Drop for Explain {
+    fn drop(&mut self) {
+        if let Some(plan) = &self.0 {
+            let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                plan.as_ref(),
+            )
+            .indent(true);
+            eprintln!("{EXPLAIN_ENV}:\n{shown}");
+        }
+    }
+}
+
+/// Runs `df` as a stream; the returned guard prints the plan's metrics when
+/// [`EXPLAIN_ENV`] is set.
+pub(crate) async fn execute_stream(
+    df: DataFrame,
+) -> Result<(
+    datafusion::physical_plan::SendableRecordBatchStream,
+    Explain,
+)> {
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let stream = datafusion::physical_plan::execute_stream(plan.clone(), task)?;
+    Ok((stream, Explain::new(plan)))
+}
+
+/// Runs `df` to completion (see [`execute_stream`]).
+pub(crate) async fn collect(df: DataFrame) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    use futures::TryStreamExt;
+    let (stream, _explain) = execute_stream(df).await?;
+    Ok(stream.try_collect().await?)
+}
+
+/// The events table as queries see it: the stored schema with its strings read as
+/// `Utf8View` (the Parquet reader then points views into each column chunk's dictionary
+/// instead of copying every value, and DataFusion's string kernels take views natively).
+pub fn query_events_schema() -> datafusion::arrow::datatypes::SchemaRef {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let stored = events_schema();
+    let fields: Vec<Field> = stored
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone()))
+}
+
+/// A stored-schema batch (the write buffer) cast to [`query_events_schema`].
+fn as_query_batch(
+    batch: &datafusion::arrow::array::RecordBatch,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+) -> Result<datafusion::arrow::array::RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(datafusion::arrow::array::RecordBatch::try_new(
+        schema.clone(),
+        columns,
+    )?)
 }
 
 /// Column `i` of `batch` cast to `data_type` and downcast to its array type `A`.

@@ -283,7 +283,7 @@ impl QueryEngine {
             vec![col("__target"), col("__return"), col("__first"), col(BD)],
         );
         let df = df.aggregate(vec![col(ACTOR)], vec![agg.alias("__r")])?;
-        let mut stream = df.execute_stream().await?;
+        let (mut stream, _explain) = crate::execute_stream(df).await?;
 
         // Per breakdown value, per cohort, per period.
         // Sparse: (cohort, period) → actors, so many breakdown values stay small.

@@ -400,7 +400,7 @@ impl QueryEngine {
                     self.series_frame(events, groups, r, visible, p, visible.scan_from())?;
                 let rank_math = if window.is_some() { Math::Dau } else { math };
                 let ranked = frame.aggregate(vec![col(RAW)], vec![aggregate(rank_math)])?;
-                let mut values = collect_labelled(ranked.collect().await?, RAW)?;
+                let mut values = collect_labelled(crate::collect(ranked).await?, RAW)?;
                 values.retain(|(v, _)| v.is_some());
                 values.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                 let limit = if b.limit == 0 {
@@ -470,7 +470,7 @@ impl QueryEngine {
                     math
                 };
                 let out = frame.aggregate(by(vec![]), vec![aggregate(agg_math)])?;
-                for (label, v) in collect_labelled(out.collect().await?, LABEL)? {
+                for (label, v) in collect_labelled(crate::collect(out).await?, LABEL)? {
                     totals.insert(label.unwrap_or_default(), v);
                 }
             }
@@ -515,7 +515,7 @@ impl QueryEngine {
                         col(ACTOR).sort(true, false),
                         col(BUCKET).sort(true, false),
                     ])?;
-                let mut stream = pairs.execute_stream().await?;
+                let (mut stream, _explain) = crate::execute_stream(pairs).await?;
                 let mut diff: HashMap<String, Vec<i64>> = HashMap::new();
                 let mut current: Option<(String, String, i64, i64)> = None;
                 let flush = |c: &Option<(String, String, i64, i64)>,
@@ -588,7 +588,7 @@ impl QueryEngine {
                         ],
                     )?
                     .aggregate(by(vec![col(BUCKET)]), vec![aggregate(Math::Total)])?;
-                fill(&mut per_label, first.collect().await?, n)?;
+                fill(&mut per_label, crate::collect(first).await?, n)?;
             }
             (Display::TimeSeries | Display::Cumulative, None) => {
                 let frame = label_of(self.series_frame(
@@ -600,7 +600,7 @@ impl QueryEngine {
                     visible.scan_from(),
                 )?)?;
                 let out = frame.aggregate(by(vec![col(BUCKET)]), vec![aggregate(math)])?;
-                fill(&mut per_label, out.collect().await?, n)?;
+                fill(&mut per_label, crate::collect(out).await?, n)?;
             }
         }
 

@@ -9,6 +9,7 @@
 //! state machine of [`machine`]. The per-actor outcomes are then folded into step counts and
 //! conversion times here.
 
+mod exec;
 pub mod machine;
 pub mod udaf;
 
@@ -22,8 +23,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, JoinType, Operator, cast as cast_expr, lit, when,
 };
-use datafusion::prelude::{DataFrame, col};
-use futures::StreamExt;
+use datafusion::prelude::col;
 use herd_core::GroupTypeMapping;
 use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
 
@@ -38,7 +38,7 @@ use crate::{Error, QueryEngine, Result};
 
 use machine::Params;
 pub use machine::{Attribution, MAX_STEPS, Order};
-use udaf::{FunnelUdaf, Mode};
+use udaf::Mode;
 
 /// Breakdown line collecting the values beyond the limit (PostHog's funnel label).
 pub const FUNNEL_OTHER: &str = "Other";
@@ -260,7 +260,6 @@ pub struct FunnelResult {
 }
 
 const ACTOR: &str = "__actor";
-const OUT: &str = "__funnel";
 
 /// A validated request.
 struct Resolved {
@@ -394,26 +393,8 @@ impl QueryEngine {
                     .or(col("__excl").not_eq(lit(ScalarValue::UInt32(Some(0))))),
             )?;
         }
-        let agg = FunnelUdaf::expr(
-            r.params.clone(),
-            mode,
-            vec![
-                col("__ts"),
-                col("__steps"),
-                col("__excl"),
-                col("__bd"),
-                col("__bucket"),
-            ],
-        );
-        let df = df.aggregate(vec![col(ACTOR)], vec![agg.alias(OUT)])?;
-        // The partial phase of the aggregate cannot reduce anything (its state is the rows
-        // themselves): pass rows straight to the final phase instead of holding them all.
-        let (mut state, plan) = df.into_parts();
-        let execution = &mut state.config_mut().options_mut().execution;
-        execution.skip_partial_aggregation_probe_ratio_threshold = 0.0;
-        execution.skip_partial_aggregation_probe_rows_threshold = 0;
-        let df = DataFrame::new(state, plan);
-        let mut stream = df.execute_stream().await?;
+        let shards = self.context().state().config().target_partitions();
+        let (lists, _explain) = exec::run(df, r.params.clone(), mode, shards).await?;
 
         let mut result = FunnelResult {
             date_from: r.range.from,
@@ -424,8 +405,8 @@ impl QueryEngine {
         match query.viz {
             FunnelViz::Steps | FunnelViz::TimeToConvert => {
                 let mut fold = StepsFold::new(r.params.steps, r.from_step, r.to_step);
-                while let Some(batch) = stream.next().await {
-                    fold.add(&batch?)?;
+                for list in &lists {
+                    fold.add(list)?;
                 }
                 if query.viz == FunnelViz::Steps {
                     result.lines = fold.lines(query, &r);
@@ -436,10 +417,8 @@ impl QueryEngine {
             FunnelViz::Trends => {
                 let buckets = buckets.ok_or_else(|| Error::Internal("no buckets".into()))?;
                 let mut per: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
-                while let Some(batch) = stream.next().await {
-                    let batch = batch?;
-                    let list = batch
-                        .column(1)
+                for list in &lists {
+                    let list = list
                         .as_list_opt::<i32>()
                         .ok_or_else(|| Error::Internal("funnel output is a list".into()))?;
                     let items = list_items(list);
@@ -547,9 +526,8 @@ impl StepsFold {
         }
     }
 
-    fn add(&mut self, batch: &datafusion::arrow::array::RecordBatch) -> Result<()> {
-        let list = batch
-            .column(1)
+    fn add(&mut self, list: &datafusion::arrow::array::ArrayRef) -> Result<()> {
+        let list = list
             .as_list_opt::<i32>()
             .ok_or_else(|| Error::Internal("funnel output is a list".into()))?;
         let items = list_items(list);

@@ -112,6 +112,17 @@ impl FunnelUdaf {
         )))
     }
 
+    /// The aggregate's flat accumulator, for running it outside DataFusion's aggregation
+    /// operator (see [`super::exec`]).
+    pub(crate) fn new_accumulator(params: Params, mode: Mode) -> FunnelAccumulator {
+        Self {
+            params,
+            mode,
+            signature: Signature::exact(vec![], Volatility::Immutable),
+        }
+        .accumulator_state()
+    }
+
     fn accumulator_state(&self) -> FunnelAccumulator {
         FunnelAccumulator {
             params: self.params.clone(),
@@ -178,7 +189,7 @@ struct Row {
 
 /// The flat state of all groups.
 #[derive(Debug)]
-struct FunnelAccumulator {
+pub(crate) struct FunnelAccumulator {
     params: Params,
     mode: Mode,
     item_fields: Fields,
@@ -195,6 +206,52 @@ fn internal(message: &str) -> DataFusionError {
 }
 
 impl FunnelAccumulator {
+    /// Appends rows `(row, group)` of `values` (the aggregate's five argument columns);
+    /// `groups` is the number of groups so far.
+    pub(crate) fn push(
+        &mut self,
+        values: &[ArrayRef],
+        rows: &[(usize, u32)],
+        groups: usize,
+    ) -> Result<()> {
+        let [ts, steps, excl, bd, bucket] = values else {
+            return Err(internal("takes 5 arguments"));
+        };
+        self.groups = self.groups.max(groups);
+        self.push_rows(ts, steps, excl, bd, bucket, rows.iter().copied())
+    }
+
+    /// Moves the rows of `other` into this accumulator; `other`'s group `g` becomes group
+    /// `group_map[g]` here.
+    pub(crate) fn absorb(&mut self, other: FunnelAccumulator, group_map: &[u32]) -> Result<()> {
+        let bd_map: Vec<u32> = other.values.iter().map(|v| self.intern(v)).collect();
+        self.rows.reserve(other.rows.len());
+        for r in other.rows {
+            let group = *group_map
+                .get(r.group as usize)
+                .ok_or_else(|| internal("absorbed row without a group"))?;
+            let bd = if r.ev.bd == NO_VALUE {
+                NO_VALUE
+            } else {
+                *bd_map
+                    .get(r.ev.bd as usize)
+                    .ok_or_else(|| internal("absorbed row without a value"))?
+            };
+            self.rows.push(Row {
+                group,
+                ev: Ev { bd, ..r.ev },
+            });
+        }
+        let groups = group_map.iter().map(|g| *g as usize + 1).max().unwrap_or(0);
+        self.groups = self.groups.max(groups);
+        Ok(())
+    }
+
+    /// Evaluates every group (a list of output structs per group, in group order).
+    pub(crate) fn evaluate_all(&mut self) -> Result<ArrayRef> {
+        self.evaluate_rows(EmitTo::All)
+    }
+
     fn intern(&mut self, value: &str) -> u32 {
         if let Some(id) = self.ids.get(value) {
             return *id;

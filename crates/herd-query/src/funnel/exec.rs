@@ -1,0 +1,301 @@
+//! Runs the funnel aggregate straight over a plan's partitions, without DataFusion's
+//! aggregation operator.
+//!
+//! A funnel groups by actor, and its "partial state" is every row of the actor: a two-phase
+//! aggregate cannot reduce anything, and repartitioning the rows as one-element list states
+//! (plus hashing each actor string twice, once to repartition and once to group) was a fifth
+//! of a funnel's time. Here each input partition sends every row to one of `shards` flat
+//! [`FunnelAccumulator`]s by a hash of its actor, numbering actors per shard with a hash
+//! table keyed on the 16-byte string view when the actor is short (no string hashing or
+//! comparison), on the string otherwise. When all partitions are done, each shard merges its
+//! accumulators (actors renumbered into the first) and evaluates them, shards in parallel.
+//! Each actor lives in exactly one shard, so shards evaluate independently and the answer does
+//! not depend on partitioning or batch boundaries.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringViewArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::DataFrame;
+use futures::StreamExt;
+use hashbrown::HashTable;
+
+use super::machine::Params;
+use super::udaf::{FunnelAccumulator, FunnelUdaf, Mode};
+use crate::{Error, Explain, Result};
+
+/// Actor keys of one shard, numbered densely from 0 in order of arrival.
+#[derive(Default)]
+struct ActorIds {
+    /// Strings of at most 12 bytes: their view (length + bytes, zero padded) is the key.
+    short: HashTable<(u128, u32)>,
+    /// Longer strings.
+    long: HashTable<(Box<str>, u32)>,
+    /// Whether a null actor was seen, and its id.
+    null: Option<u32>,
+    count: u32,
+}
+
+/// The key of a null actor in [`ActorIds::short`] would need an impossible view; it has a
+/// slot of its own instead.
+enum Key<'a> {
+    Short(u128),
+    Long(&'a str),
+    Null,
+}
+
+fn hasher() -> foldhash::fast::FixedState {
+    foldhash::fast::FixedState::with_seed(0x6865_7264)
+}
+
+fn hash_key(key: &Key<'_>) -> u64 {
+    use std::hash::BuildHasher;
+    match key {
+        Key::Short(v) => hasher().hash_one(v),
+        Key::Long(s) => hasher().hash_one(s),
+        Key::Null => 0,
+    }
+}
+
+impl ActorIds {
+    fn next(&mut self) -> u32 {
+        let id = self.count;
+        self.count += 1;
+        id
+    }
+
+    fn id(&mut self, key: Key<'_>, hash: u64) -> u32 {
+        match key {
+            Key::Short(v) => {
+                if let Some((_, id)) = self.short.find(hash, |(k, _)| *k == v) {
+                    return *id;
+                }
+                let id = self.next();
+                self.short
+                    .insert_unique(hash, (v, id), |(k, _)| hash_key(&Key::Short(*k)));
+                id
+            }
+            Key::Long(s) => {
+                if let Some((_, id)) = self.long.find(hash, |(k, _)| k.as_ref() == s) {
+                    return *id;
+                }
+                let id = self.next();
+                self.long
+                    .insert_unique(hash, (s.into(), id), |(k, _)| hash_key(&Key::Long(k)));
+                id
+            }
+            Key::Null => match self.null {
+                Some(id) => id,
+                None => {
+                    let id = self.next();
+                    self.null = Some(id);
+                    id
+                }
+            },
+        }
+    }
+
+    /// For each id of `other`, its id here (new actors are added).
+    fn absorb(&mut self, other: &ActorIds) -> Vec<u32> {
+        let mut map = vec![0u32; other.count as usize];
+        for (v, id) in &other.short {
+            let key = Key::Short(*v);
+            map[*id as usize] = self.id(Key::Short(*v), hash_key(&key));
+        }
+        for (s, id) in &other.long {
+            let key = Key::Long(s);
+            map[*id as usize] = self.id(Key::Long(s), hash_key(&key));
+        }
+        if let Some(id) = other.null {
+            map[id as usize] = self.id(Key::Null, 0);
+        }
+        map
+    }
+}
+
+/// One shard of one partition: its actors and their rows.
+struct Shard {
+    ids: ActorIds,
+    acc: FunnelAccumulator,
+    /// `(row, actor id)` of the current batch (reused).
+    rows: Vec<(usize, u32)>,
+}
+
+/// The key of a string view: the view itself for inline strings (bytes past the length
+/// masked), the string for longer ones.
+fn key_of<'a>(actors: &'a StringViewArray, i: usize) -> Key<'a> {
+    if actors.is_null(i) {
+        return Key::Null;
+    }
+    let view = actors.views()[i];
+    let len = view as u32;
+    if len <= 12 {
+        let bits = 32 + 8 * len;
+        let mask = if bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << bits) - 1
+        };
+        Key::Short(view & mask)
+    } else {
+        Key::Long(actors.value(i))
+    }
+}
+
+/// Feeds one partition's stream into its shards.
+async fn run_partition(
+    plan: Arc<dyn ExecutionPlan>,
+    partition: usize,
+    task: Arc<TaskContext>,
+    mut shards: Vec<Shard>,
+) -> Result<Vec<Shard>> {
+    let mut stream = plan.execute(partition, task)?;
+    let n = shards.len() as u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let actor = batch.column(0);
+        let actor: ArrayRef = match actor.data_type() {
+            DataType::Utf8View => actor.clone(),
+            _ => datafusion::arrow::compute::cast(actor, &DataType::Utf8View)?,
+        };
+        let actors = actor.as_string_view();
+        for s in &mut shards {
+            s.rows.clear();
+        }
+        for i in 0..actors.len() {
+            let key = key_of(actors, i);
+            let hash = hash_key(&key);
+            // The high bits pick the shard; the table uses the low ones.
+            let s = &mut shards[((hash >> 32) % n) as usize];
+            let id = s.ids.id(key, hash);
+            s.rows.push((i, id));
+        }
+        let values = &batch.columns()[1..];
+        for s in &mut shards {
+            if !s.rows.is_empty() {
+                s.acc.push(values, &s.rows, s.ids.count as usize)?;
+            }
+        }
+    }
+    Ok(shards)
+}
+
+/// Runs the funnel aggregate over `df`, whose columns are `(actor, ts Int64, steps UInt32,
+/// excl UInt32, breakdown Utf8, bucket Int32)`: one list of output structs per actor (see
+/// [`FunnelUdaf`]), in arrays of any length. The guard prints the input plan's metrics when
+/// [`crate::EXPLAIN_ENV`] is set.
+pub(crate) async fn run(
+    df: DataFrame,
+    params: Params,
+    mode: Mode,
+    shards: usize,
+) -> Result<(Vec<ArrayRef>, Explain)> {
+    let shards = shards.max(1);
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let explain = Explain::new(plan.clone());
+    let partitions = plan.output_partitioning().partition_count();
+    let mut tasks = Vec::with_capacity(partitions);
+    for p in 0..partitions {
+        let own = (0..shards)
+            .map(|_| Shard {
+                ids: ActorIds::default(),
+                acc: FunnelUdaf::new_accumulator(params.clone(), mode.clone()),
+                rows: Vec::new(),
+            })
+            .collect();
+        tasks.push(tokio::spawn(run_partition(
+            plan.clone(),
+            p,
+            task.clone(),
+            own,
+        )));
+    }
+    // per_shard[s] = shard s of every partition.
+    let mut per_shard: Vec<Vec<Shard>> = (0..shards).map(|_| Vec::new()).collect();
+    for t in tasks {
+        let done = t
+            .await
+            .map_err(|e| Error::Internal(format!("funnel partition: {e}")))??;
+        for (s, shard) in done.into_iter().enumerate() {
+            per_shard[s].push(shard);
+        }
+    }
+    let mut evaluations = Vec::with_capacity(shards);
+    for parts in per_shard {
+        evaluations.push(tokio::task::spawn_blocking(move || -> Result<ArrayRef> {
+            let mut parts = parts.into_iter();
+            let Some(mut base) = parts.next() else {
+                return Err(Error::Internal("funnel shard without partitions".into()));
+            };
+            for other in parts {
+                let map = base.ids.absorb(&other.ids);
+                base.acc.absorb(other.acc, &map)?;
+            }
+            Ok(base.acc.evaluate_all()?)
+        }));
+    }
+    let mut out = Vec::with_capacity(shards);
+    for e in evaluations {
+        out.push(
+            e.await
+                .map_err(|e| Error::Internal(format!("funnel evaluation: {e}")))??,
+        );
+    }
+    Ok((out, explain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::StringViewArray;
+
+    fn ids_of(ids: &mut ActorIds, actors: &StringViewArray) -> Vec<u32> {
+        (0..actors.len())
+            .map(|i| {
+                let key = key_of(actors, i);
+                let hash = hash_key(&key);
+                ids.id(key, hash)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn short_long_and_null_actors_are_numbered_once_each_and_merge_by_string() {
+        let long = "an actor name longer than twelve bytes";
+        let a = StringViewArray::from(vec![
+            Some("u1"),
+            Some(long),
+            None,
+            Some("u1"),
+            Some(""),
+            Some("twelve bytes"),
+            Some(long),
+            None,
+        ]);
+        let mut left = ActorIds::default();
+        assert_eq!(ids_of(&mut left, &a), vec![0, 1, 2, 0, 3, 4, 1, 2]);
+        let b = StringViewArray::from(vec![Some("twelve bytes"), Some("u2"), Some(long), None]);
+        let mut right = ActorIds::default();
+        assert_eq!(ids_of(&mut right, &b), vec![0, 1, 2, 3]);
+        // Right's ids in left: "twelve bytes" → 4, "u2" new → 5, long → 1, null → 2.
+        assert_eq!(left.absorb(&right), vec![4, 5, 1, 2]);
+        assert_eq!(left.count, 6);
+    }
+
+    #[test]
+    fn inline_views_are_keyed_by_their_bytes_only() {
+        // The same string from a view with garbage past its length (as a slice of a longer
+        // inline buffer could carry) gets the same key.
+        let clean = StringViewArray::from(vec!["abc"]);
+        let view = clean.views()[0] | (0xFFu128 << 120);
+        let Key::Short(k) = key_of(&clean, 0) else {
+            panic!("inline")
+        };
+        let len = view as u32;
+        assert_eq!(len, 3);
+        assert_eq!(view & ((1u128 << (32 + 8 * len)) - 1), k);
+    }
+}
