@@ -7,7 +7,8 @@
 //! of a funnel's time. Here each input partition sends every row to one of `shards` flat
 //! [`FunnelAccumulator`]s by a hash of its actor, numbering actors per shard with a hash
 //! table keyed on the 16-byte string view when the actor is short (no string hashing or
-//! comparison), on the string otherwise. When all partitions are done, each shard merges its
+//! comparison), on the string otherwise; a row with the previous row's actor (files keep one
+//! actor's rows together) skips the lookup. When all partitions are done, each shard merges its
 //! accumulators (actors renumbered into the first) and evaluates them, shards in parallel.
 //! Each actor lives in exactly one shard, so shards evaluate independently and the answer does
 //! not depend on partitioning or batch boundaries.
@@ -40,10 +41,22 @@ struct ActorIds {
 
 /// The key of a null actor in [`ActorIds::short`] would need an impossible view; it has a
 /// slot of its own instead.
+#[derive(Clone)]
 enum Key<'a> {
     Short(u128),
     Long(&'a str),
     Null,
+}
+
+impl Key<'_> {
+    fn same(&self, other: &Key<'_>) -> bool {
+        match (self, other) {
+            (Key::Short(a), Key::Short(b)) => a == b,
+            (Key::Long(a), Key::Long(b)) => a == b,
+            (Key::Null, Key::Null) => true,
+            _ => false,
+        }
+    }
 }
 
 fn hasher() -> foldhash::fast::FixedState {
@@ -144,6 +157,41 @@ fn key_of<'a>(actors: &'a StringViewArray, i: usize) -> Key<'a> {
     }
 }
 
+fn shard_of(hash: u64, shards: usize) -> usize {
+    // The high bits pick the shard; the tables use the low ones.
+    ((hash >> 32) % shards as u64) as usize
+}
+
+/// Numbers the rows of a batch: `(row, id)` into each shard's `rows`.
+fn number(actor: &ArrayRef, shards: &mut [Shard]) -> Result<()> {
+    for s in shards.iter_mut() {
+        s.rows.clear();
+    }
+    let actor: ArrayRef = match actor.data_type() {
+        DataType::Utf8View => actor.clone(),
+        _ => datafusion::arrow::compute::cast(actor, &DataType::Utf8View)?,
+    };
+    let actors = actor.as_string_view();
+    // One actor's rows often follow each other: a row with the previous row's actor
+    // skips the lookup.
+    let mut last: Option<(Key<'_>, usize, u32)> = None;
+    for i in 0..actors.len() {
+        let key = key_of(actors, i);
+        if let Some((k, s, id)) = &last
+            && k.same(&key)
+        {
+            shards[*s].rows.push((i, *id));
+            continue;
+        }
+        let hash = hash_key(&key);
+        let s = shard_of(hash, shards.len());
+        let id = shards[s].ids.id(key.clone(), hash);
+        shards[s].rows.push((i, id));
+        last = Some((key, s, id));
+    }
+    Ok(())
+}
+
 /// Feeds one partition's stream into its shards.
 async fn run_partition(
     plan: Arc<dyn ExecutionPlan>,
@@ -152,26 +200,9 @@ async fn run_partition(
     mut shards: Vec<Shard>,
 ) -> Result<Vec<Shard>> {
     let mut stream = plan.execute(partition, task)?;
-    let n = shards.len() as u64;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        let actor = batch.column(0);
-        let actor: ArrayRef = match actor.data_type() {
-            DataType::Utf8View => actor.clone(),
-            _ => datafusion::arrow::compute::cast(actor, &DataType::Utf8View)?,
-        };
-        let actors = actor.as_string_view();
-        for s in &mut shards {
-            s.rows.clear();
-        }
-        for i in 0..actors.len() {
-            let key = key_of(actors, i);
-            let hash = hash_key(&key);
-            // The high bits pick the shard; the table uses the low ones.
-            let s = &mut shards[((hash >> 32) % n) as usize];
-            let id = s.ids.id(key, hash);
-            s.rows.push((i, id));
-        }
+        number(batch.column(0), &mut shards)?;
         let values = &batch.columns()[1..];
         for s in &mut shards {
             if !s.rows.is_empty() {

@@ -128,7 +128,7 @@ impl FunnelUdaf {
             params: self.params.clone(),
             mode: self.mode.clone(),
             item_fields: self.item_fields(),
-            rows: Vec::new(),
+            rows: Rows::default(),
             groups: 0,
             values: Vec::new(),
             ids: HashMap::new(),
@@ -187,13 +187,62 @@ struct Row {
     ev: Ev,
 }
 
+/// Rows per chunk of [`Rows`].
+const CHUNK_ROWS: usize = 1 << 16;
+
+/// Rows in fixed-size chunks: appending never moves what is stored (a growing `Vec` copied
+/// everything at each doubling and faulted in twice the memory: a fifth of a funnel's time),
+/// and whole chunks move between accumulators without copying.
+#[derive(Debug, Default)]
+struct Rows {
+    chunks: Vec<Vec<Row>>,
+    len: usize,
+}
+
+impl Rows {
+    fn push(&mut self, row: Row) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < c.capacity() => c.push(row),
+            _ => {
+                let mut c = Vec::with_capacity(CHUNK_ROWS);
+                c.push(row);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Row> {
+        self.chunks.iter().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Row> {
+        self.chunks.iter_mut().flatten()
+    }
+
+    /// Moves `other`'s chunks here.
+    fn append(&mut self, other: Rows) {
+        self.len += other.len;
+        self.chunks
+            .extend(other.chunks.into_iter().filter(|c| !c.is_empty()));
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.iter().map(Vec::capacity).sum::<usize>() * std::mem::size_of::<Row>()
+    }
+}
+
 /// The flat state of all groups.
 #[derive(Debug)]
 pub(crate) struct FunnelAccumulator {
     params: Params,
     mode: Mode,
     item_fields: Fields,
-    rows: Vec<Row>,
+    rows: Rows,
     /// Groups seen so far (groups may have no rows).
     groups: usize,
     /// Interned breakdown values.
@@ -225,23 +274,18 @@ impl FunnelAccumulator {
     /// `group_map[g]` here.
     pub(crate) fn absorb(&mut self, other: FunnelAccumulator, group_map: &[u32]) -> Result<()> {
         let bd_map: Vec<u32> = other.values.iter().map(|v| self.intern(v)).collect();
-        self.rows.reserve(other.rows.len());
-        for r in other.rows {
-            let group = *group_map
+        let mut rows = other.rows;
+        for r in rows.iter_mut() {
+            r.group = *group_map
                 .get(r.group as usize)
                 .ok_or_else(|| internal("absorbed row without a group"))?;
-            let bd = if r.ev.bd == NO_VALUE {
-                NO_VALUE
-            } else {
-                *bd_map
+            if r.ev.bd != NO_VALUE {
+                r.ev.bd = *bd_map
                     .get(r.ev.bd as usize)
-                    .ok_or_else(|| internal("absorbed row without a value"))?
-            };
-            self.rows.push(Row {
-                group,
-                ev: Ev { bd, ..r.ev },
-            });
+                    .ok_or_else(|| internal("absorbed row without a value"))?;
+            }
         }
+        self.rows.append(rows);
         let groups = group_map.iter().map(|g| *g as usize + 1).max().unwrap_or(0);
         self.groups = self.groups.max(groups);
         Ok(())
@@ -334,10 +378,17 @@ impl FunnelAccumulator {
             EmitTo::All => std::mem::take(&mut self.rows),
             EmitTo::First(_) => {
                 let n = groups as u32;
-                let (taken, mut kept): (Vec<Row>, Vec<Row>) =
-                    self.rows.drain(..).partition(|r| r.group < n);
-                for r in &mut kept {
-                    r.group -= n;
+                let mut taken = Rows::default();
+                let mut kept = Rows::default();
+                for chunk in std::mem::take(&mut self.rows).chunks {
+                    for mut r in chunk {
+                        if r.group < n {
+                            taken.push(r);
+                        } else {
+                            r.group -= n;
+                            kept.push(r);
+                        }
+                    }
                 }
                 self.rows = kept;
                 taken
@@ -345,7 +396,7 @@ impl FunnelAccumulator {
         };
         // Counting sort by group, then each group's rows by event.
         let mut starts = vec![0usize; groups + 1];
-        for r in &taken {
+        for r in taken.iter() {
             starts[r.group as usize + 1] += 1;
         }
         for g in 0..groups {
@@ -365,10 +416,13 @@ impl FunnelAccumulator {
             };
             taken.len()
         ];
-        for r in taken {
-            let g = r.group as usize;
-            sorted[next[g]] = r;
-            next[g] += 1;
+        // Chunk by chunk, so each is freed once scattered.
+        for chunk in taken.chunks {
+            for r in chunk {
+                let g = r.group as usize;
+                sorted[next[g]] = r;
+                next[g] += 1;
+            }
         }
         for g in 0..groups {
             sorted[starts[g]..starts[g + 1]].sort_unstable_by_key(|a| a.ev);
@@ -381,7 +435,7 @@ impl FunnelAccumulator {
             params: self.params.clone(),
             mode: self.mode.clone(),
             item_fields: self.item_fields.clone(),
-            rows: Vec::new(),
+            rows: Rows::default(),
             groups: 0,
             values: Vec::new(),
             ids: HashMap::new(),
@@ -400,7 +454,7 @@ impl FunnelAccumulator {
         }
         let mut used = vec![u32::MAX; self.values.len()];
         let mut values = Vec::new();
-        for r in &mut self.rows {
+        for r in self.rows.iter_mut() {
             if r.ev.bd == NO_VALUE {
                 continue;
             }
@@ -432,7 +486,7 @@ impl FunnelAccumulator {
         for (pos, old) in order.iter().enumerate() {
             new_id[*old as usize] = pos as u32;
         }
-        for r in &mut self.rows {
+        for r in self.rows.iter_mut() {
             if r.ev.bd != NO_VALUE {
                 r.ev.bd = new_id[r.ev.bd as usize];
             }
@@ -692,7 +746,7 @@ impl GroupsAccumulator for FunnelAccumulator {
     }
 
     fn size(&self) -> usize {
-        self.rows.capacity() * std::mem::size_of::<Row>()
+        self.rows.bytes()
             + self
                 .values
                 .iter()
@@ -818,7 +872,7 @@ mod tests {
             .expect("update");
         let rest = acc.evaluate(EmitTo::All).expect("evaluate");
         assert_eq!(bits_of(&rest), [vec![0b11]]);
-        assert!(acc.rows.is_empty());
+        assert_eq!(acc.rows.len(), 0);
     }
 
     #[tokio::test]
