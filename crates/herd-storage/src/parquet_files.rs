@@ -118,7 +118,16 @@ pub fn sort_events(batches: &[RecordBatch]) -> Result<RecordBatch> {
     Ok(arrow::compute::interleave_record_batch(&refs, &order)?)
 }
 
-fn writer_props(sorting: Option<Vec<SortingColumn>>, dictionary_off: &[&str]) -> WriterProperties {
+/// Rows per data page of events files (Parquet's default is 20,000). A scan for a rare event
+/// reads only the pages its rows are on (page index), so smaller pages mean fewer rows
+/// decoded around them.
+pub const EVENTS_PAGE_ROWS: usize = 4096;
+
+fn writer_props(
+    sorting: Option<Vec<SortingColumn>>,
+    dictionary_off: &[&str],
+    page_rows: Option<usize>,
+) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -126,6 +135,9 @@ fn writer_props(sorting: Option<Vec<SortingColumn>>, dictionary_off: &[&str]) ->
         .set_sorting_columns(sorting);
     for col in dictionary_off {
         b = b.set_column_dictionary_enabled(ColumnPath::from(*col), false);
+    }
+    if let Some(rows) = page_rows {
+        b = b.set_data_page_row_count_limit(rows);
     }
     b.build()
 }
@@ -143,13 +155,17 @@ pub fn encode_events(batch: &RecordBatch, path: &str) -> Result<Bytes> {
     encode(
         batch,
         path,
-        writer_props(Some(sorting), &["uuid", "properties"]),
+        writer_props(
+            Some(sorting),
+            &["uuid", "properties"],
+            Some(EVENTS_PAGE_ROWS),
+        ),
     )
 }
 
 /// Encodes a groups or warnings batch.
 pub fn encode_plain(batch: &RecordBatch, path: &str) -> Result<Bytes> {
-    encode(batch, path, writer_props(None, &[]))
+    encode(batch, path, writer_props(None, &[], None))
 }
 
 fn encode(batch: &RecordBatch, path: &str, props: WriterProperties) -> Result<Bytes> {
