@@ -108,6 +108,25 @@ async fn save_checkpoint(db: &Db, path: &Path, cp: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
+/// On a local data folder, removes what a kill during a checkpoint write left behind: the
+/// object store writes `<name>#<n>` and renames it, and its listings never show such files.
+fn remove_staging_leftovers(db: &Db, path: &Path) {
+    let Some(root) = db.storage().local_root() else {
+        return;
+    };
+    let full = root.join(path.as_ref());
+    let (Some(dir), Some(name)) = (full.parent(), full.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}#", name.to_string_lossy());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            // Best effort: a leftover only takes space.
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Finds the group-type mapping of a herd data folder a file sits in
 /// (`projects/<id>/events/date=…/x.parquet` → `projects/<id>/group_types.json`).
 async fn herd_layout_mapping(file: &SourceFile) -> Option<GroupTypeMapping> {
@@ -265,6 +284,7 @@ pub async fn run(
         }
         loader.flush().await?;
         db.storage().delete(&cp_path).await?;
+        remove_staging_leftovers(db, &cp_path);
     }
     let s: LoadStats = loader.stats();
     Ok(Summary {
