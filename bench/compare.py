@@ -3,7 +3,8 @@ wrote: each engine pinned to the same thread count, a warm-up then N timed runs,
 checked equal, ratios herd / best other printed.
 
     python bench/compare.py --herd target/release/herd --data DIR [--project 1] [--runs 5]
-        [--queries Q1,Q2,Q3,Q4,Q5] [--threads 2] [--json OUT]
+        [--queries Q1,Q2,Q3,Q4,Q5] [--threads 2] [--json OUT] [--plot OUT.svg]
+    python bench/compare.py --plot-from OUT.json --plot OUT.svg   # redraw an earlier run
 
 The anchors' SQL is ../shared/bench/anchor_queries.py (DD / CH dicts), read as it is. DuckDB
 has three formulations of the funnels Q2/Q3 (window functions, list_reduce, ASOF joins): each
@@ -103,16 +104,67 @@ def chdb_engine(threads):
     return "clickhouse", run, anchor_queries.CH, {}, None
 
 
+ENGINE_COLOURS = [("herd", "#2b8a3e"), ("duckdb", "#f08c00"), ("clickhouse", "#1c7ed6")]
+
+
+def write_svg(doc, path):
+    """Grouped bars of median seconds per query and engine, as a self-contained SVG (no
+    plotting dependency); the herd / best ratio is written over each group."""
+    results = doc["results"]
+    engines = [(e, c) for e, c in ENGINE_COLOURS if any(r.get(e) for r in results)]
+    top = max(r[e] for r in results for e, _ in engines if r.get(e)) * 1.15
+    w, h, left, bottom, plot_h = 120 * len(results) + 80, 340, 60, 40, 240
+    bar = 90 / len(engines)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<text x="{left}" y="18" font-size="14">herd vs DuckDB vs ClickHouse (chdb), '
+           f'median s of {doc["runs"]}, {doc["threads"]} threads each, {doc["date"]}</text>']
+    y0 = h - bottom
+    for k in range(5):
+        v = top * k / 4
+        y = y0 - plot_h * k / 4
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - 10}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+    for i, r in enumerate(results):
+        x0 = left + 20 + 120 * i
+        for j, (e, colour) in enumerate(engines):
+            v = r.get(e) or 0
+            bh = plot_h * v / top
+            out.append(f'<rect x="{x0 + j * bar:.1f}" y="{y0 - bh:.1f}" width="{bar - 4:.1f}" '
+                       f'height="{bh:.1f}" fill="{colour}"><title>{e} {v:.3f} s</title></rect>')
+        out.append(f'<text x="{x0 + 45}" y="{y0 + 16}" text-anchor="middle">{r["query"]}</text>')
+        top_v = max(r.get(e) or 0 for e, _ in engines)
+        out.append(f'<text x="{x0 + 45}" y="{y0 - plot_h * top_v / top - 6:.1f}" '
+                   f'text-anchor="middle">{r["ratio"]:.2f}×</text>')
+    for j, (e, colour) in enumerate(engines):
+        out.append(f'<rect x="{w - 130}" y="{30 + 16 * j}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{w - 115}" y="{39 + 16 * j}">{e}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--herd", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--herd")
+    p.add_argument("--data")
     p.add_argument("--project", type=int, default=1)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--queries", default="Q1,Q2,Q3,Q4,Q5")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--plot", help="also draw the results as an SVG bar chart here")
+    p.add_argument("--plot-from", help="only draw the SVG (--plot) from a --json file of an "
+                   "earlier run")
     args = p.parse_args()
+    if args.plot_from:
+        if not args.plot:
+            p.error("--plot-from needs --plot OUT.svg")
+        with open(args.plot_from) as f:
+            write_svg(json.load(f), args.plot)
+        return
+    if not args.herd or not args.data:
+        p.error("--herd and --data are required")
     args.queries = args.queries.split(",")
 
     ev = os.path.join(args.data, f"projects/{args.project}/events/**/*.parquet")
@@ -181,11 +233,13 @@ def main():
         print(f"{q:<6} {h['median_s']:>8.3f} "
               + " ".join(f"{row[e[0]]:>13.3f}" for e in engines)
               + f" {row['ratio']:>10.2f}  {h['peak_rss_mib'] or 0:>8.0f}  {'equal' if same else 'DIFFER'}")
+    doc = {"date": datetime.date.today().isoformat(), "data": args.data,
+           "threads": args.threads, "runs": args.runs, "results": results}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"date": datetime.date.today().isoformat(), "data": args.data,
-                       "threads": args.threads, "runs": args.runs, "results": results}, f,
-                      indent=2)
+            json.dump(doc, f, indent=2)
+    if args.plot:
+        write_svg(doc, args.plot)
     sys.exit(0 if ok else 1)
 
 
