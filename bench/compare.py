@@ -211,7 +211,9 @@ def main():
                         probes[k] = float("inf")
                     if timer:
                         timer.cancel()
-                    row[f"{name}_{k}_probe"] = probes[k]
+                    # null (strict JSON) for a probe interrupted at the cap.
+                    row[f"{name}_{k}_probe"] = (probes[k] if probes[k] != float("inf")
+                                                else None)
                 variants = [min(probes, key=probes.get)]
             sql = sqls[variants[0]].replace("{ev}", ev).replace("{gr}", gr)
             med, lo, hi, rows = timed(lambda: run(sql), args.runs)

@@ -228,7 +228,8 @@ pub(crate) async fn run(
     let plan = df.create_physical_plan().await?;
     let explain = Explain::new(plan.clone());
     let partitions = plan.output_partitioning().partition_count();
-    let mut tasks = Vec::with_capacity(partitions);
+    // A JoinSet aborts the partition tasks if this future is dropped (a cancelled request).
+    let mut tasks = tokio::task::JoinSet::new();
     for p in 0..partitions {
         let own = (0..shards)
             .map(|_| Shard {
@@ -237,20 +238,20 @@ pub(crate) async fn run(
                 rows: Vec::new(),
             })
             .collect();
-        tasks.push(tokio::spawn(run_partition(
-            plan.clone(),
-            p,
-            task.clone(),
-            own,
-        )));
+        let (plan, task) = (plan.clone(), task.clone());
+        tasks.spawn(async move { (p, run_partition(plan, p, task, own).await) });
     }
+    let mut done = Vec::with_capacity(partitions);
+    while let Some(joined) = tasks.join_next().await {
+        let (p, shards) = joined.map_err(|e| Error::Internal(format!("funnel partition: {e}")))?;
+        done.push((p, shards?));
+    }
+    // Partition order, so that merging does not depend on which finished first.
+    done.sort_by_key(|(p, _)| *p);
     // per_shard[s] = shard s of every partition.
     let mut per_shard: Vec<Vec<Shard>> = (0..shards).map(|_| Vec::new()).collect();
-    for t in tasks {
-        let done = t
-            .await
-            .map_err(|e| Error::Internal(format!("funnel partition: {e}")))??;
-        for (s, shard) in done.into_iter().enumerate() {
+    for (_, partition) in done {
+        for (s, shard) in partition.into_iter().enumerate() {
             per_shard[s].push(shard);
         }
     }
