@@ -211,6 +211,19 @@ async fn datafusion_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
         .collect()
 }
 
+/// Times both sides, checks they agree, prints the row.
+fn compare(
+    runs: usize,
+    name: &str,
+    herd: impl FnMut() -> Vec<u64>,
+    plain: impl FnMut() -> Vec<u64>,
+) {
+    let (h, ha) = median(runs, herd);
+    let (d, da) = median(runs, plain);
+    assert_eq!(ha, da, "{name}: answers differ");
+    println!("{name:<28} {h:>10.3} {d:>14.3} {:>8.2}", h / d);
+}
+
 fn main() {
     let Some(data) = arg("--data") else {
         eprintln!("usage: cargo bench --bench operators -- --data DIR [--runs N] [--threads T]");
@@ -237,25 +250,17 @@ fn main() {
             "{:<28} {:>10} {:>14} {:>8}",
             "operator", "herd s", "DataFusion s", "ratio"
         );
-        let (h, ha) = median(runs, || block(Box::pin(herd_funnel(&engine, project))));
-        let (d, da) = median(runs, || {
-            block(Box::pin(datafusion_funnel(&engine, project)))
-        });
-        assert_eq!(ha, da, "funnel answers differ");
-        println!(
-            "{:<28} {h:>10.3} {d:>14.3} {:>8.2}",
+        compare(
+            runs,
             "funnel Q2 by company",
-            h / d
+            || block(Box::pin(herd_funnel(&engine, project))),
+            || block(Box::pin(datafusion_funnel(&engine, project))),
         );
-        let (h, ha) = median(runs, || block(Box::pin(herd_uniques(&engine, project))));
-        let (d, da) = median(runs, || {
-            block(Box::pin(datafusion_uniques(&engine, project)))
-        });
-        assert_eq!(ha, da, "unique counts differ");
-        println!(
-            "{:<28} {h:>10.3} {d:>14.3} {:>8.2}",
+        compare(
+            runs,
             "unique companies per day",
-            h / d
+            || block(Box::pin(herd_uniques(&engine, project))),
+            || block(Box::pin(datafusion_uniques(&engine, project))),
         );
         db.close().await.expect("close");
     });
