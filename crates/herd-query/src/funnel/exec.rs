@@ -142,19 +142,24 @@ fn key_of<'a>(actors: &'a StringViewArray, i: usize) -> Key<'a> {
     if actors.is_null(i) {
         return Key::Null;
     }
-    let view = actors.views()[i];
-    let len = view as u32;
-    if len <= 12 {
-        let bits = 32 + 8 * len;
-        let mask = if bits >= 128 {
-            u128::MAX
-        } else {
-            (1u128 << bits) - 1
-        };
-        Key::Short(view & mask)
-    } else {
-        Key::Long(actors.value(i))
+    match short_key(actors.views()[i]) {
+        Some(k) => Key::Short(k),
+        None => Key::Long(actors.value(i)),
     }
+}
+
+/// The key of an inline view (a string of at most 12 bytes): its length and bytes, anything
+/// past the length zeroed; `None` for a view pointing into a data buffer.
+fn short_key(view: u128) -> Option<u128> {
+    let len = view as u32;
+    (len <= 12).then(|| {
+        let bits = 32 + 8 * len;
+        if bits >= 128 {
+            view
+        } else {
+            view & ((1u128 << bits) - 1)
+        }
+    })
 }
 
 fn shard_of(hash: u64, shards: usize) -> usize {
@@ -320,14 +325,14 @@ mod tests {
     #[test]
     fn inline_views_are_keyed_by_their_bytes_only() {
         // The same string from a view with garbage past its length (as a slice of a longer
-        // inline buffer could carry) gets the same key.
-        let clean = StringViewArray::from(vec!["abc"]);
-        let view = clean.views()[0] | (0xFFu128 << 120);
-        let Key::Short(k) = key_of(&clean, 0) else {
-            panic!("inline")
-        };
-        let len = view as u32;
-        assert_eq!(len, 3);
-        assert_eq!(view & ((1u128 << (32 + 8 * len)) - 1), k);
+        // inline buffer could carry) gets the same key; 12-byte strings use the whole view;
+        // longer strings have no short key.
+        let clean = StringViewArray::from(vec!["abc", "twelve bytes", "thirteen byte"]);
+        let k = short_key(clean.views()[0]).expect("inline");
+        assert_eq!(short_key(clean.views()[0] | (0xFFu128 << 120)), Some(k));
+        assert_ne!(short_key(clean.views()[0] ^ (0x01u128 << 40)), Some(k));
+        assert_eq!(short_key(clean.views()[1]), Some(clean.views()[1]));
+        assert_eq!(short_key(clean.views()[2]), None);
+        assert!(matches!(key_of(&clean, 0), Key::Short(x) if x == k));
     }
 }
