@@ -24,7 +24,7 @@ use futures::StreamExt;
 use hashbrown::HashTable;
 
 use super::machine::Params;
-use super::udaf::{FunnelAccumulator, FunnelUdaf, Mode};
+use super::udaf::{FunnelAccumulator, Mode};
 use crate::{Error, Explain, Result};
 
 /// Actor keys of one shard, numbered densely from 0 in order of arrival.
@@ -220,7 +220,7 @@ async fn run_partition(
 
 /// Runs the funnel aggregate over `df`, whose columns are `(actor, ts Int64, steps UInt32,
 /// excl UInt32, breakdown Utf8, bucket Int32)`: one list of output structs per actor (see
-/// [`FunnelUdaf`]), in arrays of any length. The guard prints the input plan's metrics when
+/// [`super::udaf::FunnelUdaf`]), in arrays of any length. The guard prints the input plan's metrics when
 /// [`crate::EXPLAIN_ENV`] is set.
 pub(crate) async fn run(
     df: DataFrame,
@@ -239,7 +239,7 @@ pub(crate) async fn run(
         let own = (0..shards)
             .map(|_| Shard {
                 ids: ActorIds::default(),
-                acc: FunnelUdaf::new_accumulator(params.clone(), mode.clone()),
+                acc: FunnelAccumulator::new(params.clone(), mode.clone()),
                 rows: Vec::new(),
             })
             .collect();

@@ -88,20 +88,7 @@ impl FunnelUdaf {
     }
 
     fn item_fields(&self) -> Fields {
-        let mut fields = vec![Field::new(BD, DataType::Utf8, true)];
-        match self.mode {
-            Mode::Steps => {
-                fields.push(Field::new(BITS, DataType::UInt32, false));
-                for k in 0..self.params.steps {
-                    fields.push(Field::new(time_field(k), DataType::Int64, true));
-                }
-            }
-            Mode::Trends { .. } => {
-                fields.push(Field::new(BUCKET, DataType::Int32, false));
-                fields.push(Field::new(CONVERTED, DataType::Boolean, false));
-            }
-        }
-        Fields::from(fields)
+        item_fields(&self.params, &self.mode)
     }
 
     fn output_type(&self) -> DataType {
@@ -112,28 +99,27 @@ impl FunnelUdaf {
         )))
     }
 
-    /// The aggregate's flat accumulator, for running it outside DataFusion's aggregation
-    /// operator (see [`super::exec`]).
-    pub(crate) fn new_accumulator(params: Params, mode: Mode) -> FunnelAccumulator {
-        Self {
-            params,
-            mode,
-            signature: Signature::exact(vec![], Volatility::Immutable),
-        }
-        .accumulator_state()
-    }
-
     fn accumulator_state(&self) -> FunnelAccumulator {
-        FunnelAccumulator {
-            params: self.params.clone(),
-            mode: self.mode.clone(),
-            item_fields: self.item_fields(),
-            rows: Rows::default(),
-            groups: 0,
-            values: Vec::new(),
-            ids: HashMap::new(),
+        FunnelAccumulator::new(self.params.clone(), self.mode.clone())
+    }
+}
+
+/// The fields of the aggregate's output structs for `params` and `mode`.
+fn item_fields(params: &Params, mode: &Mode) -> Fields {
+    let mut fields = vec![Field::new(BD, DataType::Utf8, true)];
+    match mode {
+        Mode::Steps => {
+            fields.push(Field::new(BITS, DataType::UInt32, false));
+            for k in 0..params.steps {
+                fields.push(Field::new(time_field(k), DataType::Int64, true));
+            }
+        }
+        Mode::Trends { .. } => {
+            fields.push(Field::new(BUCKET, DataType::Int32, false));
+            fields.push(Field::new(CONVERTED, DataType::Boolean, false));
         }
     }
+    Fields::from(fields)
 }
 
 fn list_of(t: DataType) -> DataType {
@@ -255,6 +241,20 @@ fn internal(message: &str) -> DataFusionError {
 }
 
 impl FunnelAccumulator {
+    /// An empty accumulator; also for running the aggregate outside DataFusion's aggregation
+    /// operator (see [`super::exec`]).
+    pub(crate) fn new(params: Params, mode: Mode) -> Self {
+        Self {
+            item_fields: item_fields(&params, &mode),
+            params,
+            mode,
+            rows: Rows::default(),
+            groups: 0,
+            values: Vec::new(),
+            ids: HashMap::new(),
+        }
+    }
+
     /// Appends rows `(row, group)` of `values` (the aggregate's five argument columns);
     /// `groups` is the number of groups so far.
     pub(crate) fn push(
@@ -431,15 +431,7 @@ impl FunnelAccumulator {
     }
 
     fn empty(&self) -> Self {
-        Self {
-            params: self.params.clone(),
-            mode: self.mode.clone(),
-            item_fields: self.item_fields.clone(),
-            rows: Rows::default(),
-            groups: 0,
-            values: Vec::new(),
-            ids: HashMap::new(),
-        }
+        Self::new(self.params.clone(), self.mode.clone())
     }
 
     fn bd_value(&self, id: u32) -> Option<&str> {
