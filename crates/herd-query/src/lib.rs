@@ -86,6 +86,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct QueryEngine {
     ctx: SessionContext,
     db: Arc<Db>,
+    /// Bytes of funnel rows held in memory before they spill to disk.
+    funnel_memory: usize,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -114,7 +116,18 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_config(config);
         let url = url::Url::parse(STORE_URL).map_err(|e| DataFusionError::External(Box::new(e)))?;
         ctx.register_object_store(&url, db.storage().object_store());
-        Ok(Self { ctx, db })
+        Ok(Self {
+            ctx,
+            db,
+            funnel_memory: funnel::DEFAULT_FUNNEL_MEMORY,
+        })
+    }
+
+    /// Sets how many bytes of rows a funnel holds in memory (all partitions together)
+    /// before it writes them to spill files ([`funnel::DEFAULT_FUNNEL_MEMORY`] unless set).
+    pub fn with_funnel_memory(mut self, bytes: usize) -> Self {
+        self.funnel_memory = bytes;
+        self
     }
 
     /// The session.

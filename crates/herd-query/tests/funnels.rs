@@ -37,8 +37,14 @@ fn days(n: i64) -> Window {
     }
 }
 
+/// Runs `q`, and again with a memory budget of 0 bytes (every batch's rows spill to disk
+/// and are read back for evaluation): both must give the same answer.
 async fn run(f: &Fixture, q: &FunnelQuery) -> FunnelResult {
-    f.engine.funnel(f.project, q, 0).await.expect("funnel")
+    let r = f.engine.funnel(f.project, q, 0).await.expect("funnel");
+    let spilling = f.engine.clone().with_funnel_memory(0);
+    let s = spilling.funnel(f.project, q, 0).await.expect("spilled funnel");
+    assert_eq!(r, s, "the same funnel with its rows spilled");
+    r
 }
 
 fn counts(r: &FunnelResult) -> Vec<u64> {

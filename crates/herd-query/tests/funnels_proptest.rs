@@ -364,6 +364,15 @@ fn check(c: Case) {
         let r = f.engine.funnel(f.project, &q, 0).await.expect("funnel");
         let got: Vec<u64> = r.lines[0].steps.iter().map(|s| s.count).collect();
         assert_eq!(got, want, "{c:?}");
+        // Rows spilled to disk after every batch and read back: the same answer.
+        let spilled = f
+            .engine
+            .clone()
+            .with_funnel_memory(0)
+            .funnel(f.project, &q, 0)
+            .await
+            .expect("spilled funnel");
+        assert_eq!(spilled, r, "spilled {c:?}");
     });
 }
 

@@ -1,26 +1,35 @@
 //! Runs the funnel aggregate straight over a plan's partitions, without DataFusion's
-//! aggregation operator.
+//! aggregation operator, in bounded memory.
 //!
 //! A funnel groups by actor, and its "partial state" is every row of the actor: a two-phase
 //! aggregate cannot reduce anything, and repartitioning the rows as one-element list states
 //! (plus hashing each actor string twice, once to repartition and once to group) was a fifth
-//! of a funnel's time. Here each input partition sends every row to one of `shards` flat
-//! [`FunnelAccumulator`]s by a hash of its actor, numbering actors per shard with a hash
+//! of a funnel's time. Here each input partition sends every row to one of [`BUCKETS`] flat
+//! [`FunnelAccumulator`]s by a hash of its actor, numbering actors per bucket with a hash
 //! table keyed on the 16-byte string view when the actor is short (no string hashing or
 //! comparison), on the string otherwise; a row with the previous row's actor (files keep one
-//! actor's rows together) skips the lookup. When all partitions are done, each shard merges its
-//! accumulators (actors renumbered into the first) and evaluates them, shards in parallel.
-//! Each actor lives in exactly one shard, so shards evaluate independently and the answer does
-//! not depend on partitioning or batch boundaries.
+//! actor's rows together) skips the lookup.
+//!
+//! Rows are 32 bytes, and a funnel over 100M events keeps most of them: when the rows held by
+//! all partitions pass the memory budget, a partition writes its buckets' rows to spill files
+//! (one per bucket, from the session's disk manager) and goes on; only actor ids and interned
+//! breakdown values stay in memory. When all partitions are done, buckets are evaluated a few
+//! at a time (as many as the session's target partitions): each reads its rows back, merges
+//! its partitions (actors renumbered into the first) and runs the state machine. Each actor
+//! lives in exactly one bucket, so buckets evaluate independently and the answer does not
+//! depend on partitioning, batch boundaries or spilling.
 
+use std::io::{BufWriter, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringViewArray};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::execution::TaskContext;
+use datafusion::execution::disk_manager::DiskManager;
+use datafusion::execution::{SpillFile, SpillWriter, TaskContext};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::DataFrame;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use hashbrown::HashTable;
 
 use super::machine::Params;
@@ -128,12 +137,90 @@ impl ActorIds {
     }
 }
 
-/// One shard of one partition: its actors and their rows.
+/// Actor hash buckets. Evaluation holds one bucket's rows per worker, so more buckets mean
+/// less memory once rows spill; each bucket of each partition costs a small accumulator.
+pub(crate) const BUCKETS: usize = 64;
+
+/// Bytes of funnel rows that all partitions together hold in memory before they spill.
+pub const DEFAULT_FUNNEL_MEMORY: usize = 256 << 20;
+
+/// One bucket of one partition: its actors, their rows in memory, and the rows it spilled.
 struct Shard {
     ids: ActorIds,
     acc: FunnelAccumulator,
     /// `(row, actor id)` of the current batch (reused).
     rows: Vec<(usize, u32)>,
+    spill: Option<Spill>,
+}
+
+/// A bucket's spill file and its open writer.
+struct Spill {
+    file: Arc<dyn SpillFile>,
+    writer: BufWriter<Box<dyn SpillWriter>>,
+}
+
+/// The memory budget shared by the partitions of one funnel.
+struct Budget {
+    /// Row bytes held by all partitions.
+    held: AtomicUsize,
+    limit: usize,
+    disk: Arc<DiskManager>,
+}
+
+fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("funnel spill: {what}: {e}"))
+}
+
+impl Shard {
+    fn new(params: &Params, mode: &Mode) -> Self {
+        Self {
+            ids: ActorIds::default(),
+            acc: FunnelAccumulator::new(params.clone(), mode.clone()),
+            rows: Vec::new(),
+            spill: None,
+        }
+    }
+
+    /// Moves the rows in memory to this bucket's spill file.
+    fn spill(&mut self, disk: &Arc<DiskManager>) -> Result<()> {
+        if self.acc.row_bytes() == 0 {
+            return Ok(());
+        }
+        let spill = match &mut self.spill {
+            Some(s) => s,
+            None => {
+                let file = disk.create_tmp_file("herd funnel rows")?;
+                let writer = BufWriter::with_capacity(1 << 20, file.open_writer()?);
+                self.spill.insert(Spill { file, writer })
+            }
+        };
+        self.acc
+            .spill(&mut spill.writer)
+            .map_err(|e| io_error("write", e))?;
+        Ok(())
+    }
+
+    /// Reads this bucket's spilled rows back into memory.
+    async fn unspill(&mut self) -> Result<()> {
+        let Some(Spill { file, writer }) = self.spill.take() else {
+            return Ok(());
+        };
+        let mut writer = writer
+            .into_inner()
+            .map_err(|e| io_error("flush", e.error()))?;
+        writer.flush().map_err(|e| io_error("flush", e))?;
+        writer.finish()?;
+        drop(writer);
+        let mut pieces = file.read_stream()?;
+        let mut partial = Vec::new();
+        while let Some(piece) = pieces.next().await {
+            self.acc.unspill(&piece?, &mut partial);
+        }
+        if !partial.is_empty() {
+            return Err(io_error("read", "the file ends inside a row"));
+        }
+        Ok(())
+    }
 }
 
 /// The key of a string view: the view itself for inline strings (bytes past the length
@@ -197,14 +284,18 @@ fn number(actor: &ArrayRef, shards: &mut [Shard]) -> Result<()> {
     Ok(())
 }
 
-/// Feeds one partition's stream into its shards.
+/// Feeds one partition's stream into its shards, spilling them when all partitions together
+/// hold more than the budget.
 async fn run_partition(
     plan: Arc<dyn ExecutionPlan>,
     partition: usize,
     task: Arc<TaskContext>,
     mut shards: Vec<Shard>,
+    budget: Arc<Budget>,
 ) -> Result<Vec<Shard>> {
     let mut stream = plan.execute(partition, task)?;
+    // Row bytes this partition holds (its share of `budget.held`).
+    let mut mine = 0usize;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         number(batch.column(0), &mut shards)?;
@@ -214,37 +305,52 @@ async fn run_partition(
                 s.acc.push(values, &s.rows, s.ids.count as usize)?;
             }
         }
+        let now: usize = shards.iter().map(|s| s.acc.row_bytes()).sum();
+        let held = if now >= mine {
+            budget.held.fetch_add(now - mine, Ordering::Relaxed) + (now - mine)
+        } else {
+            budget.held.fetch_sub(mine - now, Ordering::Relaxed) - (mine - now)
+        };
+        mine = now;
+        if held > budget.limit {
+            for s in &mut shards {
+                s.spill(&budget.disk)?;
+            }
+            budget.held.fetch_sub(mine, Ordering::Relaxed);
+            mine = 0;
+        }
     }
     Ok(shards)
 }
 
 /// Runs the funnel aggregate over `df`, whose columns are `(actor, ts Int64, steps UInt32,
 /// excl UInt32, breakdown Utf8, bucket Int32)`: one list of output structs per actor (see
-/// [`super::udaf::FunnelUdaf`]), in arrays of any length. The guard prints the input plan's metrics when
-/// [`crate::EXPLAIN_ENV`] is set.
+/// [`super::udaf::FunnelUdaf`]), in arrays of any length. Rows beyond `memory` bytes spill to
+/// disk; `parallel` buckets are evaluated at a time. The guard prints the input plan's
+/// metrics when [`crate::EXPLAIN_ENV`] is set.
 pub(crate) async fn run(
     df: DataFrame,
     params: Params,
     mode: Mode,
-    shards: usize,
+    parallel: usize,
+    memory: usize,
 ) -> Result<(Vec<ArrayRef>, Explain)> {
-    let shards = shards.max(1);
+    let parallel = parallel.max(1);
     let task = Arc::new(df.task_ctx());
+    let budget = Arc::new(Budget {
+        held: AtomicUsize::new(0),
+        limit: memory,
+        disk: task.runtime_env().disk_manager.clone(),
+    });
     let plan = df.create_physical_plan().await?;
     let explain = Explain::new(plan.clone());
     let partitions = plan.output_partitioning().partition_count();
     // A JoinSet aborts the partition tasks if this future is dropped (a cancelled request).
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..partitions {
-        let own = (0..shards)
-            .map(|_| Shard {
-                ids: ActorIds::default(),
-                acc: FunnelAccumulator::new(params.clone(), mode.clone()),
-                rows: Vec::new(),
-            })
-            .collect();
-        let (plan, task) = (plan.clone(), task.clone());
-        tasks.spawn(async move { (p, run_partition(plan, p, task, own).await) });
+        let own = (0..BUCKETS).map(|_| Shard::new(&params, &mode)).collect();
+        let (plan, task, budget) = (plan.clone(), task.clone(), budget.clone());
+        tasks.spawn(async move { (p, run_partition(plan, p, task, own, budget).await) });
     }
     let mut done = Vec::with_capacity(partitions);
     while let Some(joined) = tasks.join_next().await {
@@ -253,34 +359,33 @@ pub(crate) async fn run(
     }
     // Partition order, so that merging does not depend on which finished first.
     done.sort_by_key(|(p, _)| *p);
-    // per_shard[s] = shard s of every partition.
-    let mut per_shard: Vec<Vec<Shard>> = (0..shards).map(|_| Vec::new()).collect();
+    // per_bucket[b] = bucket b of every partition.
+    let mut per_bucket: Vec<Vec<Shard>> = (0..BUCKETS).map(|_| Vec::new()).collect();
     for (_, partition) in done {
-        for (s, shard) in partition.into_iter().enumerate() {
-            per_shard[s].push(shard);
+        for (b, shard) in partition.into_iter().enumerate() {
+            per_bucket[b].push(shard);
         }
     }
-    let mut evaluations = Vec::with_capacity(shards);
-    for parts in per_shard {
-        evaluations.push(tokio::task::spawn_blocking(move || -> Result<ArrayRef> {
+    let evaluations = futures::stream::iter(per_bucket.into_iter().map(|mut parts| async move {
+        for part in &mut parts {
+            part.unspill().await?;
+        }
+        tokio::task::spawn_blocking(move || -> Result<ArrayRef> {
             let mut parts = parts.into_iter();
             let Some(mut base) = parts.next() else {
-                return Err(Error::Internal("funnel shard without partitions".into()));
+                return Err(Error::Internal("funnel bucket without partitions".into()));
             };
             for other in parts {
                 let map = base.ids.absorb(&other.ids);
                 base.acc.absorb(other.acc, &map)?;
             }
             Ok(base.acc.evaluate_all()?)
-        }));
-    }
-    let mut out = Vec::with_capacity(shards);
-    for e in evaluations {
-        out.push(
-            e.await
-                .map_err(|e| Error::Internal(format!("funnel evaluation: {e}")))??,
-        );
-    }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("funnel evaluation: {e}")))?
+    }))
+    .buffered(parallel);
+    let out: Vec<ArrayRef> = evaluations.try_collect().await?;
     Ok((out, explain))
 }
 

@@ -37,6 +37,7 @@ use crate::trends::{Breakdown, DEFAULT_BREAKDOWN_LIMIT};
 use crate::{Error, QueryEngine, Result};
 
 use machine::Params;
+pub use exec::DEFAULT_FUNNEL_MEMORY;
 pub use machine::{Attribution, MAX_STEPS, Order};
 use udaf::Mode;
 
@@ -393,8 +394,9 @@ impl QueryEngine {
                     .or(col("__excl").not_eq(lit(ScalarValue::UInt32(Some(0))))),
             )?;
         }
-        let shards = self.context().state().config().target_partitions();
-        let (lists, _explain) = exec::run(df, r.params.clone(), mode, shards).await?;
+        let parallel = self.context().state().config().target_partitions();
+        let (lists, _explain) =
+            exec::run(df, r.params.clone(), mode, parallel, self.funnel_memory).await?;
 
         let mut result = FunnelResult {
             date_from: r.range.from,

@@ -173,8 +173,13 @@ struct Row {
     ev: Ev,
 }
 
-/// Rows per chunk of [`Rows`].
+/// Rows per chunk of [`Rows`] (at most).
 const CHUNK_ROWS: usize = 1 << 16;
+/// Rows of a [`Rows`]' first chunk: chunks grow from this to [`CHUNK_ROWS`], so that an
+/// accumulator holding a few rows (the funnel runs many, one per hash bucket) stays small.
+const FIRST_CHUNK_ROWS: usize = 1 << 10;
+/// Bytes of one row in a spill file: group, ts, steps, excl, bd, bucket (little endian).
+const SPILLED_ROW: usize = 28;
 
 /// Rows in fixed-size chunks: appending never moves what is stored (a growing `Vec` copied
 /// everything at each doubling and faulted in twice the memory: a fifth of a funnel's time),
@@ -190,7 +195,7 @@ impl Rows {
         match self.chunks.last_mut() {
             Some(c) if c.len() < c.capacity() => c.push(row),
             _ => {
-                let mut c = Vec::with_capacity(CHUNK_ROWS);
+                let mut c = Vec::with_capacity(self.len.clamp(FIRST_CHUNK_ROWS, CHUNK_ROWS));
                 c.push(row);
                 self.chunks.push(c);
             }
@@ -219,6 +224,23 @@ impl Rows {
 
     fn bytes(&self) -> usize {
         self.chunks.iter().map(Vec::capacity).sum::<usize>() * std::mem::size_of::<Row>()
+    }
+}
+
+/// A row from a [`SPILLED_ROW`]-byte record.
+fn decode_row(b: &[u8]) -> Row {
+    let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&b[4..12]);
+    Row {
+        group: u32_at(0),
+        ev: Ev {
+            ts: i64::from_le_bytes(ts),
+            steps: u32_at(12),
+            excl: u32_at(16),
+            bd: u32_at(20),
+            bucket: u32_at(24) as i32,
+        },
     }
 }
 
@@ -289,6 +311,56 @@ impl FunnelAccumulator {
         let groups = group_map.iter().map(|g| *g as usize + 1).max().unwrap_or(0);
         self.groups = self.groups.max(groups);
         Ok(())
+    }
+
+    /// Bytes held by the rows.
+    pub(crate) fn row_bytes(&self) -> usize {
+        self.rows.bytes()
+    }
+
+    /// Writes the rows to `out` as fixed-size records and frees them. The groups and the
+    /// interned breakdown values stay, so rows read back by [`Self::unspill`] mean what they
+    /// meant. Returns the number of rows written.
+    pub(crate) fn spill(&mut self, out: &mut impl std::io::Write) -> std::io::Result<usize> {
+        let rows = std::mem::take(&mut self.rows);
+        let n = rows.len();
+        let mut buf = Vec::new();
+        for chunk in rows.chunks {
+            buf.clear();
+            buf.reserve(chunk.len() * SPILLED_ROW);
+            for r in &chunk {
+                buf.extend_from_slice(&r.group.to_le_bytes());
+                buf.extend_from_slice(&r.ev.ts.to_le_bytes());
+                buf.extend_from_slice(&r.ev.steps.to_le_bytes());
+                buf.extend_from_slice(&r.ev.excl.to_le_bytes());
+                buf.extend_from_slice(&r.ev.bd.to_le_bytes());
+                buf.extend_from_slice(&r.ev.bucket.to_le_bytes());
+            }
+            out.write_all(&buf)?;
+        }
+        Ok(n)
+    }
+
+    /// Appends the rows of a piece of a spill file written by [`Self::spill`]; `partial` holds
+    /// the bytes of a record cut at the end of the previous piece (and keeps those of this
+    /// piece's). An empty `partial` at the end of the file means every record was whole.
+    pub(crate) fn unspill(&mut self, piece: &[u8], partial: &mut Vec<u8>) {
+        let mut piece = piece;
+        if !partial.is_empty() {
+            let need = (SPILLED_ROW - partial.len()).min(piece.len());
+            partial.extend_from_slice(&piece[..need]);
+            piece = &piece[need..];
+            if partial.len() < SPILLED_ROW {
+                return;
+            }
+            let record = std::mem::take(partial);
+            self.rows.push(decode_row(&record));
+        }
+        let mut records = piece.chunks_exact(SPILLED_ROW);
+        for record in &mut records {
+            self.rows.push(decode_row(record));
+        }
+        partial.extend_from_slice(records.remainder());
     }
 
     /// Evaluates every group (a list of output structs per group, in group order).
@@ -826,6 +898,38 @@ mod tests {
             Arc::new(StringArray::from_iter(rows.iter().map(|_| None::<&str>))),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|_| 0))),
         ]
+    }
+
+    #[test]
+    fn spilled_rows_read_back_in_pieces_of_any_size_are_the_same_rows() {
+        let mut acc = FunnelAccumulator::new(params(), Mode::Steps);
+        let values = vec![
+            Arc::new(Int64Array::from(vec![-5, i64::MAX, 7])) as ArrayRef,
+            Arc::new(UInt32Array::from(vec![1, 2, u32::MAX])),
+            Arc::new(UInt32Array::from(vec![0, 4, 1])),
+            Arc::new(StringArray::from(vec![Some("x"), None, Some("y")])),
+            Arc::new(Int32Array::from(vec![-1, 0, i32::MIN])),
+        ];
+        acc.push(&values, &[(0, 0), (1, 7), (2, 3)], 8).expect("push");
+        let before: Vec<(u32, Ev)> = acc.rows.iter().map(|r| (r.group, r.ev)).collect();
+        let mut file = Vec::new();
+        assert_eq!(acc.spill(&mut file).expect("spill"), 3);
+        assert_eq!((acc.rows.len(), acc.row_bytes(), file.len()), (0, 0, 3 * SPILLED_ROW));
+        for piece in 1..=file.len() {
+            let mut back = FunnelAccumulator::new(params(), Mode::Steps);
+            let mut partial = Vec::new();
+            for p in file.chunks(piece) {
+                back.unspill(p, &mut partial);
+            }
+            assert!(partial.is_empty(), "piece {piece}");
+            let after: Vec<(u32, Ev)> = back.rows.iter().map(|r| (r.group, r.ev)).collect();
+            assert_eq!(after, before, "piece {piece}");
+        }
+        // A file cut inside a record leaves the cut record's bytes in `partial`.
+        let mut back = FunnelAccumulator::new(params(), Mode::Steps);
+        let mut partial = Vec::new();
+        back.unspill(&file[..SPILLED_ROW + 5], &mut partial);
+        assert_eq!((back.rows.len(), partial.len()), (1, 5));
     }
 
     fn bits_of(list: &ArrayRef) -> Vec<Vec<u32>> {
