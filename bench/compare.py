@@ -4,6 +4,7 @@ checked equal, ratios herd / best other printed.
 
     python bench/compare.py --herd target/release/herd --data DIR [--project 1] [--runs 5]
         [--queries Q1,Q2,Q3,Q4,Q5] [--threads 2] [--json OUT] [--plot OUT.svg]
+        [--probe-cap 30] [--statements Q2=Q2_L,Q3=Q3_L]
     python bench/compare.py --plot-from OUT.json --plot OUT.svg   # redraw an earlier run
 
 The anchors' SQL is ../shared/bench/anchor_queries.py (DD / CH dicts), read as it is. DuckDB
@@ -152,6 +153,11 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--queries", default="Q1,Q2,Q3,Q4,Q5")
+    p.add_argument("--probe-cap", type=float, default=PROBE_CAP_S,
+                   help="seconds after which a probe of one DuckDB formulation is interrupted")
+    p.add_argument("--statements", default="",
+                   help="the DuckDB formulation to time without probing, e.g. Q2=Q2_L,Q3=Q3_L "
+                   "(at 100M events each probe takes minutes)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--plot", help="also draw the results as an SVG bar chart here")
     p.add_argument("--plot-from", help="only draw the SVG (--plot) from a --json file of an "
@@ -166,6 +172,7 @@ def main():
     if not args.herd or not args.data:
         p.error("--herd and --data are required")
     args.queries = args.queries.split(",")
+    chosen = dict(kv.split("=", 1) for kv in args.statements.split(",") if kv)
 
     ev = os.path.join(args.data, f"projects/{args.project}/events/**/*.parquet")
     gr = os.path.join(args.data, f"projects/{args.project}/groups/*.parquet")
@@ -194,13 +201,17 @@ def main():
             # One statement, or the engine's formulations of it (Q2_W, Q2_L, …): the best.
             variants = [k for k in sqls if k == q or (k.startswith(q + "_") and name == "duckdb"
                                                        and k[len(q) + 1:] in ("W", "L", "A"))]
+            if name == "duckdb" and q in chosen:
+                if chosen[q] not in variants:
+                    p.error(f"--statements: {chosen[q]} is not a formulation of {q}")
+                variants = [chosen[q]]
             if len(variants) > 1:
                 # One probe run each (some formulations take many times longer), then the
                 # full timing of the fastest.
                 probes = {}
                 for k in variants:
                     sql = sqls[k].replace("{ev}", ev).replace("{gr}", gr)
-                    timer = threading.Timer(PROBE_CAP_S, interrupt) if interrupt else None
+                    timer = threading.Timer(args.probe_cap, interrupt) if interrupt else None
                     if timer:
                         timer.start()
                     t = time.perf_counter()

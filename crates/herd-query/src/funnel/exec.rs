@@ -190,7 +190,7 @@ impl Shard {
             Some(s) => s,
             None => {
                 let file = disk.create_tmp_file("herd funnel rows")?;
-                let writer = BufWriter::with_capacity(1 << 20, file.open_writer()?);
+                let writer = BufWriter::with_capacity(64 << 10, file.open_writer()?);
                 self.spill.insert(Spill { file, writer })
             }
         };
