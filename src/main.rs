@@ -125,16 +125,20 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Threads of the runtime's blocking pool: local object-store reads and funnel evaluation run
-/// there. Tokio's default (512) let a scan over a thousand files start ~170 threads, each with
-/// its own allocator heap, and buffers read on one thread and freed on another left pages
-/// behind in all of them: RSS grew with the number of files read.
-const BLOCKING_THREADS: usize = 16;
+/// Threads of the runtime's blocking pool (local object-store reads and funnel evaluation
+/// run there): the CPU count, at least 4. Tokio's default (512) let a scan over a thousand
+/// files start ~170 threads, each with its own allocator heap, and buffers read on one thread
+/// and freed on another left pages behind in all of them: at 100M events RSS grew with the
+/// number of files read (Q1 1.3 GiB with the default, 641 MiB with 16 threads, 506 MiB with 4,
+/// and the funnels ~20 % faster).
+fn blocking_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get().max(4))
+}
 
 fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(BLOCKING_THREADS)
+        .max_blocking_threads(blocking_threads())
         .build()?
         .block_on(run())
 }

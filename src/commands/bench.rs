@@ -26,6 +26,10 @@ pub(crate) struct BenchArgs {
     /// threads by the comparison script).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// MiB of funnel rows held in memory (all partitions together) before they spill to
+    /// disk.
+    #[arg(long, default_value_t = herd_query::funnel::DEFAULT_FUNNEL_MEMORY >> 20)]
+    funnel_memory_mib: usize,
     /// First day of Q1 and Q4 (the generator writes a few `$groupidentify` events just
     /// before its start day).
     #[arg(long, default_value = "2023-12-31")]
@@ -202,7 +206,8 @@ fn reset_peak_rss() {
 /// Runs `herd bench`.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (db, project) = args.store.open(1_000_000).await?;
-    let engine = QueryEngine::with_partitions(db.clone(), Some(args.threads))?;
+    let engine = QueryEngine::with_partitions(db.clone(), Some(args.threads))?
+        .with_funnel_memory(args.funnel_memory_mib << 20);
     let now = chrono::Utc::now().timestamp_micros();
     let mut out = Vec::new();
     for name in &args.queries {

@@ -42,7 +42,10 @@ fn days(n: i64) -> Window {
 async fn run(f: &Fixture, q: &FunnelQuery) -> FunnelResult {
     let r = f.engine.funnel(f.project, q, 0).await.expect("funnel");
     let spilling = f.engine.clone().with_funnel_memory(0);
-    let s = spilling.funnel(f.project, q, 0).await.expect("spilled funnel");
+    let s = spilling
+        .funnel(f.project, q, 0)
+        .await
+        .expect("spilled funnel");
     assert_eq!(r, s, "the same funnel with its rows spilled");
     r
 }

@@ -36,8 +36,8 @@ use crate::filters::{
 use crate::trends::{Breakdown, DEFAULT_BREAKDOWN_LIMIT};
 use crate::{Error, QueryEngine, Result};
 
-use machine::Params;
 pub use exec::DEFAULT_FUNNEL_MEMORY;
+use machine::Params;
 pub use machine::{Attribution, MAX_STEPS, Order};
 use udaf::Mode;
 

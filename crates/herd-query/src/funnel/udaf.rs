@@ -910,11 +910,15 @@ mod tests {
             Arc::new(StringArray::from(vec![Some("x"), None, Some("y")])),
             Arc::new(Int32Array::from(vec![-1, 0, i32::MIN])),
         ];
-        acc.push(&values, &[(0, 0), (1, 7), (2, 3)], 8).expect("push");
+        acc.push(&values, &[(0, 0), (1, 7), (2, 3)], 8)
+            .expect("push");
         let before: Vec<(u32, Ev)> = acc.rows.iter().map(|r| (r.group, r.ev)).collect();
         let mut file = Vec::new();
         assert_eq!(acc.spill(&mut file).expect("spill"), 3);
-        assert_eq!((acc.rows.len(), acc.row_bytes(), file.len()), (0, 0, 3 * SPILLED_ROW));
+        assert_eq!(
+            (acc.rows.len(), acc.row_bytes(), file.len()),
+            (0, 0, 3 * SPILLED_ROW)
+        );
         for piece in 1..=file.len() {
             let mut back = FunnelAccumulator::new(params(), Mode::Steps);
             let mut partial = Vec::new();
