@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+mod actors;
 pub mod bucket;
 pub mod calendar;
 pub mod filters;

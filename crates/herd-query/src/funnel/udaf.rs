@@ -173,6 +173,9 @@ struct Row {
     ev: Ev,
 }
 
+/// Bytes of one row held in memory.
+pub(crate) const ROW_BYTES: usize = std::mem::size_of::<Row>();
+
 /// Rows per chunk of [`Rows`] (at most).
 const CHUNK_ROWS: usize = 1 << 16;
 /// Rows of a [`Rows`]' first chunk: chunks grow from this to [`CHUNK_ROWS`], so that an

@@ -1,0 +1,233 @@
+//! Numbering actor strings: the hash tables behind the funnel's actor buckets
+//! ([`crate::funnel`]).
+//!
+//! Actors are `distinct_id`s or group keys, read as `Utf8View`. A string of at most 12 bytes
+//! is stored inline in its 16-byte view, so the view (bytes past the length masked) is the
+//! key: no string hashing or comparison. Longer strings are keyed by the string. Callers
+//! shard actors by the high bits of the same hash ([`shard_of`]), so one actor lives in one
+//! shard whatever partition saw it.
+
+use datafusion::arrow::array::{Array, StringViewArray};
+use hashbrown::HashTable;
+
+/// Actor keys of one shard, numbered densely from 0 in order of arrival.
+#[derive(Default)]
+pub(crate) struct ActorIds {
+    /// Strings of at most 12 bytes: their view (length + bytes, zero padded) is the key.
+    short: HashTable<Packed>,
+    /// Longer strings.
+    long: HashTable<(Box<str>, u32)>,
+    /// Whether a null actor was seen, and its id.
+    null: Option<u32>,
+    /// Actors numbered so far.
+    pub(crate) count: u32,
+}
+
+/// A short key and its id in 20 bytes (a `(u128, u32)` entry takes 32, u128 being 16-byte
+/// aligned): a query by user at 100M events holds millions of them.
+#[derive(Clone, Copy)]
+struct Packed {
+    key: [u32; 4],
+    id: u32,
+}
+
+fn pack(v: u128) -> [u32; 4] {
+    [
+        v as u32,
+        (v >> 32) as u32,
+        (v >> 64) as u32,
+        (v >> 96) as u32,
+    ]
+}
+
+fn unpack(k: [u32; 4]) -> u128 {
+    u128::from(k[0]) | u128::from(k[1]) << 32 | u128::from(k[2]) << 64 | u128::from(k[3]) << 96
+}
+
+/// The key of a null actor in [`ActorIds::short`] would need an impossible view; it has a
+/// slot of its own instead.
+#[derive(Clone)]
+pub(crate) enum Key<'a> {
+    Short(u128),
+    Long(&'a str),
+    Null,
+}
+
+impl Key<'_> {
+    pub(crate) fn same(&self, other: &Key<'_>) -> bool {
+        match (self, other) {
+            (Key::Short(a), Key::Short(b)) => a == b,
+            (Key::Long(a), Key::Long(b)) => a == b,
+            (Key::Null, Key::Null) => true,
+            _ => false,
+        }
+    }
+}
+
+fn hasher() -> foldhash::fast::FixedState {
+    foldhash::fast::FixedState::with_seed(0x6865_7264)
+}
+
+pub(crate) fn hash_key(key: &Key<'_>) -> u64 {
+    use std::hash::BuildHasher;
+    match key {
+        Key::Short(v) => hasher().hash_one(v),
+        Key::Long(s) => hasher().hash_one(s),
+        Key::Null => 0,
+    }
+}
+
+impl ActorIds {
+    fn next(&mut self) -> u32 {
+        let id = self.count;
+        self.count += 1;
+        id
+    }
+
+    pub(crate) fn id(&mut self, key: Key<'_>, hash: u64) -> u32 {
+        match key {
+            Key::Short(v) => {
+                let key = pack(v);
+                if let Some(e) = self.short.find(hash, |e| e.key == key) {
+                    return e.id;
+                }
+                let id = self.next();
+                self.short.insert_unique(hash, Packed { key, id }, |e| {
+                    hash_key(&Key::Short(unpack(e.key)))
+                });
+                id
+            }
+            Key::Long(s) => {
+                if let Some((_, id)) = self.long.find(hash, |(k, _)| k.as_ref() == s) {
+                    return *id;
+                }
+                let id = self.next();
+                self.long
+                    .insert_unique(hash, (s.into(), id), |(k, _)| hash_key(&Key::Long(k)));
+                id
+            }
+            Key::Null => match self.null {
+                Some(id) => id,
+                None => {
+                    let id = self.next();
+                    self.null = Some(id);
+                    id
+                }
+            },
+        }
+    }
+
+    /// For each id of `other`, its id here (new actors are added).
+    pub(crate) fn absorb(&mut self, other: &ActorIds) -> Vec<u32> {
+        let mut map = vec![0u32; other.count as usize];
+        for e in &other.short {
+            let key = Key::Short(unpack(e.key));
+            map[e.id as usize] = self.id(key.clone(), hash_key(&key));
+        }
+        for (s, id) in &other.long {
+            let key = Key::Long(s);
+            map[*id as usize] = self.id(Key::Long(s), hash_key(&key));
+        }
+        if let Some(id) = other.null {
+            map[id as usize] = self.id(Key::Null, 0);
+        }
+        map
+    }
+}
+
+/// The key of a string view: the view itself for inline strings (bytes past the length
+/// masked), the string for longer ones.
+pub(crate) fn key_of<'a>(actors: &'a StringViewArray, i: usize) -> Key<'a> {
+    if actors.is_null(i) {
+        return Key::Null;
+    }
+    match short_key(actors.views()[i]) {
+        Some(k) => Key::Short(k),
+        None => Key::Long(actors.value(i)),
+    }
+}
+
+/// The key of an inline view (a string of at most 12 bytes): its length and bytes, anything
+/// past the length zeroed; `None` for a view pointing into a data buffer.
+pub(crate) fn short_key(view: u128) -> Option<u128> {
+    let len = view as u32;
+    (len <= 12).then(|| {
+        let bits = 32 + 8 * len;
+        if bits >= 128 {
+            view
+        } else {
+            view & ((1u128 << bits) - 1)
+        }
+    })
+}
+
+pub(crate) fn shard_of(hash: u64, shards: usize) -> usize {
+    // The high bits pick the shard; the tables use the low ones.
+    ((hash >> 32) % shards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::StringViewArray;
+
+    fn ids_of(ids: &mut ActorIds, actors: &StringViewArray) -> Vec<u32> {
+        (0..actors.len())
+            .map(|i| {
+                let key = key_of(actors, i);
+                let hash = hash_key(&key);
+                ids.id(key, hash)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn short_long_and_null_actors_are_numbered_once_each_and_merge_by_string() {
+        let long = "an actor name longer than twelve bytes";
+        let a = StringViewArray::from(vec![
+            Some("u1"),
+            Some(long),
+            None,
+            Some("u1"),
+            Some(""),
+            Some("twelve bytes"),
+            Some(long),
+            None,
+        ]);
+        let mut left = ActorIds::default();
+        assert_eq!(ids_of(&mut left, &a), vec![0, 1, 2, 0, 3, 4, 1, 2]);
+        let b = StringViewArray::from(vec![Some("twelve bytes"), Some("u2"), Some(long), None]);
+        let mut right = ActorIds::default();
+        assert_eq!(ids_of(&mut right, &b), vec![0, 1, 2, 3]);
+        // Right's ids in left: "twelve bytes" → 4, "u2" new → 5, long → 1, null → 2.
+        assert_eq!(left.absorb(&right), vec![4, 5, 1, 2]);
+        assert_eq!(left.count, 6);
+    }
+
+    #[test]
+    fn packed_keys_round_trip() {
+        for v in [
+            0u128,
+            1,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            assert_eq!(unpack(pack(v)), v);
+        }
+        assert_eq!(std::mem::size_of::<Packed>(), 20);
+    }
+
+    #[test]
+    fn inline_views_are_keyed_by_their_bytes_only() {
+        // The same string from a view with garbage past its length (as a slice of a longer
+        // inline buffer could carry) gets the same key; 12-byte strings use the whole view;
+        // longer strings have no short key.
+        let clean = StringViewArray::from(vec!["abc", "twelve bytes", "thirteen byte"]);
+        let k = short_key(clean.views()[0]).expect("inline");
+        assert_eq!(short_key(clean.views()[0] | (0xFFu128 << 120)), Some(k));
+        assert_ne!(short_key(clean.views()[0] ^ (0x01u128 << 40)), Some(k));
+        assert_eq!(short_key(clean.views()[1]), Some(clean.views()[1]));
+        assert_eq!(short_key(clean.views()[2]), None);
+        assert!(matches!(key_of(&clean, 0), Key::Short(x) if x == k));
+    }
+}
