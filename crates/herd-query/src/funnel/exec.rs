@@ -6,10 +6,8 @@
 //! (plus hashing each actor string twice, once to repartition and once to group) was a fifth
 //! of a funnel's time. Here each input partition sends every row to one of a few (at most
 //! [`BUCKETS`]) flat [`FunnelAccumulator`]s by a hash of its actor, numbering actors per
-//! bucket with a hash
-//! table keyed on the 16-byte string view when the actor is short (no string hashing or
-//! comparison), on the string otherwise; a row with the previous row's actor (files keep one
-//! actor's rows together) skips the lookup.
+//! bucket ([`crate::actors`]: strings of at most 12 bytes keyed by their 16-byte view); a row
+//! with the previous row's actor (files keep one actor's rows together) skips the lookup.
 //!
 //! Rows are 32 bytes, and a funnel over 100M events keeps most of them: when the rows held by
 //! all partitions pass the memory budget, a partition writes its buckets' rows to spill files
