@@ -162,7 +162,8 @@ fn reference_ordered(c: &Case, evs: &Stream) -> Option<usize> {
 }
 
 /// Plain reference for strict funnels: an attempt's steps must be consecutive events of the
-/// actor (repeats of the step just reached keep it alive). An exclusion covering the next
+/// actor (repeats of the step just reached keep it alive, except a repeat of step 0, which
+/// starts a newer attempt in its place). An exclusion covering the next
 /// step of an attempt, inside its window, spoils it when some attempt is still alive at
 /// that step in its own window (PostHog keeps one slot per step, and an exclusion only acts
 /// through a live slot). Timestamps are distinct here.
@@ -191,6 +192,12 @@ fn reference_strict(c: &Case, evs: &Stream) -> Option<usize> {
                 continue;
             }
             if step_of(*m) == Some(level - 1) {
+                if level == 1 {
+                    // A newer step-0 event re-enters: it takes the entry slot over, and this
+                    // attempt (still waiting for step 1) is gone (spec §3.3 step 3).
+                    broken = j;
+                    break;
+                }
                 continue;
             }
             broken = j;
