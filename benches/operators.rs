@@ -5,7 +5,12 @@
 //!   operator shards actors over the plan's partitions (`funnel/exec.rs`), against the very
 //!   same `herd_funnel` aggregate run through DataFusion's GROUP BY (two-phase hash aggregate);
 //! - unique companies per day doing `$pageview`: herd's trends against DataFusion's
-//!   `count(DISTINCT $group_0)` grouped by `date_trunc('day', timestamp)`.
+//!   `count(DISTINCT $group_0)` grouped by `date_trunc('day', timestamp)`;
+//! - the group-property join (the suite's Q4: unique companies per Monday week doing
+//!   `$pageview`, by the company's current `plan`): herd's trends, which reduce to distinct
+//!   (week, company) before joining the cached groups table, against the plain plan that joins
+//!   every event to the groups table, extracts `plan` and counts distinct companies per
+//!   (week, plan). Compared as the sorted list of counts.
 //!
 //! Both sides check they give the same answer. Prints median seconds of `--runs` after a
 //! warm-up and the ratio herd / DataFusion.
@@ -20,13 +25,15 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type, UInt32Type};
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::expr_fn::count_distinct;
+use datafusion::logical_expr::JoinType;
 use datafusion::logical_expr::{cast, lit, when};
 use datafusion::prelude::{col, date_trunc};
+use herd_query::filters::property_expr;
 use herd_query::funnel::machine::Params;
 use herd_query::funnel::udaf::{FunnelUdaf, Mode};
 use herd_query::{
-    FunnelQuery, FunnelStep, Interval, Math, MathSpec, Order, QueryEngine, Series, TrendsQuery,
-    Window, WindowUnit,
+    Breakdown, FunnelQuery, FunnelStep, Interval, Math, MathSpec, Order, PropertySource,
+    QueryEngine, Series, TrendsQuery, WeekStart, Window, WindowUnit,
 };
 use herd_storage::{Db, DbConfig, Storage};
 
@@ -211,6 +218,88 @@ async fn datafusion_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
         .collect()
 }
 
+/// Unique companies per Monday week doing `$pageview` by current `plan` (the suite's Q4),
+/// herd's trends: the nonzero counts, sorted.
+async fn herd_by_plan(engine: &QueryEngine, project: u64) -> Vec<u64> {
+    let q = TrendsQuery {
+        series: vec![Series {
+            event: Some("$pageview".into()),
+            math: MathSpec {
+                math: Math::UniqueGroup,
+                group_type: Some("company".into()),
+                property: None,
+            },
+            ..Series::default()
+        }],
+        interval: Some(Interval::Week),
+        week_start: WeekStart::Monday,
+        breakdown: Some(Breakdown {
+            property: "plan".into(),
+            source: PropertySource::Group("company".into()),
+            limit: 1000,
+            hide_other: false,
+        }),
+        date_from: "2023-12-31".into(),
+        date_to: "2024-03-31".into(),
+        ..TrendsQuery::default()
+    };
+    let r = engine.trends(project, &q, 0).await.expect("trends");
+    let mut counts: Vec<u64> = r
+        .results
+        .iter()
+        .flat_map(|s| s.data.iter().filter(|v| **v != 0.0).map(|v| *v as u64))
+        .collect();
+    counts.sort_unstable();
+    counts
+}
+
+/// The same as a plain plan: every `$pageview` joined to the groups table, `plan` extracted,
+/// `count(DISTINCT $group_0)` per (`date_trunc('week', …)`, plan).
+async fn datafusion_by_plan(engine: &QueryEngine, project: u64) -> Vec<u64> {
+    let mapping = engine.db().group_types(project).await.expect("project");
+    let plan = property_expr(
+        &mapping,
+        "breakdown",
+        &PropertySource::Group("company".into()),
+        "plan",
+    )
+    .expect("plan");
+    let groups = engine.groups_table(project, 0).await.expect("groups");
+    let groups = engine.context().read_table(groups).expect("groups table");
+    let batches = engine
+        .events(project)
+        .await
+        .expect("events")
+        .filter(
+            col("event")
+                .eq(lit("$pageview"))
+                .and(col("$group_0").not_eq(lit(""))),
+        )
+        .expect("filter")
+        .join(groups, JoinType::Left, &["$group_0"], &["__g0_key"], None)
+        .expect("join")
+        .aggregate(
+            vec![
+                date_trunc(lit("week"), col("timestamp")).alias("week"),
+                plan.alias("plan"),
+            ],
+            vec![count_distinct(col("$group_0")).alias("n")],
+        )
+        .expect("aggregate")
+        .collect()
+        .await
+        .expect("collect");
+    let mut counts: Vec<u64> = batches
+        .iter()
+        .flat_map(|b| {
+            let n = b.column(2).as_primitive::<Int64Type>();
+            (0..n.len()).map(|i| n.value(i) as u64).collect::<Vec<_>>()
+        })
+        .collect();
+    counts.sort_unstable();
+    counts
+}
+
 /// Times both sides, checks they agree, prints the row.
 fn compare(
     runs: usize,
@@ -261,6 +350,12 @@ fn main() {
             "unique companies per day",
             || block(Box::pin(herd_uniques(&engine, project))),
             || block(Box::pin(datafusion_uniques(&engine, project))),
+        );
+        compare(
+            runs,
+            "companies per week by plan",
+            || block(Box::pin(herd_by_plan(&engine, project))),
+            || block(Box::pin(datafusion_by_plan(&engine, project))),
         );
         db.close().await.expect("close");
     });
