@@ -161,9 +161,10 @@ async fn datafusion_funnel(engine: &QueryEngine, project: u64) -> Vec<u64> {
     counts
 }
 
-/// Unique companies per day doing `$pageview` (days with any), herd's trends.
-async fn herd_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
-    let q = TrendsQuery {
+/// Unique companies doing `$pageview` per `interval` over the generated range, herd's
+/// trends request.
+fn companies_doing_pageview(interval: Interval) -> TrendsQuery {
+    TrendsQuery {
         series: vec![Series {
             event: Some("$pageview".into()),
             math: MathSpec {
@@ -173,11 +174,16 @@ async fn herd_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
             },
             ..Series::default()
         }],
-        interval: Some(Interval::Day),
+        interval: Some(interval),
         date_from: "2023-12-31".into(),
         date_to: "2024-03-31".into(),
         ..TrendsQuery::default()
-    };
+    }
+}
+
+/// Unique companies per day doing `$pageview` (days with any), herd's trends.
+async fn herd_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
+    let q = companies_doing_pageview(Interval::Day);
     let r = engine.trends(project, &q, 0).await.expect("trends");
     r.results[0]
         .data
@@ -222,16 +228,6 @@ async fn datafusion_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
 /// herd's trends: the nonzero counts, sorted.
 async fn herd_by_plan(engine: &QueryEngine, project: u64) -> Vec<u64> {
     let q = TrendsQuery {
-        series: vec![Series {
-            event: Some("$pageview".into()),
-            math: MathSpec {
-                math: Math::UniqueGroup,
-                group_type: Some("company".into()),
-                property: None,
-            },
-            ..Series::default()
-        }],
-        interval: Some(Interval::Week),
         week_start: WeekStart::Monday,
         breakdown: Some(Breakdown {
             property: "plan".into(),
@@ -239,9 +235,7 @@ async fn herd_by_plan(engine: &QueryEngine, project: u64) -> Vec<u64> {
             limit: 1000,
             hide_other: false,
         }),
-        date_from: "2023-12-31".into(),
-        date_to: "2024-03-31".into(),
-        ..TrendsQuery::default()
+        ..companies_doing_pageview(Interval::Week)
     };
     let r = engine.trends(project, &q, 0).await.expect("trends");
     let mut counts: Vec<u64> = r
