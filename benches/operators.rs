@@ -27,7 +27,7 @@ use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::expr_fn::count_distinct;
 use datafusion::logical_expr::JoinType;
 use datafusion::logical_expr::{cast, lit, when};
-use datafusion::prelude::{col, date_trunc};
+use datafusion::prelude::{DataFrame, col, date_trunc};
 use herd_query::filters::property_expr;
 use herd_query::funnel::machine::Params;
 use herd_query::funnel::udaf::{FunnelUdaf, Mode};
@@ -193,9 +193,9 @@ async fn herd_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
         .collect()
 }
 
-/// The same with DataFusion's `count(DISTINCT …)` per `date_trunc('day', …)`.
-async fn datafusion_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
-    let batches = engine
+/// `$pageview` events that name a company, as a plain DataFrame.
+async fn pageviews_with_company(engine: &QueryEngine, project: u64) -> DataFrame {
+    engine
         .events(project)
         .await
         .expect("events")
@@ -205,6 +205,12 @@ async fn datafusion_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
                 .and(col("$group_0").not_eq(lit(""))),
         )
         .expect("filter")
+}
+
+/// The same with DataFusion's `count(DISTINCT …)` per `date_trunc('day', …)`.
+async fn datafusion_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
+    let batches = pageviews_with_company(engine, project)
+        .await
         .aggregate(
             vec![date_trunc(lit("day"), col("timestamp")).alias("day")],
             vec![count_distinct(col("$group_0")).alias("n")],
@@ -260,16 +266,8 @@ async fn datafusion_by_plan(engine: &QueryEngine, project: u64) -> Vec<u64> {
     .expect("plan");
     let groups = engine.groups_table(project, 0).await.expect("groups");
     let groups = engine.context().read_table(groups).expect("groups table");
-    let batches = engine
-        .events(project)
+    let batches = pageviews_with_company(engine, project)
         .await
-        .expect("events")
-        .filter(
-            col("event")
-                .eq(lit("$pageview"))
-                .and(col("$group_0").not_eq(lit(""))),
-        )
-        .expect("filter")
         .join(groups, JoinType::Left, &["$group_0"], &["__g0_key"], None)
         .expect("join")
         .aggregate(
