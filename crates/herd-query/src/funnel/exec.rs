@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::common::DataFusionError;
 use datafusion::execution::disk_manager::DiskManager;
 use datafusion::execution::{SpillFile, SpillWriter, TaskContext};
 use datafusion::physical_plan::{
@@ -69,8 +70,10 @@ struct Budget {
     disk: Arc<DiskManager>,
 }
 
-fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("funnel spill: {what}: {e}"))
+/// A spill file that could not be written (a full or unwritable temporary folder): an I/O
+/// error of the query, not a bug.
+fn io_error(what: &str, e: std::io::Error) -> Error {
+    Error::DataFusion(DataFusionError::IoError(e).context(format!("funnel spill: {what}")))
 }
 
 impl Shard {
@@ -109,7 +112,7 @@ impl Shard {
         };
         let mut writer = writer
             .into_inner()
-            .map_err(|e| io_error("flush", e.error()))?;
+            .map_err(|e| io_error("flush", e.into_error()))?;
         writer.flush().map_err(|e| io_error("flush", e))?;
         writer.finish()?;
         drop(writer);
@@ -119,7 +122,9 @@ impl Shard {
             self.acc.unspill(&piece?, &mut partial);
         }
         if !partial.is_empty() {
-            return Err(io_error("read", "the file ends inside a row"));
+            return Err(Error::Internal(
+                "funnel spill: a spill file ends inside a row".into(),
+            ));
         }
         Ok(())
     }
