@@ -158,8 +158,11 @@ fn resolve_token(envelope: Option<&Value>, events: &[ParsedEvent]) -> Result<Str
 
 /// Adds `"$group_N": key` for every filled slot to a JSON object's text (PostHog writes the
 /// slot keys into the properties too). The text must be a serialised object without those keys.
-fn with_group_keys(mut text: String, slots: &[String; herd_core::MAX_GROUP_TYPES]) -> String {
-    if slots.iter().all(String::is_empty) || !text.ends_with('}') {
+fn with_group_keys(
+    mut text: String,
+    slots: &[std::borrow::Cow<'_, str>; herd_core::MAX_GROUP_TYPES],
+) -> String {
+    if slots.iter().all(|s| s.is_empty()) || !text.ends_with('}') {
         return text;
     }
     text.pop();
@@ -170,7 +173,7 @@ fn with_group_keys(mut text: String, slots: &[String; herd_core::MAX_GROUP_TYPES
         }
         empty = false;
         text.push_str(&format!("\"$group_{i}\":"));
-        text.push_str(&Value::String(key.clone()).to_string());
+        text.push_str(&Value::String(key.to_string()).to_string());
     }
     text.push('}');
     text
@@ -229,15 +232,8 @@ mod tests {
 
     #[test]
     fn group_keys_are_spliced_into_the_properties_text() {
-        let slots = |a: &str, c: &str| {
-            [
-                a.to_string(),
-                String::new(),
-                c.to_string(),
-                String::new(),
-                String::new(),
-            ]
-        };
+        let slots =
+            |a: &'static str, c: &'static str| [a, "", c, "", ""].map(std::borrow::Cow::Borrowed);
         let text = with_group_keys(r#"{"plan":"pro"}"#.into(), &slots("id:5", "t\"1"));
         let v: Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(

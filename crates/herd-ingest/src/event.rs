@@ -181,7 +181,7 @@ impl ParsedEvent {
 fn group_inputs_of(event: &str, peek: Peek) -> Result<GroupInputs, String> {
     GroupInputs::build(
         event,
-        peek.groups,
+        peek.groups.map(crate::peek::Members::from),
         peek.process_person_profile,
         peek.group_type,
         peek.group_key,

@@ -10,17 +10,19 @@
 //! ```
 //! Personless events (`$process_person_profile: false`) get no groups and merge nothing.
 
+use std::borrow::Cow;
+
 use herd_core::group_types::group_key_text;
 use herd_core::{
     GroupRow, GroupState, GroupTypeSlot, IngestWarning, MAX_GROUP_KEY_CHARS, MAX_GROUP_TYPES,
 };
 use herd_storage::ProjectGuard;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::Result;
 use crate::decode::json_kind;
+use crate::peek::Members;
 
 /// The group-relevant facts of one event, however it arrived.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,27 +46,12 @@ pub struct IdentifyInputs {
     pub group_set: Option<Value>,
 }
 
-/// Only the properties the group rules read; everything else is skipped unparsed.
-#[derive(Deserialize)]
-struct PartialProperties {
-    #[serde(rename = "$groups", default)]
-    groups: Option<Value>,
-    #[serde(rename = "$process_person_profile", default)]
-    process_person_profile: Option<Value>,
-    #[serde(rename = "$group_type", default)]
-    group_type: Option<Value>,
-    #[serde(rename = "$group_key", default)]
-    group_key: Option<Value>,
-    #[serde(rename = "$group_set", default)]
-    group_set: Option<Value>,
-}
-
 impl GroupInputs {
     /// From a parsed properties object. `$groups` that is not an object is refused.
     pub fn from_properties(event: &str, properties: &Map<String, Value>) -> Result<Self, String> {
         Self::build(
             event,
-            properties.get("$groups").cloned(),
+            properties.get("$groups").cloned().map(Members::from),
             properties.get("$process_person_profile").cloned(),
             properties.get("$group_type").cloned(),
             properties.get("$group_key").cloned(),
@@ -72,14 +59,10 @@ impl GroupInputs {
         )
     }
 
-    /// From properties JSON text, reading only the fields above (fast path for backfill).
+    /// From properties JSON text, reading only the fields above (fast path for backfill:
+    /// one pass over the text, see [`crate::peek`]).
     pub fn from_json_text(event: &str, properties: &str) -> Result<Self, String> {
-        // Most events name no group at all: skip the parse.
-        if !properties.contains("$group") && !properties.contains("$process_person_profile") {
-            return Ok(Self::default());
-        }
-        let p: PartialProperties = serde_json::from_str(properties)
-            .map_err(|e| format!("properties are not a JSON object: {e}"))?;
+        let p = crate::peek::group_fields(properties)?;
         Self::build(
             event,
             p.groups,
@@ -92,16 +75,16 @@ impl GroupInputs {
 
     pub(crate) fn build(
         event: &str,
-        groups: Option<Value>,
+        groups: Option<Members>,
         process_person_profile: Option<Value>,
         group_type: Option<Value>,
         group_key: Option<Value>,
         group_set: Option<Value>,
     ) -> Result<Self, String> {
         let groups = match groups {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Object(m)) => m.into_iter().collect(),
-            Some(other) => {
+            None | Some(Members::Other(Value::Null)) => Vec::new(),
+            Some(Members::Pairs(pairs)) => pairs,
+            Some(Members::Other(other)) => {
                 return Err(format!(
                     "properties.$groups must be an object of group type to group key, got {}",
                     json_kind(&other)
@@ -122,9 +105,10 @@ impl GroupInputs {
 
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
-    /// Store it with these `$group_0..4` values.
-    Store([String; MAX_GROUP_TYPES]),
+pub enum Disposition<'a> {
+    /// Store it with these `$group_0..4` values (borrowed from the inputs where they were
+    /// strings).
+    Store([Cow<'a, str>; MAX_GROUP_TYPES]),
     /// Its uuid is already stored for that day.
     Duplicate,
     /// A rule dropped it (a warning says which).
@@ -159,15 +143,15 @@ struct Merge {
 
 /// Applies the group rules to one event under the project lock.
 #[allow(clippy::too_many_arguments)]
-pub async fn process_event(
+pub async fn process_event<'a>(
     guard: &mut ProjectGuard<'_>,
     uuid: Uuid,
     event: &str,
     timestamp: i64,
     now: i64,
-    inputs: &GroupInputs,
+    inputs: &'a GroupInputs,
     produced: &mut Produced,
-) -> Result<Disposition> {
+) -> Result<Disposition<'a>> {
     let warn = |kind: &str, details: Value| warning(kind, uuid, event, details, now);
     let mut merge = None;
     if let Some(identify) = inputs.identify.as_ref().filter(|_| !inputs.personless) {
@@ -185,11 +169,15 @@ pub async fn process_event(
         return Ok(Disposition::Duplicate);
     }
 
-    let mut slots: [String; MAX_GROUP_TYPES] = Default::default();
+    let mut slots: [Cow<'a, str>; MAX_GROUP_TYPES] = Default::default();
     if !inputs.personless {
         for (group_type, key) in &inputs.groups {
-            let Some(key) = group_key_text(key) else {
-                continue;
+            let key = match key {
+                Value::String(s) => Cow::Borrowed(s.as_str()),
+                other => match group_key_text(other) {
+                    Some(text) => Cow::Owned(text),
+                    None => continue,
+                },
             };
             if key.chars().count() > MAX_GROUP_KEY_CHARS {
                 produced.warnings.push(warn(

@@ -15,6 +15,7 @@ pub mod error;
 pub mod event;
 pub mod generate;
 pub mod groups;
+mod peek;
 pub mod source;
 
 pub use capture::{CaptureOutcome, Ingestor};

@@ -56,7 +56,7 @@ fn string_ranks(batches: &[RecordBatch], column: usize, name: &str) -> Result<Ve
                 .ok_or_else(|| Error::corrupt("events batch", format!("{name} is not Utf8")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut ids: HashMap<&str, u32> = HashMap::new();
+    let mut ids: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
     let mut per_batch = Vec::with_capacity(arrays.len());
     for a in &arrays {
         let mut row_ids = Vec::with_capacity(a.len());

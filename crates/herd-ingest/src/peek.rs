@@ -1,0 +1,350 @@
+//! A single pass over a properties JSON text that picks out a few top-level members.
+//!
+//! Backfill reads 100–300 bytes of properties per event but needs only `$groups` and a few
+//! `$group…` fields of them. Deserialising the text (even into a struct that ignores the other
+//! keys) costs key matching and value tokenising per member; this walk finds each top-level
+//! member's extent (strings skipped with `memchr`, containers by depth) and hands only the
+//! wanted values to `serde_json`.
+//!
+//! What it checks: the text is one object; members are `"key": value` separated by commas;
+//! strings and brackets are closed; nothing follows the object. Skipped scalar values are
+//! delimited, not validated (`{"a": tru}` passes), and the wanted values are parsed by
+//! `serde_json` in full. A key with an escape sequence is decoded by `serde_json`. A key given
+//! twice keeps its last value, as a parsed `serde_json::Map` would.
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+
+/// `$groups` as read: its members in order when it is an object (no map is built), else the
+/// value itself, which the group rules refuse.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Members {
+    /// `(key, value)` in the order of the text; a repeated key appears twice.
+    Pairs(Vec<(String, Value)>),
+    /// Not an object.
+    Other(Value),
+}
+
+impl From<Value> for Members {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::Object(m) => Members::Pairs(m.into_iter().collect()),
+            other => Members::Other(other),
+        }
+    }
+}
+
+/// An object's members straight into a vector.
+struct Pairs(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Pairs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(2));
+                while let Some(kv) = map.next_entry()? {
+                    out.push(kv);
+                }
+                Ok(Pairs(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The members the group rules read.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct GroupFields {
+    pub(crate) groups: Option<Members>,
+    pub(crate) process_person_profile: Option<Value>,
+    pub(crate) group_type: Option<Value>,
+    pub(crate) group_key: Option<Value>,
+    pub(crate) group_set: Option<Value>,
+}
+
+impl GroupFields {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Value>> {
+        match key {
+            "$process_person_profile" => Some(&mut self.process_person_profile),
+            "$group_type" => Some(&mut self.group_type),
+            "$group_key" => Some(&mut self.group_key),
+            "$group_set" => Some(&mut self.group_set),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the group fields of a properties object text.
+pub(crate) fn group_fields(text: &str) -> Result<GroupFields, String> {
+    let mut out = GroupFields::default();
+    let b = text.as_bytes();
+    let mut pos = skip_ws(b, 0);
+    if b.get(pos) != Some(&b'{') {
+        return Err(not_object("it does not start with '{'"));
+    }
+    pos = skip_ws(b, pos + 1);
+    if b.get(pos) == Some(&b'}') {
+        return finish(b, pos + 1, out);
+    }
+    loop {
+        if b.get(pos) != Some(&b'"') {
+            return Err(not_object(&format!("expected a key at byte {pos}")));
+        }
+        let end = string_end(b, pos).ok_or_else(|| not_object("unterminated key"))?;
+        let raw = &text[pos + 1..end];
+        let decoded;
+        let key = if raw.contains('\\') {
+            decoded = serde_json::from_str::<String>(&text[pos..=end])
+                .map_err(|e| not_object(&format!("bad key: {e}")))?;
+            decoded.as_str()
+        } else {
+            raw
+        };
+        pos = skip_ws(b, end + 1);
+        if b.get(pos) != Some(&b':') {
+            return Err(not_object(&format!("expected ':' at byte {pos}")));
+        }
+        pos = skip_ws(b, pos + 1);
+        if key == "$groups" && b.get(pos) == Some(&b'{') {
+            let pairs: Pairs = parse_value(text, &mut pos, key)?;
+            out.groups = Some(Members::Pairs(pairs.0));
+        } else if key == "$groups" {
+            out.groups = Some(Members::Other(parse_value(text, &mut pos, key)?));
+        } else {
+            match out.slot(key) {
+                Some(slot) => *slot = Some(parse_value(text, &mut pos, key)?),
+                None => pos = value_end(b, pos).ok_or_else(|| not_object("unterminated value"))?,
+            }
+        }
+        pos = skip_ws(b, pos);
+        match b.get(pos) {
+            Some(b',') => pos = skip_ws(b, pos + 1),
+            Some(b'}') => return finish(b, pos + 1, out),
+            _ => return Err(not_object(&format!("expected ',' or '}}' at byte {pos}"))),
+        }
+    }
+}
+
+/// One value at `pos` through `serde_json`; `pos` moves past it.
+fn parse_value<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    pos: &mut usize,
+    key: &str,
+) -> Result<T, String> {
+    let mut values = serde_json::Deserializer::from_str(&text[*pos..]).into_iter();
+    let value = match values.next() {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return Err(not_object(&format!("value of {key:?}: {e}"))),
+        None => return Err(not_object(&format!("value of {key:?} is missing"))),
+    };
+    *pos += values.byte_offset();
+    Ok(value)
+}
+
+fn not_object(why: &str) -> String {
+    format!("properties are not a JSON object: {why}")
+}
+
+fn finish(b: &[u8], pos: usize, out: GroupFields) -> Result<GroupFields, String> {
+    if skip_ws(b, pos) == b.len() {
+        Ok(out)
+    } else {
+        Err(not_object("text follows the object"))
+    }
+}
+
+fn skip_ws(b: &[u8], mut pos: usize) -> usize {
+    while let Some(c) = b.get(pos) {
+        if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+            break;
+        }
+        pos += 1;
+    }
+    pos
+}
+
+/// The index of the quote closing the string that opens at `start`.
+fn string_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start + 1;
+    loop {
+        let at = pos + memchr::memchr2(b'"', b'\\', b.get(pos..)?)?;
+        if b[at] == b'"' {
+            return Some(at);
+        }
+        // An escape: the next byte is escaped whatever it is (`\"`, `\\`, `\u…`).
+        pos = at + 2;
+    }
+}
+
+/// The index just past the value that starts at `start`.
+fn value_end(b: &[u8], start: usize) -> Option<usize> {
+    match b.get(start)? {
+        b'"' => string_end(b, start).map(|e| e + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut pos = start;
+            loop {
+                match b.get(pos)? {
+                    b'"' => pos = string_end(b, pos)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(pos + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                pos += 1;
+            }
+        }
+        _ => {
+            let len = b[start..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
+                .unwrap_or(b.len() - start);
+            (len > 0).then_some(start + len)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// What a full parse into a map gives (capture's path).
+    fn reference(text: &str) -> Result<GroupFields, ()> {
+        let Ok(Value::Object(m)) = serde_json::from_str::<Value>(text) else {
+            return Err(());
+        };
+        Ok(GroupFields {
+            groups: m.get("$groups").cloned().map(Members::from),
+            process_person_profile: m.get("$process_person_profile").cloned(),
+            group_type: m.get("$group_type").cloned(),
+            group_key: m.get("$group_key").cloned(),
+            group_set: m.get("$group_set").cloned(),
+        })
+    }
+
+    #[test]
+    fn picks_top_level_members_only() {
+        let text = r#" { "$browser" : "Chr\"ome{" , "nested":{"$groups":1,"a":[1,{"b":"]"}]},
+            "$groups":{"company":"id:5","project":42}, "n": -1.5e3, "t": true, "z": null,
+            "$group_type":"company", "$process_person_profile": false } "#;
+        let f = group_fields(text).expect("object");
+        assert_eq!(
+            f.groups,
+            Some(Members::from(json!({"company": "id:5", "project": 42})))
+        );
+        assert_eq!(f.group_type, Some(json!("company")));
+        assert_eq!(f.process_person_profile, Some(json!(false)));
+        assert_eq!(f.group_key, None);
+        assert_eq!(Ok(f), reference(text).map_err(|_| "".to_string()));
+    }
+
+    #[test]
+    fn escaped_keys_and_repeated_keys() {
+        let f = group_fields(r#"{"$grou\u0070s":{"a":"1"},"$group_key":"x","$group_key":"y"}"#)
+            .expect("object");
+        assert_eq!(f.groups, Some(Members::from(json!({"a": "1"}))));
+        assert_eq!(f.group_key, Some(json!("y")));
+    }
+
+    #[test]
+    fn refuses_what_is_not_one_object() {
+        for bad in [
+            "",
+            "[]",
+            "1",
+            "{",
+            r#"{"a"}"#,
+            r#"{"a":}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":"x}"#,
+            r#"{"a":{"b":1}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":1 "b":2}"#,
+            r#"{"$groups":{"a":}}"#,
+            r#"{"$groups":"#,
+            r#"{"a":"\"#,
+        ] {
+            assert!(group_fields(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(group_fields(" {} ").expect("empty"), GroupFields::default());
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("$groups".to_string()),
+            Just("$group_key".to_string()),
+            Just("$group_set".to_string()),
+            Just("$group_type".to_string()),
+            Just("$process_person_profile".to_string()),
+            "[a-z$\"\\\\{}\\[\\], :é]{0,6}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            "[a-z\"\\\\{}\\[\\], :\\n\u{1}é]{0,8}".prop_map(Value::from),
+        ];
+        let inner = leaf.prop_recursive(4, 32, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        });
+        prop::collection::vec(
+            (
+                prop_oneof![
+                    Just("$groups".to_string()),
+                    Just("$group_key".to_string()),
+                    Just("$group_set".to_string()),
+                    Just("$group_type".to_string()),
+                    Just("$process_person_profile".to_string()),
+                    "[a-z$\"\\\\ ]{0,6}",
+                ],
+                inner,
+            ),
+            0..8,
+        )
+        .prop_map(|kv| Value::Object(kv.into_iter().collect()))
+    }
+
+    proptest! {
+        /// Same members as a full parse, for any object, compact or pretty.
+        #[test]
+        fn agrees_with_a_full_parse(v in json_value(), pretty in any::<bool>()) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&v).expect("json")
+            } else {
+                serde_json::to_string(&v).expect("json")
+            };
+            let expected = reference(&text).map_err(|_| ());
+            prop_assert_eq!(group_fields(&text).map_err(|_| ()), expected);
+        }
+
+        /// Cut or damaged texts never panic, and whatever a full parse refuses is refused,
+        /// except a damaged scalar inside a skipped member.
+        #[test]
+        fn damaged_texts_do_not_panic(v in json_value(), cut in any::<prop::sample::Index>()) {
+            let text = serde_json::to_string(&v).expect("json");
+            let cut = cut.index(text.len() + 1);
+            if let Some(prefix) = text.get(..cut) {
+                let _ = group_fields(prefix);
+                if prefix.len() < text.len() {
+                    prop_assert!(group_fields(prefix).is_err() || reference(prefix).is_ok());
+                }
+            }
+        }
+    }
+}
