@@ -76,7 +76,7 @@ pub(crate) async fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 Some((
                     group_type,
                     key,
-                    serde_json::Value::Object(state.properties),
+                    serde_json::Value::Object(state.properties()),
                     state.created_at,
                 ))
             })

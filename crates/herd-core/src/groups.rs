@@ -26,10 +26,13 @@ use serde_json::{Map, Value};
 use crate::schema::groups_schema;
 
 /// The current state of one group.
+///
+/// The merged properties are kept as the text of a JSON object: a data folder holds hundreds
+/// of thousands of current groups, and a parsed map of a few properties costs about five times
+/// its text in memory. Merges and readers parse it when they need the values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupState {
-    /// Merged properties.
-    pub properties: Map<String, Value>,
+    properties: Box<str>,
     /// Earliest event timestamp seen for the group, µs UTC.
     pub created_at: i64,
     /// Incremented on every change; 1 for a new group.
@@ -37,6 +40,28 @@ pub struct GroupState {
 }
 
 impl GroupState {
+    /// A state with these properties.
+    pub fn new(properties: &Map<String, Value>, created_at: i64, version: i64) -> Self {
+        Self {
+            properties: Value::Object(properties.clone()).to_string().into(),
+            created_at,
+            version,
+        }
+    }
+
+    /// The merged properties.
+    pub fn properties(&self) -> Map<String, Value> {
+        match serde_json::from_str::<Value>(&self.properties) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        }
+    }
+
+    /// The merged properties as JSON object text.
+    pub fn properties_json(&self) -> &str {
+        &self.properties
+    }
+
     /// Applies one `$groupidentify`. Returns the new state when anything changed (or the group
     /// is new), `None` when the event changes nothing.
     pub fn merge(
@@ -46,14 +71,10 @@ impl GroupState {
         now: i64,
     ) -> Option<GroupState> {
         match current {
-            None => Some(GroupState {
-                properties: set.clone(),
-                created_at: now.min(event_ts),
-                version: 1,
-            }),
+            None => Some(GroupState::new(set, now.min(event_ts), 1)),
             Some(current) => {
+                let mut properties = current.properties();
                 let mut changed = false;
-                let mut properties = current.properties.clone();
                 for (k, v) in set {
                     if properties.get(k) != Some(v) {
                         properties.insert(k.clone(), v.clone());
@@ -61,12 +82,18 @@ impl GroupState {
                     }
                 }
                 let created_at = current.created_at.min(event_ts);
-                changed |= created_at != current.created_at;
-                changed.then(|| GroupState {
-                    properties,
-                    created_at,
-                    version: current.version + 1,
-                })
+                let version = current.version + 1;
+                if changed {
+                    Some(GroupState::new(&properties, created_at, version))
+                } else if created_at != current.created_at {
+                    Some(GroupState {
+                        properties: current.properties.clone(),
+                        created_at,
+                        version,
+                    })
+                } else {
+                    None
+                }
             }
         }
     }
@@ -95,7 +122,7 @@ impl GroupRow {
         Self {
             group_type_index: index,
             group_key: key.to_string(),
-            group_properties: Value::Object(state.properties.clone()).to_string(),
+            group_properties: state.properties_json().to_string(),
             created_at: state.created_at,
             version: state.version,
             updated_at,
@@ -104,12 +131,16 @@ impl GroupRow {
 
     /// The state this row records. Properties that are not a JSON object read as empty.
     pub fn to_state(&self) -> GroupState {
-        let properties = match serde_json::from_str::<Value>(&self.group_properties) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
-        };
+        let is_object = matches!(
+            serde_json::from_str::<serde::de::IgnoredAny>(&self.group_properties),
+            Ok(_) if self.group_properties.trim_start().starts_with('{')
+        );
         GroupState {
-            properties,
+            properties: if is_object {
+                self.group_properties.as_str().into()
+            } else {
+                "{}".into()
+            },
             created_at: self.created_at,
             version: self.version,
         }
@@ -217,7 +248,7 @@ mod tests {
         .expect("changed");
         assert_eq!(s2.version, 2);
         assert_eq!(
-            s2.properties,
+            s2.properties(),
             obj(json!({"name": "Acme", "plan": "pro", "seats": 3}))
         );
         assert_eq!(s2.created_at, 100);

@@ -176,10 +176,7 @@ impl QueryEngine {
         let mut props = StringBuilder::new();
         for (key, state) in &groups {
             keys.append_value(key);
-            props.append_value(
-                serde_json::to_string(&state.properties)
-                    .map_err(|e| Error::Internal(format!("group properties: {e}")))?,
-            );
+            props.append_value(state.properties_json());
         }
         let schema = Arc::new(Schema::new(vec![
             Field::new(filters::group_key_column(index), DataType::Utf8, false),

@@ -309,7 +309,7 @@ impl FlagsState {
                     continue;
                 };
                 if let Some(state) = self.db.current_group(project, index, key).await {
-                    stored.insert(group_type.clone(), state.properties);
+                    stored.insert(group_type.clone(), state.properties());
                 }
             }
             let complete = ctx.with_stored_properties(&Map::new(), &stored);

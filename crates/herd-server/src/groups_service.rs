@@ -69,7 +69,7 @@ fn group(index: u8, group_type: &str, key: &str, state: &GroupState) -> Group {
         group_type_index: u32::from(index),
         group_type: group_type.to_string(),
         key: key.to_string(),
-        properties: Some(to_struct(&state.properties)),
+        properties: Some(to_struct(&state.properties())),
         created_at_unix_micros: state.created_at,
         version: state.version,
     }
@@ -80,7 +80,7 @@ fn matches(key: &str, state: &GroupState, needle: &str) -> bool {
     if needle.is_empty() || key.to_lowercase().contains(needle) {
         return true;
     }
-    state.properties.values().any(|v| {
+    state.properties().values().any(|v| {
         let text = match v {
             serde_json::Value::String(s) => s.to_lowercase(),
             other => other.to_string().to_lowercase(),

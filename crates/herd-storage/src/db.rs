@@ -934,21 +934,28 @@ fn encode_day(
     batches: &[RecordBatch],
 ) -> Result<(object_store::path::Path, Bytes, FileEntry)> {
     let day_text = day_string(day);
-    let sorted = parquet_files::sort_events(batches)?;
     let path = layout::new_events_file(project, &day_text);
-    let bytes = parquet_files::encode_events(&sorted, path.as_ref())?;
-    let ts = sorted
-        .column(events_col::TIMESTAMP)
-        .as_any()
-        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
-        .ok_or_else(|| Error::corrupt("write buffer", "timestamp column type"))?;
+    let bytes = parquet_files::encode_sorted_events(batches, path.as_ref())?;
+    let (mut rows, mut min_ts, mut max_ts) = (0, None::<i64>, None::<i64>);
+    for b in batches {
+        let ts = b
+            .column(events_col::TIMESTAMP)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            .ok_or_else(|| Error::corrupt("write buffer", "timestamp column type"))?;
+        rows += b.num_rows() as u64;
+        for &t in ts.values() {
+            min_ts = Some(min_ts.map_or(t, |m| m.min(t)));
+            max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
+        }
+    }
     let entry = FileEntry {
         path: path.to_string(),
-        rows: sorted.num_rows() as u64,
+        rows,
         bytes: bytes.len() as u64,
         day: Some(day_text),
-        min_ts: ts.values().iter().min().copied(),
-        max_ts: ts.values().iter().max().copied(),
+        min_ts,
+        max_ts,
     };
     Ok((path, bytes, entry))
 }

@@ -81,15 +81,11 @@ fn string_ranks(batches: &[RecordBatch], column: usize, name: &str) -> Result<Ve
     Ok(per_batch)
 }
 
-/// Sorts events batches into one batch in the events files' order ([`EVENTS_SORT`]).
+/// The events files' order ([`EVENTS_SORT`]) of the rows of `batches`, as `(batch, row)`.
 ///
-/// String columns are ranked once per distinct value, rows are sorted on integer keys, and
-/// the output is gathered straight from the input batches (one copy, no concatenation first).
-pub fn sort_events(batches: &[RecordBatch]) -> Result<RecordBatch> {
+/// String columns are ranked once per distinct value and rows are sorted on integer keys.
+fn sort_order(batches: &[RecordBatch]) -> Result<Vec<(usize, usize)>> {
     use arrow::array::TimestampMicrosecondArray;
-    if batches.is_empty() {
-        return Ok(RecordBatch::new_empty(events_schema()));
-    }
     let events = string_ranks(batches, events_col::EVENT, "event")?;
     let groups = string_ranks(batches, events_col::GROUP_0, "$group_0")?;
     let persons = string_ranks(batches, events_col::DISTINCT_ID, "distinct_id")?;
@@ -113,9 +109,38 @@ pub fn sort_events(batches: &[RecordBatch]) -> Result<RecordBatch> {
         }
     }
     keys.sort_unstable();
-    let order: Vec<(usize, usize)> = keys.iter().map(|k| (k.4 as usize, k.5 as usize)).collect();
+    Ok(keys.iter().map(|k| (k.4 as usize, k.5 as usize)).collect())
+}
+
+/// Sorts events batches into one batch in the events files' order ([`EVENTS_SORT`]).
+pub fn sort_events(batches: &[RecordBatch]) -> Result<RecordBatch> {
+    if batches.is_empty() {
+        return Ok(RecordBatch::new_empty(events_schema()));
+    }
+    let order = sort_order(batches)?;
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     Ok(arrow::compute::interleave_record_batch(&refs, &order)?)
+}
+
+/// Rows gathered into sorted order at a time while encoding: the sorted copy of a flush never
+/// exists whole, only a slice of it, and its buffers are reused by the allocator.
+const SORT_GATHER_ROWS: usize = 32 * 1024;
+
+/// Sorts events batches ([`EVENTS_SORT`]) and encodes them as one events file, gathering the
+/// sorted rows a slice at a time.
+pub fn encode_sorted_events(batches: &[RecordBatch], path: &str) -> Result<Bytes> {
+    let order = sort_order(batches)?;
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    let mut buf = Vec::with_capacity(bytes / 4 + 1024);
+    let mut writer = ArrowWriter::try_new(&mut buf, events_schema(), Some(events_props()))
+        .map_err(parquet_err(path))?;
+    for part in order.chunks(SORT_GATHER_ROWS) {
+        let sorted = arrow::compute::interleave_record_batch(&refs, part)?;
+        writer.write(&sorted).map_err(parquet_err(path))?;
+    }
+    writer.close().map_err(parquet_err(path))?;
+    Ok(Bytes::from(buf))
 }
 
 /// Rows per data page of events files (Parquet's default is 20,000). A scan for a rare event
@@ -125,7 +150,7 @@ pub const EVENTS_PAGE_ROWS: usize = 4096;
 
 fn writer_props(
     sorting: Option<Vec<SortingColumn>>,
-    dictionary_off: &[&str],
+    plain_columns: &[&str],
     page_rows: Option<usize>,
 ) -> WriterProperties {
     let mut b = WriterProperties::builder()
@@ -133,8 +158,11 @@ fn writer_props(
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(sorting);
-    for col in dictionary_off {
-        b = b.set_column_dictionary_enabled(ColumnPath::from(*col), false);
+    // Columns unique per row: no dictionary, no statistics.
+    for col in plain_columns {
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(*col), false)
+            .set_column_statistics_enabled(ColumnPath::from(*col), EnabledStatistics::None);
     }
     if let Some(rows) = page_rows {
         b = b.set_data_page_row_count_limit(rows);
@@ -142,8 +170,10 @@ fn writer_props(
     b.build()
 }
 
-/// Encodes an events batch that is already in file order (see [`sort_events`]).
-pub fn encode_events(batch: &RecordBatch, path: &str) -> Result<Bytes> {
+/// Writer settings of events files: sorting columns recorded, no dictionary and no
+/// statistics for `uuid` and `properties` (unique per row, never pruned on; min/max of the
+/// properties text cost a comparison of every value).
+fn events_props() -> WriterProperties {
     let sorting = EVENTS_SORT
         .iter()
         .map(|c| SortingColumn {
@@ -152,15 +182,16 @@ pub fn encode_events(batch: &RecordBatch, path: &str) -> Result<Bytes> {
             nulls_first: false,
         })
         .collect();
-    encode(
-        batch,
-        path,
-        writer_props(
-            Some(sorting),
-            &["uuid", "properties"],
-            Some(EVENTS_PAGE_ROWS),
-        ),
+    writer_props(
+        Some(sorting),
+        &["uuid", "properties"],
+        Some(EVENTS_PAGE_ROWS),
     )
+}
+
+/// Encodes an events batch that is already in file order (see [`sort_events`]).
+pub fn encode_events(batch: &RecordBatch, path: &str) -> Result<Bytes> {
+    encode(batch, path, events_props())
 }
 
 /// Encodes a groups or warnings batch.
@@ -299,6 +330,51 @@ mod tests {
             decode_uuids(bytes, "t.parquet").expect("uuids"),
             vec![4, 2, 3, 1]
         );
+    }
+
+    #[test]
+    fn sorted_encoding_in_slices_equals_one_sorted_batch() {
+        // Three batches, more rows than one gather slice, keys out of order.
+        let batches: Vec<RecordBatch> = (0..3u128)
+            .map(|bi| {
+                let mut b = EventBatchBuilder::with_capacity(30_000);
+                for i in 0..30_000u128 {
+                    let n = bi * 30_000 + i;
+                    let mut e = ev(
+                        n + 1,
+                        ["a", "b", "c"][(n * 7 % 3) as usize],
+                        (n * 7919 % 1000) as i64,
+                    );
+                    e.groups[0] = format!("g{}", n * 31 % 97);
+                    e.distinct_id = format!("u{}", n * 13 % 501);
+                    b.push(&e);
+                }
+                b.finish()
+            })
+            .collect();
+        let whole = encode_events(&sort_events(&batches).expect("sort"), "t").expect("encode");
+        let sliced = encode_sorted_events(&batches, "t").expect("encode");
+        let uuids = decode_uuids(sliced.clone(), "t").expect("uuids");
+        assert_eq!(uuids.len(), 90_000);
+        assert_eq!(uuids, decode_uuids(whole, "t").expect("uuids"));
+        let back = decode(sliced.clone(), "t", &events_schema()).expect("decode");
+        let keys: Vec<(String, String, String, i64)> = back
+            .iter()
+            .flat_map(|b| herd_core::event::events_from_batch(b).expect("events"))
+            .map(|e| (e.event, e.groups[0].clone(), e.distinct_id, e.timestamp))
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "not in file order");
+        // Per-row columns carry no statistics; the sort columns do.
+        let reader = SerializedFileReader::new(sliced).expect("open");
+        let rg = reader.metadata().row_group(0);
+        let stats = |name: &str| {
+            (0..rg.num_columns())
+                .find(|&c| rg.column(c).column_path().string() == name)
+                .map(|c| rg.column(c).statistics().is_some())
+        };
+        assert_eq!(stats("properties"), Some(false));
+        assert_eq!(stats("uuid"), Some(false));
+        assert_eq!(stats("event"), Some(true));
     }
 }
 

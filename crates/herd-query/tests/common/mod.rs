@@ -109,11 +109,7 @@ impl Fixture {
         let handle = self.db.project(self.project).expect("handle");
         let mut guard = self.db.lock(&handle).await;
         let version = guard.group(index, key).map_or(1, |g| g.version + 1);
-        let state = GroupState {
-            properties: properties.as_object().expect("object").clone(),
-            created_at: 0,
-            version,
-        };
+        let state = GroupState::new(properties.as_object().expect("object"), 0, version);
         let row = GroupRow::from_state(index, key, &state, version);
         guard.set_group(index, key, state);
         let ticket = guard.commit(None, vec![row], vec![]).expect("commit");
