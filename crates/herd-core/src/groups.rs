@@ -131,10 +131,8 @@ impl GroupRow {
 
     /// The state this row records. Properties that are not a JSON object read as empty.
     pub fn to_state(&self) -> GroupState {
-        let is_object = matches!(
-            serde_json::from_str::<serde::de::IgnoredAny>(&self.group_properties),
-            Ok(_) if self.group_properties.trim_start().starts_with('{')
-        );
+        let is_object = self.group_properties.trim_start().starts_with('{')
+            && serde_json::from_str::<serde::de::IgnoredAny>(&self.group_properties).is_ok();
         GroupState {
             properties: if is_object {
                 self.group_properties.as_str().into()
