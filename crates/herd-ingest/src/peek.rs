@@ -280,15 +280,20 @@ mod tests {
         assert_eq!(group_fields(" {} ").expect("empty"), GroupFields::default());
     }
 
-    fn json_value() -> impl Strategy<Value = Value> {
-        let key = prop_oneof![
+    /// The wanted keys, or another key made of `others`' characters.
+    fn key(others: &'static str) -> impl Strategy<Value = String> + Clone {
+        prop_oneof![
             Just("$groups".to_string()),
             Just("$group_key".to_string()),
             Just("$group_set".to_string()),
             Just("$group_type".to_string()),
             Just("$process_person_profile".to_string()),
-            "[a-z$\"\\\\{}\\[\\], :é]{0,6}",
-        ];
+            others,
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let inner_key = key("[a-z$\"\\\\{}\\[\\], :é]{0,6}");
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
@@ -299,25 +304,12 @@ mod tests {
         let inner = leaf.prop_recursive(4, 32, 6, move |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::vec((key.clone(), inner), 0..5)
+                prop::collection::vec((inner_key.clone(), inner), 0..5)
                     .prop_map(|kv| Value::Object(kv.into_iter().collect())),
             ]
         });
-        prop::collection::vec(
-            (
-                prop_oneof![
-                    Just("$groups".to_string()),
-                    Just("$group_key".to_string()),
-                    Just("$group_set".to_string()),
-                    Just("$group_type".to_string()),
-                    Just("$process_person_profile".to_string()),
-                    "[a-z$\"\\\\ ]{0,6}",
-                ],
-                inner,
-            ),
-            0..8,
-        )
-        .prop_map(|kv| Value::Object(kv.into_iter().collect()))
+        prop::collection::vec((key("[a-z$\"\\\\ ]{0,6}"), inner), 0..8)
+            .prop_map(|kv| Value::Object(kv.into_iter().collect()))
     }
 
     proptest! {

@@ -757,11 +757,7 @@ impl Db {
             set.extend(decode_uuids(bytes, &file.path)?);
         }
         for batch in buffered {
-            let ts = batch
-                .column(events_col::TIMESTAMP)
-                .as_any()
-                .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
-                .ok_or_else(|| Error::corrupt("write buffer", "timestamp column type"))?;
+            let ts = buffered_timestamps(&batch)?;
             let uuids = uuids_of(batch.column(events_col::UUID).as_ref(), "write buffer")?;
             for (row, uuid) in uuids.enumerate() {
                 if day_of(ts.value(row)) == day {
@@ -927,6 +923,15 @@ impl Db {
     }
 }
 
+/// The timestamp column of a buffered events batch.
+fn buffered_timestamps(batch: &RecordBatch) -> Result<&arrow::array::TimestampMicrosecondArray> {
+    batch
+        .column(events_col::TIMESTAMP)
+        .as_any()
+        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+        .ok_or_else(|| Error::corrupt("write buffer", "timestamp column type"))
+}
+
 /// Sorts one day's rows and encodes them as an events file.
 fn encode_day(
     project: ProjectId,
@@ -938,11 +943,7 @@ fn encode_day(
     let bytes = parquet_files::encode_sorted_events(batches, path.as_ref())?;
     let (mut rows, mut min_ts, mut max_ts) = (0, None::<i64>, None::<i64>);
     for b in batches {
-        let ts = b
-            .column(events_col::TIMESTAMP)
-            .as_any()
-            .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
-            .ok_or_else(|| Error::corrupt("write buffer", "timestamp column type"))?;
+        let ts = buffered_timestamps(b)?;
         rows += b.num_rows() as u64;
         for &t in ts.values() {
             min_ts = Some(min_ts.map_or(t, |m| m.min(t)));
