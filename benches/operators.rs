@@ -235,12 +235,7 @@ async fn datafusion_uniques(engine: &QueryEngine, project: u64) -> Vec<u64> {
 async fn herd_by_plan(engine: &QueryEngine, project: u64) -> Vec<u64> {
     let q = TrendsQuery {
         week_start: WeekStart::Monday,
-        breakdown: Some(Breakdown {
-            property: "plan".into(),
-            source: PropertySource::Group("company".into()),
-            limit: 1000,
-            hide_other: false,
-        }),
+        breakdown: Some(Breakdown::group_property("company", "plan", 1000)),
         ..companies_doing_pageview(Interval::Week)
     };
     let r = engine.trends(project, &q, 0).await.expect("trends");

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use herd_query::{
-    Breakdown, Display, FunnelQuery, FunnelStep, Interval, Math, MathSpec, PropertySource,
-    QueryEngine, Series, TrendsQuery, TrendsResult, WeekStart, Window, WindowUnit,
+    Breakdown, Display, FunnelQuery, FunnelStep, Interval, Math, MathSpec, QueryEngine, Series,
+    TrendsQuery, TrendsResult, WeekStart, Window, WindowUnit,
 };
 use serde_json::{Value, json};
 
@@ -135,12 +135,7 @@ fn request(name: &str, from: &str, to: &str) -> anyhow::Result<TrendsQuery> {
             )],
             interval: Some(Interval::Week),
             week_start: WeekStart::Monday,
-            breakdown: Some(Breakdown {
-                property: "plan".into(),
-                source: PropertySource::Group("company".into()),
-                limit: 1000,
-                hide_other: false,
-            }),
+            breakdown: Some(Breakdown::group_property("company", "plan", 1000)),
             ..base
         },
         // All events, whatever their time: count and exact unique users.

@@ -156,6 +156,19 @@ pub struct Breakdown {
     pub hide_other: bool,
 }
 
+impl Breakdown {
+    /// By the current `property` of each event's group of `group_type`: up to `limit` values,
+    /// the rest in "other".
+    pub fn group_property(group_type: &str, property: &str, limit: usize) -> Self {
+        Self {
+            property: property.into(),
+            source: PropertySource::Group(group_type.into()),
+            limit,
+            hide_other: false,
+        }
+    }
+}
+
 /// A trends request.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TrendsQuery {
