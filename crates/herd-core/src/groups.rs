@@ -43,7 +43,10 @@ impl GroupState {
     /// A state with these properties.
     pub fn new(properties: &Map<String, Value>, created_at: i64, version: i64) -> Self {
         Self {
-            properties: Value::Object(properties.clone()).to_string().into(),
+            // A map of string keys always serialises.
+            properties: serde_json::to_string(properties)
+                .unwrap_or_else(|_| "{}".into())
+                .into(),
             created_at,
             version,
         }

@@ -112,16 +112,6 @@ fn sort_order(batches: &[RecordBatch]) -> Result<Vec<(usize, usize)>> {
     Ok(keys.iter().map(|k| (k.4 as usize, k.5 as usize)).collect())
 }
 
-/// Sorts events batches into one batch in the events files' order ([`EVENTS_SORT`]).
-pub fn sort_events(batches: &[RecordBatch]) -> Result<RecordBatch> {
-    if batches.is_empty() {
-        return Ok(RecordBatch::new_empty(events_schema()));
-    }
-    let order = sort_order(batches)?;
-    let refs: Vec<&RecordBatch> = batches.iter().collect();
-    Ok(arrow::compute::interleave_record_batch(&refs, &order)?)
-}
-
 /// Rows gathered into sorted order at a time while encoding: the sorted copy of a flush never
 /// exists whole, only a slice of it, and its buffers are reused by the allocator.
 const SORT_GATHER_ROWS: usize = 32 * 1024;
@@ -187,11 +177,6 @@ fn events_props() -> WriterProperties {
         &["uuid", "properties"],
         Some(EVENTS_PAGE_ROWS),
     )
-}
-
-/// Encodes an events batch that is already in file order (see [`sort_events`]).
-pub fn encode_events(batch: &RecordBatch, path: &str) -> Result<Bytes> {
-    encode(batch, path, events_props())
 }
 
 /// Encodes a groups or warnings batch.
@@ -309,8 +294,7 @@ mod tests {
         let mut other_company = ev(4, "a", 40);
         other_company.groups[0] = "b".into();
         b.push(&other_company);
-        let sorted = sort_events(&[b.finish()]).expect("sort");
-        let bytes = encode_events(&sorted, "t.parquet").expect("encode");
+        let bytes = encode_sorted_events(&[b.finish()], "t.parquet").expect("encode");
 
         let reader = SerializedFileReader::new(bytes.clone()).expect("open");
         let meta = reader.metadata();
@@ -333,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn sorted_encoding_in_slices_equals_one_sorted_batch() {
+    fn sorted_encoding_in_slices_keeps_the_file_order_across_batches() {
         // Three batches, more rows than one gather slice, keys out of order.
         let batches: Vec<RecordBatch> = (0..3u128)
             .map(|bi| {
@@ -352,11 +336,24 @@ mod tests {
                 b.finish()
             })
             .collect();
-        let whole = encode_events(&sort_events(&batches).expect("sort"), "t").expect("encode");
+        // Reference: a stable sort of all rows by the file order's key (ties keep input order).
+        let mut all: Vec<Event> = batches
+            .iter()
+            .flat_map(|b| herd_core::event::events_from_batch(b).expect("events"))
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.event, &a.groups[0], &a.distinct_id, a.timestamp).cmp(&(
+                &b.event,
+                &b.groups[0],
+                &b.distinct_id,
+                b.timestamp,
+            ))
+        });
+        let expected: Vec<u128> = all.iter().map(|e| e.uuid.as_u128()).collect();
         let sliced = encode_sorted_events(&batches, "t").expect("encode");
         let uuids = decode_uuids(sliced.clone(), "t").expect("uuids");
         assert_eq!(uuids.len(), 90_000);
-        assert_eq!(uuids, decode_uuids(whole, "t").expect("uuids"));
+        assert_eq!(uuids, expected);
         let back = decode(sliced.clone(), "t", &events_schema()).expect("decode");
         let keys: Vec<(String, String, String, i64)> = back
             .iter()
