@@ -16,6 +16,7 @@ pub mod funnel;
 pub mod related;
 pub mod retention;
 pub mod trends;
+pub mod unique;
 
 pub use calendar::{Interval, WeekStart};
 pub use filters::{BoolOp, Operator, PropertyFilter, PropertyGroup, PropertySource};
@@ -39,6 +40,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use herd_core::ProjectId;
 use herd_core::schema::events_schema;
+use herd_storage::catalog::FileEntry;
 use herd_storage::{Db, TableSnapshot};
 
 /// The URL under which the data folder's object store is registered with DataFusion.
@@ -194,35 +196,121 @@ impl QueryEngine {
     }
 
     async fn events_provider(&self, snapshot: &TableSnapshot) -> Result<Arc<dyn TableProvider>> {
-        let schema = query_events_schema();
-        let buffered = snapshot
-            .buffered_events
-            .iter()
-            .map(|b| as_query_batch(b, &schema))
-            .collect::<Result<Vec<_>>>()?;
-        let buffered: Arc<dyn TableProvider> =
-            Arc::new(MemTable::try_new(schema.clone(), vec![buffered])?);
+        let buffered = buffered_table(snapshot)?;
         if snapshot.catalog.events.is_empty() {
             return Ok(buffered);
         }
-        let urls = snapshot
-            .catalog
-            .events
-            .iter()
-            .map(|f| ListingTableUrl::parse(format!("{STORE_URL}{}", f.path)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(schema);
-        let files: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(config)?);
+        let files = self.files_table(snapshot.catalog.events.iter())?;
         let union = self
             .ctx
             .read_table(files)?
             .union(self.ctx.read_table(buffered)?)?;
         Ok(union.into_view())
     }
+
+    /// The events files `files` as one table.
+    fn files_table<'a>(
+        &self,
+        files: impl Iterator<Item = &'a FileEntry>,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let urls = files
+            .map(|f| ListingTableUrl::parse(format!("{STORE_URL}{}", f.path)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(query_events_schema());
+        Ok(Arc::new(ListingTable::try_new(config)?))
+    }
+
+    /// The project's events (one snapshot), to be read by time range with
+    /// [`QueryEngine::events_between`].
+    pub async fn events_source(&self, project: ProjectId) -> Result<Events> {
+        let snapshot = self
+            .db
+            .snapshot(project)
+            .ok_or(Error::UnknownProject(project))?;
+        let buffered = match snapshot.buffered_events.iter().all(|b| b.num_rows() == 0) {
+            true => None,
+            false => Some(buffered_table(&snapshot)?),
+        };
+        Ok(Events {
+            files: snapshot.catalog.events.clone(),
+            buffered,
+        })
+    }
+
+    /// The events of `events` with `from <= timestamp <= to` (µs). Files whose recorded
+    /// time range lies inside `[from, to]` are read without a time predicate (nothing to
+    /// evaluate per row, the timestamp column is read only when used, and a bare count
+    /// comes from the files' row counts); files outside it are not read; the other files
+    /// and the write buffer are filtered.
+    pub fn events_between(&self, events: &Events, from: i64, to: i64) -> Result<DataFrame> {
+        use datafusion::common::ScalarValue;
+        use datafusion::prelude::{col, lit};
+        let ts = |v: i64| {
+            lit(ScalarValue::TimestampMicrosecond(
+                Some(v),
+                Some("UTC".into()),
+            ))
+        };
+        let column = herd_core::schema::TIMESTAMP;
+        let in_range = col(column).gt_eq(ts(from)).and(col(column).lt_eq(ts(to)));
+        let (mut inside, mut straddling) = (Vec::new(), Vec::new());
+        for f in &events.files {
+            match (f.min_ts, f.max_ts) {
+                (Some(lo), Some(hi)) if hi < from || lo > to => {}
+                (Some(lo), Some(hi)) if from <= lo && hi <= to => inside.push(f),
+                _ => straddling.push(f),
+            }
+        }
+        let mut parts = Vec::new();
+        if !inside.is_empty() {
+            parts.push(self.ctx.read_table(self.files_table(inside.into_iter())?)?);
+        }
+        if !straddling.is_empty() {
+            let files = self.files_table(straddling.into_iter())?;
+            parts.push(self.ctx.read_table(files)?.filter(in_range.clone())?);
+        }
+        if let Some(b) = &events.buffered {
+            parts.push(self.ctx.read_table(b.clone())?.filter(in_range)?);
+        }
+        let mut parts = parts.into_iter();
+        let Some(first) = parts.next() else {
+            let empty = MemTable::try_new(query_events_schema(), vec![vec![]])?;
+            return Ok(self.ctx.read_table(Arc::new(empty))?);
+        };
+        parts.try_fold(first, |all, part| Ok(all.union(part)?))
+    }
+}
+
+/// One snapshot of a project's events: the catalog's files (with their recorded time
+/// ranges) and the write buffer (`None` when empty).
+#[derive(Clone)]
+pub struct Events {
+    files: Vec<FileEntry>,
+    buffered: Option<Arc<dyn TableProvider>>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("files", &self.files.len())
+            .field("buffered", &self.buffered.is_some())
+            .finish()
+    }
+}
+
+/// The write buffer of `snapshot` as a table of [`query_events_schema`].
+fn buffered_table(snapshot: &TableSnapshot) -> Result<Arc<dyn TableProvider>> {
+    let schema = query_events_schema();
+    let buffered = snapshot
+        .buffered_events
+        .iter()
+        .map(|b| as_query_batch(b, &schema))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![buffered])?))
 }
 
 /// Environment variable: when set (to anything but `0`), every insight query prints its

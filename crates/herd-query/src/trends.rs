@@ -17,7 +17,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::expr_fn::{
-    avg, count, count_distinct, max, median, min, percentile_cont, sum,
+    avg, count, max, median, min, percentile_cont, sum,
 };
 use datafusion::logical_expr::{Expr, JoinType, cast as cast_expr, lit, when};
 use datafusion::prelude::{DataFrame, coalesce, col};
@@ -278,7 +278,7 @@ impl QueryEngine {
             .enumerate()
             .map(|(i, s)| plan_series(i, s, query, &mapping, &resolved))
             .collect::<Result<Vec<_>>>()?;
-        let events = self.events_table(project).await?;
+        let events = self.events_source(project).await?;
         let mut groups = HashMap::new();
         for p in &plans {
             for n in p.joins.iter().chain(&p.late_join) {
@@ -310,29 +310,24 @@ impl QueryEngine {
     /// `__actor` and `__value`.
     fn series_frame(
         &self,
-        events: &Arc<dyn TableProvider>,
+        events: &crate::Events,
         groups: &HashMap<u8, Arc<dyn TableProvider>>,
         r: &Resolved,
         buckets: &Buckets,
         p: &Plan<'_>,
         from: i64,
     ) -> Result<DataFrame> {
-        let ts = |v: i64| {
-            lit(ScalarValue::TimestampMicrosecond(
-                Some(v),
-                Some("UTC".into()),
-            ))
-        };
-        let mut pred = col(TIMESTAMP)
-            .gt_eq(ts(from))
-            .and(col(TIMESTAMP).lt_eq(ts(r.range.to)));
+        let mut df = self.events_between(events, from, r.range.to)?;
+        let mut pred = Vec::new();
         if let Some(e) = &p.series.event {
-            pred = pred.and(col(EVENT).eq(lit(e.as_str())));
+            pred.push(col(EVENT).eq(lit(e.as_str())));
         }
         if let Some(n) = p.actor_group {
-            pred = pred.and(col(group_column(n)).not_eq(lit("")));
+            pred.push(col(group_column(n)).not_eq(lit("")));
         }
-        let mut df = self.context().read_table(events.clone())?.filter(pred)?;
+        if let Some(pred) = pred.into_iter().reduce(Expr::and) {
+            df = df.filter(pred)?;
+        }
         let join = |df: DataFrame, n: u8, left: &str| -> Result<DataFrame> {
             let table = groups
                 .get(&n)
@@ -377,7 +372,7 @@ impl QueryEngine {
 
     async fn run_series(
         &self,
-        events: &Arc<dyn TableProvider>,
+        events: &crate::Events,
         groups: &HashMap<u8, Arc<dyn TableProvider>>,
         r: &Resolved,
         visible: &Buckets,
@@ -405,12 +400,32 @@ impl QueryEngine {
             (m, _) => m,
         };
 
+        // The series rows over the visible buckets, when both the ranking below and the
+        // series itself read them and they can be reduced to distinct actors: then they are
+        // computed once and kept (see `reduce_actor_rows`).
+        let reusable = window.is_none()
+            && math.counts_actors()
+            && !(display == Display::TotalValue && window_days.is_some());
+        let mut kept: Option<DataFrame> = None;
+
         // Labels: rank breakdown values over the range, keep the top ones.
         let (label_expr, order) = match &r.breakdown {
             None => (lit(""), vec![String::new()]),
             Some((_, b)) => {
                 let frame =
                     self.series_frame(events, groups, r, visible, p, visible.scan_from())?;
+                let frame = match reusable {
+                    true => match self.reduce_actor_rows(frame).await? {
+                        Some(reduced) => {
+                            kept = Some(reduced.clone());
+                            reduced
+                        }
+                        None => {
+                            self.series_frame(events, groups, r, visible, p, visible.scan_from())?
+                        }
+                    },
+                    false => frame,
+                };
                 let rank_math = if window.is_some() { Math::Dau } else { math };
                 let ranked = frame.aggregate(vec![col(RAW)], vec![aggregate(rank_math)])?;
                 let mut values = collect_labelled(crate::collect(ranked).await?, RAW)?;
@@ -476,7 +491,11 @@ impl QueryEngine {
                     }
                     None => visible.scan_from(),
                 };
-                let frame = label_of(self.series_frame(events, groups, r, visible, p, from)?)?;
+                let frame = match &kept {
+                    Some(rows) if from == visible.scan_from() => rows.clone(),
+                    _ => self.series_frame(events, groups, r, visible, p, from)?,
+                };
+                let frame = label_of(frame)?;
                 let agg_math = if window_days.is_some() {
                     Math::Dau
                 } else {
@@ -584,14 +603,12 @@ impl QueryEngine {
                 }
             }
             (Display::Cumulative, None) if math.counts_actors() => {
-                let frame = label_of(self.series_frame(
-                    events,
-                    groups,
-                    r,
-                    visible,
-                    p,
-                    visible.scan_from(),
-                )?)?;
+                let frame = label_of(match kept.take() {
+                    Some(rows) => rows,
+                    None => {
+                        self.series_frame(events, groups, r, visible, p, visible.scan_from())?
+                    }
+                })?;
                 let first = frame
                     .aggregate(
                         by(vec![col(ACTOR)]),
@@ -604,14 +621,12 @@ impl QueryEngine {
                 fill(&mut per_label, crate::collect(first).await?, n)?;
             }
             (Display::TimeSeries | Display::Cumulative, None) => {
-                let frame = label_of(self.series_frame(
-                    events,
-                    groups,
-                    r,
-                    visible,
-                    p,
-                    visible.scan_from(),
-                )?)?;
+                let frame = label_of(match kept.take() {
+                    Some(rows) => rows,
+                    None => {
+                        self.series_frame(events, groups, r, visible, p, visible.scan_from())?
+                    }
+                })?;
                 let out = frame.aggregate(by(vec![col(BUCKET)]), vec![aggregate(math)])?;
                 fill(&mut per_label, crate::collect(out).await?, n)?;
             }
@@ -669,13 +684,50 @@ impl QueryEngine {
     }
 }
 
+/// Bytes of reduced series rows kept in memory to be read twice (breakdown ranking and
+/// series); past this the series is computed again from the events instead.
+const KEPT_ROWS_BYTES: usize = 256 << 20;
+
+impl QueryEngine {
+    /// The distinct `(__bucket, __raw, __actor)` rows of a series frame whose math counts
+    /// actors, collected into memory (with a NULL `__value`) so that the breakdown ranking
+    /// and the series read them without scanning the events twice. `None` when they exceed
+    /// [`KEPT_ROWS_BYTES`]; the caller then plans the series frame again.
+    async fn reduce_actor_rows(&self, frame: DataFrame) -> Result<Option<DataFrame>> {
+        let reduced = frame
+            .select(vec![col(BUCKET), col(RAW), col(ACTOR)])?
+            .distinct()?;
+        let (mut stream, _explain) = crate::execute_stream(reduced).await?;
+        let schema = stream.schema();
+        let mut batches = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            bytes += batch.get_array_memory_size();
+            if bytes > KEPT_ROWS_BYTES {
+                return Ok(None);
+            }
+            batches.push(batch);
+        }
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        Ok(Some(self.context().read_table(Arc::new(table))?.select(
+            vec![
+                col(BUCKET),
+                col(RAW),
+                col(ACTOR),
+                lit(ScalarValue::Float64(None)).alias(VALUE),
+            ],
+        )?))
+    }
+}
+
 /// The aggregate of a math over `__actor` / `__value`, as Float64 named `__v`.
 fn aggregate(math: Math) -> Expr {
     let v = || col(VALUE);
     let e = match math {
         Math::Total => count(lit(1)),
         Math::Dau | Math::UniqueGroup | Math::WeeklyActive | Math::MonthlyActive => {
-            count_distinct(col(ACTOR))
+            crate::unique::UniqueUdaf::expr(col(ACTOR))
         }
         Math::Sum => sum(v()),
         Math::Avg => avg(v()),

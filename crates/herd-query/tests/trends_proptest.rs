@@ -1,6 +1,7 @@
 //! Property test: random events, a random timezone (DST and half-/quarter-hour offsets
 //! included), interval and week start → total, unique users and unique groups per bucket
-//! equal a brute-force count written plainly here with chrono-tz.
+//! equal a brute-force count written plainly here with chrono-tz; and unique groups and users
+//! broken down by the company's current `plan` equal a brute-force count per plan.
 
 mod common;
 
@@ -10,7 +11,7 @@ use chrono::{Datelike, Duration, NaiveDate, TimeZone, Timelike};
 use chrono_tz::Tz;
 use common::Fixture;
 use herd_core::Event;
-use herd_query::{Interval, Math, MathSpec, Series, TrendsQuery, WeekStart};
+use herd_query::{Breakdown, Interval, Math, MathSpec, Series, TrendsQuery, WeekStart};
 use proptest::prelude::*;
 
 const ZONES: [&str; 7] = [
@@ -38,6 +39,20 @@ struct Case {
     /// (minutes after window start - 1 day, user, company)
     events: Vec<(i64, u8, u8)>,
     flush_after: usize,
+    /// Per company c1..c4: 0 no group row, 1 properties without `plan`, 2 free, 3 pro.
+    plans: Vec<u8>,
+}
+
+/// Distinct companies and distinct users.
+type CompaniesAndUsers = (BTreeSet<String>, BTreeSet<String>);
+
+/// The breakdown label of company `company` (1..=4) under `plans`.
+fn plan_label(plans: &[u8], company: u8) -> &'static str {
+    match plans[usize::from(company) - 1] {
+        2 => "free",
+        3 => "pro",
+        _ => herd_query::trends::BREAKDOWN_NULL,
+    }
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -55,17 +70,21 @@ fn case() -> impl Strategy<Value = Case> {
         1i64..8,
         prop::collection::vec((0i64..(12 * 24 * 60), 0u8..6, 0u8..5), 0..80),
         0usize..80,
+        prop::collection::vec(0u8..4, 4),
     )
         .prop_map(
-            |(zone, start, interval, week_start, from_day, days, events, flush_after)| Case {
-                zone,
-                start,
-                interval,
-                week_start,
-                from_day,
-                days,
-                events,
-                flush_after,
+            |(zone, start, interval, week_start, from_day, days, events, flush_after, plans)| {
+                Case {
+                    zone,
+                    start,
+                    interval,
+                    week_start,
+                    from_day,
+                    days,
+                    events,
+                    flush_after,
+                    plans,
+                }
             },
         )
 }
@@ -151,6 +170,8 @@ fn check(c: Case) {
     );
     let mut expected: BTreeMap<String, (usize, BTreeSet<String>, BTreeSet<String>)> =
         BTreeMap::new();
+    // (plan label, bucket label) → (companies, users).
+    let mut by_plan: BTreeMap<(&str, String), CompaniesAndUsers> = BTreeMap::new();
     for e in &events {
         let local_date = tz
             .timestamp_micros(e.timestamp)
@@ -167,6 +188,16 @@ fn check(c: Case) {
         if !in_range {
             continue;
         }
+        // Events without a company have no plan: users count under the null label.
+        let plan = match e.groups[0].get(1..) {
+            Some(n) if !n.is_empty() => plan_label(&c.plans, n.parse().expect("company number")),
+            _ => herd_query::trends::BREAKDOWN_NULL,
+        };
+        let by = by_plan.entry((plan, l.clone())).or_default();
+        if !e.groups[0].is_empty() {
+            by.0.insert(e.groups[0].clone());
+        }
+        by.1.insert(e.distinct_id.clone());
         let entry = expected.entry(l).or_default();
         entry.0 += 1;
         entry.1.insert(e.distinct_id.clone());
@@ -181,6 +212,15 @@ fn check(c: Case) {
         .expect("runtime");
     rt.block_on(async {
         let f = Fixture::new(&["company"]).await;
+        for (i, plan) in c.plans.iter().enumerate() {
+            let key = format!("c{}", i + 1);
+            match plan {
+                0 => {}
+                1 => f.group(0, &key, serde_json::json!({"size": 3})).await,
+                2 => f.group(0, &key, serde_json::json!({"plan": "free"})).await,
+                _ => f.group(0, &key, serde_json::json!({"plan": "pro"})).await,
+            }
+        }
         let split = c.flush_after.min(events.len());
         let (flushed, buffered) = events.split_at(split);
         if !flushed.is_empty() {
@@ -265,6 +305,47 @@ fn check(c: Case) {
         }
         // The first label is the bucket of date_from.
         assert_eq!(r.labels.first(), Some(&first_label), "first label");
+
+        // Unique companies and users broken down by the company's current plan.
+        let q = TrendsQuery {
+            series: vec![
+                s(Math::UniqueGroup, Some("company")),
+                s(Math::Dau, Some("company")),
+                Series {
+                    math: MathSpec {
+                        math: Math::Dau,
+                        group_type: None,
+                        property: None,
+                    },
+                    ..s(Math::Dau, None)
+                },
+            ],
+            breakdown: Some(Breakdown::group_property("company", "plan", 0)),
+            ..q
+        };
+        let r = f
+            .engine
+            .trends(f.project, &q, 0)
+            .await
+            .expect("breakdown trends");
+        let mut got: BTreeMap<(usize, String, String), f64> = BTreeMap::new();
+        for line in &r.results {
+            for (i, l) in r.labels.iter().enumerate() {
+                if line.data[i] != 0.0 {
+                    let value = line.breakdown_value.clone().expect("breakdown value");
+                    got.insert((line.series_index, value, l.clone()), line.data[i]);
+                }
+            }
+        }
+        let mut want: BTreeMap<(usize, String, String), f64> = BTreeMap::new();
+        for ((plan, l), (companies, users)) in &by_plan {
+            if !companies.is_empty() {
+                want.insert((0, plan.to_string(), l.clone()), companies.len() as f64);
+                want.insert((1, plan.to_string(), l.clone()), companies.len() as f64);
+            }
+            want.insert((2, plan.to_string(), l.clone()), users.len() as f64);
+        }
+        assert_eq!(got, want, "breakdown by plan, case {c:?}");
     });
 }
 
