@@ -11,6 +11,7 @@ use std::sync::Arc;
 mod actors;
 pub mod bucket;
 pub mod calendar;
+pub mod event_mask;
 pub mod filters;
 pub mod funnel;
 pub mod related;

@@ -29,6 +29,7 @@ use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
 
 use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, Interval, TimeRange, WeekStart, parse_range, parse_timezone};
+use crate::event_mask::EventMaskUdf;
 use crate::filters::{
     PropertyGroup, PropertySource, event_condition, group_column, group_index, group_key_column,
     property_expr,
@@ -291,8 +292,8 @@ impl QueryEngine {
     ) -> Result<FunnelResult> {
         let mapping = self.db().group_types(project).await.unwrap_or_default();
         let r = resolve(query, &mapping, now)?;
-        let events = self.events_table(project).await?;
-        let mut df = self.context().read_table(events)?;
+        let events = self.events_source(project).await?;
+        let mut df = self.events_between(&events, r.range.from, r.scan_to)?;
 
         let ts = |v: i64| {
             lit(ScalarValue::TimestampMicrosecond(
@@ -300,17 +301,17 @@ impl QueryEngine {
                 Some("UTC".into()),
             ))
         };
-        let mut pred = col(TIMESTAMP)
-            .gt_eq(ts(r.range.from))
-            .and(col(TIMESTAMP).lt_eq(ts(r.scan_to)));
+        let mut pred = Vec::new();
         if let Some(names) = &r.event_names {
             let list = names.iter().map(|n| lit(n.as_str())).collect();
-            pred = pred.and(col(EVENT).in_list(list, false));
+            pred.push(col(EVENT).in_list(list, false));
         }
         if let Some(n) = r.actor_group {
-            pred = pred.and(col(group_column(n)).not_eq(lit("")));
+            pred.push(col(group_column(n)).not_eq(lit("")));
         }
-        df = df.filter(pred)?;
+        if let Some(pred) = pred.into_iter().reduce(Expr::and) {
+            df = df.filter(pred)?;
+        }
         for n in &r.joins {
             let table = self.groups_table(project, *n).await?;
             let right = self.context().read_table(table)?;
@@ -327,10 +328,24 @@ impl QueryEngine {
             df = df.filter(g.clone())?;
         }
 
+        // Steps and exclusions that are an event name alone go through one name → mask
+        // lookup; the others (property filters, any event, the bounded first step) through
+        // their condition. `exact`: every event the scan keeps matches a step or exclusion.
+        let mut exact = r.event_names.is_some();
+        let mut step_names = Vec::new();
         let mut steps_mask = lit(ScalarValue::UInt32(Some(0)));
         for (k, cond) in r.step_exprs.iter().enumerate() {
+            let step = &query.steps[k];
+            let bounded = k == 0 && r.scan_to > r.range.to;
+            match &step.event {
+                Some(name) if step.filters.is_empty() && !bounded => {
+                    step_names.push((name.clone(), 1 << k));
+                    continue;
+                }
+                _ => exact = false,
+            }
             let mut cond = cond.clone();
-            if k == 0 && r.scan_to > r.range.to {
+            if bounded {
                 // Entries only before date_to; later events can only complete them.
                 cond = cond.and(col(TIMESTAMP).lt_eq(ts(r.range.to)));
             }
@@ -340,13 +355,27 @@ impl QueryEngine {
                     .otherwise(lit(ScalarValue::UInt32(Some(0))))?,
             );
         }
+        if !step_names.is_empty() {
+            steps_mask = bit_or(steps_mask, EventMaskUdf::expr(step_names, col(EVENT)));
+        }
+        let mut excl_names = Vec::new();
         let mut excl_mask = lit(ScalarValue::UInt32(Some(0)));
-        for (cond, mask) in &r.exclusion_exprs {
+        for (x, (cond, mask)) in query.exclusions.iter().zip(&r.exclusion_exprs) {
+            match &x.event {
+                Some(name) if x.filters.is_empty() => {
+                    excl_names.push((name.clone(), *mask));
+                    continue;
+                }
+                _ => exact = false,
+            }
             excl_mask = bit_or(
                 excl_mask,
                 when(cond.clone(), lit(ScalarValue::UInt32(Some(*mask))))
                     .otherwise(lit(ScalarValue::UInt32(Some(0))))?,
             );
+        }
+        if !excl_names.is_empty() {
+            excl_mask = bit_or(excl_mask, EventMaskUdf::expr(excl_names, col(EVENT)));
         }
         let actor = match r.actor_group {
             Some(n) => col(group_column(n)),
@@ -386,7 +415,7 @@ impl QueryEngine {
             bd.alias("__bd"),
             bucket.alias("__bucket"),
         ])?;
-        if query.order != Order::Strict {
+        if query.order != Order::Strict && !exact {
             // Events of the funnel's names that pass none of the step or exclusion filters.
             df = df.filter(
                 col("__steps")
