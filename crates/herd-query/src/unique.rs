@@ -26,6 +26,8 @@ use datafusion::logical_expr::{
 };
 use hashbrown::HashTable;
 
+use crate::actors::short_key;
+
 /// The aggregate: distinct non-null values of one string argument, as `Int64`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct UniqueUdaf {
@@ -131,13 +133,6 @@ pub(crate) const NO_ID: u32 = u32::MAX;
 /// Lookups whose slots are touched together before they are probed: their cache lines
 /// (64 bytes each) stay well inside the L1/L2 caches between the two passes.
 const TOUCH_CHUNK: usize = 256;
-
-/// The key of a view of at most [`INLINE_LEN`] bytes: its length and inline bytes (the
-/// padding is zero by the format, masked anyway).
-fn inline_key(view: u128) -> u128 {
-    let len = view as u32;
-    view & (u128::MAX >> (96 - 8 * len.min(INLINE_LEN)))
-}
 
 /// One slot of [`InlineTable`]: a key and its id ([`NO_ID`] when empty).
 #[derive(Debug, Clone, Copy)]
@@ -257,7 +252,8 @@ impl Interner {
         use std::hash::BuildHasher;
         if value.len() <= INLINE_LEN as usize {
             // Short values are keyed by their view, whichever way they arrive.
-            let key = inline_key(datafusion::arrow::array::builder::make_view(value, 0, 0));
+            let view = datafusion::arrow::array::builder::make_view(value, 0, 0);
+            let key = short_key(view).unwrap_or(view);
             let hash = self.hasher.hash_one(key);
             let (bytes, spans) = (&mut self.bytes, &mut self.spans);
             return self
@@ -299,10 +295,7 @@ impl Interner {
             }
             if last != Some(view) {
                 last = Some(view);
-                let inline = (view as u32 <= INLINE_LEN).then(|| {
-                    let key = inline_key(view);
-                    (key, self.hasher.hash_one(key))
-                });
+                let inline = short_key(view).map(|key| (key, self.hasher.hash_one(key)));
                 lookups.push(Lookup { row, inline });
             }
             // Fewer lookups than rows, and rows fit in u32 in any Arrow array we are given.
