@@ -700,11 +700,10 @@ impl QueryEngine {
         let (mut stream, _explain) = crate::execute_stream(reduced).await?;
         let schema = stream.schema();
         let mut batches = Vec::new();
-        let mut bytes = 0usize;
+        let mut held = HeldBytes::default();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            bytes += batch.get_array_memory_size();
-            if bytes > KEPT_ROWS_BYTES {
+            if held.add(&batch) > KEPT_ROWS_BYTES {
                 return Ok(None);
             }
             batches.push(batch);
@@ -718,6 +717,39 @@ impl QueryEngine {
                 lit(ScalarValue::Float64(None)).alias(VALUE),
             ],
         )?))
+    }
+}
+
+/// Bytes held by a sequence of batches, each buffer counted once: an aggregate emits its
+/// output as slices of one array, and `get_array_memory_size` of every slice counts the
+/// whole buffer again (at 100M events the kept rows of a breakdown "weighed" gigabytes).
+#[derive(Debug, Default)]
+struct HeldBytes {
+    seen: std::collections::HashSet<usize>,
+    bytes: usize,
+}
+
+impl HeldBytes {
+    /// Adds the buffers of `batch` not seen before; the total so far.
+    fn add(&mut self, batch: &RecordBatch) -> usize {
+        fn walk(data: &datafusion::arrow::array::ArrayData, held: &mut HeldBytes) {
+            let buffers = data
+                .buffers()
+                .iter()
+                .chain(data.nulls().map(|n| n.buffer()));
+            for b in buffers {
+                if held.seen.insert(b.data_ptr().as_ptr() as usize) {
+                    held.bytes += b.capacity();
+                }
+            }
+            for child in data.child_data() {
+                walk(child, held);
+            }
+        }
+        for column in batch.columns() {
+            walk(&column.to_data(), self);
+        }
+        self.bytes
     }
 }
 
@@ -917,4 +949,30 @@ fn plan_series<'a>(
         joins,
         late_join,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, StringViewArray};
+
+    #[test]
+    fn held_bytes_count_a_shared_buffer_once() {
+        let values: ArrayRef = Arc::new(StringViewArray::from_iter_values(
+            (0..10_000).map(|n| format!("a value longer than twelve bytes {n}")),
+        ));
+        let batch = RecordBatch::try_from_iter([("v", values)]).expect("batch");
+        let whole = HeldBytes::default().add(&batch);
+        let mut held = HeldBytes::default();
+        let mut total = 0;
+        for i in 0..10 {
+            total = held.add(&batch.slice(i * 1000, 1000));
+        }
+        assert_eq!(total, whole);
+        // What a sum of get_array_memory_size would have said.
+        let naive: usize = (0..10)
+            .map(|i| batch.slice(i * 1000, 1000).get_array_memory_size())
+            .sum();
+        assert!(naive > 5 * whole, "{naive} vs {whole}");
+    }
 }
