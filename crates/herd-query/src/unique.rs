@@ -126,8 +126,6 @@ pub(crate) struct Interner {
     hasher: foldhash::fast::FixedState,
 }
 
-/// The longest string held inside its view.
-const INLINE_LEN: u32 = 12;
 /// A row without an id (null, or filtered out).
 pub(crate) const NO_ID: u32 = u32::MAX;
 /// Lookups whose slots are touched together before they are probed: their cache lines
@@ -247,19 +245,9 @@ impl Interner {
         Ok(id)
     }
 
-    /// The id of `value`.
-    fn intern_bytes(&mut self, value: &[u8]) -> Result<u32> {
+    /// The id of `value`, a string longer than a view holds.
+    fn intern_long(&mut self, value: &[u8]) -> Result<u32> {
         use std::hash::BuildHasher;
-        if value.len() <= INLINE_LEN as usize {
-            // Short values are keyed by their view, whichever way they arrive.
-            let view = datafusion::arrow::array::builder::make_view(value, 0, 0);
-            let key = short_key(view).unwrap_or(view);
-            let hash = self.hasher.hash_one(key);
-            let (bytes, spans) = (&mut self.bytes, &mut self.spans);
-            return self
-                .inline
-                .get_or_insert(key, hash, &self.hasher, || Self::push(bytes, spans, value));
-        }
         let hash = self.hasher.hash_one(value);
         let (bytes, spans) = (&self.bytes, &self.spans);
         let same = |id: &u32| {
@@ -319,7 +307,7 @@ impl Interner {
                             Self::push(bytes, spans, value)
                         })?
                     }
-                    None => self.intern_bytes(array.value(l.row).as_bytes())?,
+                    None => self.intern_long(array.value(l.row).as_bytes())?,
                 };
                 found.push(id);
             }
@@ -338,18 +326,23 @@ impl Interner {
     }
 }
 
-/// The actors of each group in `ids`, as a list of strings per group.
-fn lists<'a>(interner: &Interner, ids: impl Iterator<Item = &'a [u32]>) -> Result<ArrayRef> {
+/// The actors of each group in `groups` (ids), as a list of strings per group.
+fn lists<I: IntoIterator<Item = u32>>(
+    interner: &Interner,
+    groups: impl Iterator<Item = I>,
+) -> Result<ArrayRef> {
     let mut values = StringViewBuilder::new();
     let mut lengths = Vec::new();
-    for group in ids {
+    for group in groups {
+        let mut n = 0;
         for id in group {
             // Interned values came from strings.
-            let s = std::str::from_utf8(interner.get(*id))
+            let s = std::str::from_utf8(interner.get(id))
                 .map_err(|_| internal("interned value is not UTF-8"))?;
             values.append_value(s);
+            n += 1;
         }
-        lengths.push(group.len());
+        lengths.push(n);
     }
     Ok(Arc::new(ListArray::try_new(
         Arc::new(Field::new("item", DataType::Utf8View, true)),
@@ -380,8 +373,8 @@ impl Accumulator for UniqueAccumulator {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let ids: Vec<u32> = (0..self.actors.len() as u32).collect();
-        let list = lists(&self.actors, std::iter::once(ids.as_slice()))?;
+        let ids = 0..self.actors.len() as u32;
+        let list = lists(&self.actors, std::iter::once(ids))?;
         Ok(vec![ScalarValue::List(Arc::new(
             list.as_list::<i32>().clone(),
         ))])
@@ -402,20 +395,24 @@ impl Accumulator for UniqueAccumulator {
 #[derive(Debug, Default)]
 struct UniqueGroups {
     actors: Interner,
-    /// Each group's ids, in first-seen order, and the same as a set.
-    groups: Vec<(Vec<u32>, HashTable<u32>)>,
+    groups: Vec<HashTable<u32>>,
+    /// Slots of all groups' sets (kept as they change: `size` is asked for every batch).
+    slots: usize,
+}
+
+/// Ids are dense: a multiplicative hash spreads them.
+fn id_hash(id: u32) -> u64 {
+    u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 impl UniqueGroups {
     fn add(&mut self, group: usize, id: u32) {
-        let (list, set) = &mut self.groups[group];
-        // Ids are dense: a multiplicative hash spreads them.
-        let hash = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let set = &mut self.groups[group];
+        let hash = id_hash(id);
         if set.find(hash, |x| *x == id).is_none() {
-            set.insert_unique(hash, id, |x| {
-                (*x as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            });
-            list.push(id);
+            let before = set.capacity();
+            set.insert_unique(hash, id, |x| id_hash(*x));
+            self.slots += set.capacity() - before;
         }
     }
 
@@ -426,8 +423,10 @@ impl UniqueGroups {
     }
 
     /// Removes and returns the groups of `emit_to`.
-    fn take(&mut self, emit_to: EmitTo) -> Vec<(Vec<u32>, HashTable<u32>)> {
-        emit_to.take_needed(&mut self.groups)
+    fn take(&mut self, emit_to: EmitTo) -> Vec<HashTable<u32>> {
+        let taken = emit_to.take_needed(&mut self.groups);
+        self.slots -= taken.iter().map(HashTable::capacity).sum::<usize>();
+        taken
     }
 }
 
@@ -463,7 +462,7 @@ impl GroupsAccumulator for UniqueGroups {
         let counts: Int64Array = self
             .take(emit_to)
             .iter()
-            .map(|(list, _)| Some(list.len() as i64))
+            .map(|set| Some(set.len() as i64))
             .collect();
         Ok(Arc::new(counts))
     }
@@ -472,7 +471,7 @@ impl GroupsAccumulator for UniqueGroups {
         let taken = self.take(emit_to);
         Ok(vec![lists(
             &self.actors,
-            taken.iter().map(|(list, _)| list.as_slice()),
+            taken.iter().map(|set| set.iter().copied()),
         )?])
     }
 
@@ -532,11 +531,8 @@ impl GroupsAccumulator for UniqueGroups {
     fn size(&self) -> usize {
         std::mem::size_of_val(self)
             + self.actors.size()
-            + self
-                .groups
-                .iter()
-                .map(|(list, set)| list.capacity() * 4 + set.capacity() * 4 + 64)
-                .sum::<usize>()
+            + self.groups.capacity() * std::mem::size_of::<HashTable<u32>>()
+            + self.slots * (std::mem::size_of::<u32>() + 1)
     }
 }
 
@@ -568,10 +564,11 @@ mod tests {
         let ids = i.ids(&a, |row| row != 7).expect("intern");
         assert_eq!(ids, vec![0, 1, 2, 0, NO_ID, 3, 2, NO_ID]);
         assert_eq!(i.len(), 4);
-        // Interning from bytes finds the same ids.
-        assert_eq!(i.intern_bytes(b"a").expect("a"), 0);
-        assert_eq!(i.intern_bytes(b"thirteen byte").expect("long"), 2);
+        // Another array (other buffers) finds the same ids.
+        let b = views(&view_array(&[Some("thirteen byte"), Some("a")])).expect("views");
+        assert_eq!(i.ids(&b, |_| true).expect("intern"), vec![2, 0]);
         assert_eq!(i.get(1), b"twelve bytes");
+        assert_eq!(i.get(2), b"thirteen byte");
     }
 
     #[test]
