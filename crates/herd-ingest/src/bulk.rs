@@ -10,19 +10,22 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, RecordBatch,
-    StringArray, StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
 };
-use arrow::compute::filter;
+use arrow::compute::{filter, interleave};
 use herd_core::schema::events_schema;
-use herd_core::{EventBatchBuilder, GroupTypeMapping, IngestWarning, MAX_GROUP_TYPES, ProjectId};
+use herd_core::{GroupTypeMapping, IngestWarning, MAX_GROUP_TYPES, ProjectId};
 use herd_storage::Db;
 use herd_storage::db::ProjectHandle;
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::groups::{Disposition, GroupInputs, IdentifyInputs, Produced, process_event};
+use crate::groups::{
+    Disposition, GroupInputs, IdentifyInputs, KeyRef, Produced, RuleInputs, process_event,
+};
+use crate::peek::{self, GroupSpan};
 use crate::{Error, Result};
 
 /// One batch of source rows in herd's types.
@@ -46,14 +49,34 @@ pub struct SourceRows {
     pub prepared: Option<PreparedRows>,
 }
 
-/// What a row needs before the project lock: its uuid and its group inputs (or why they are
-/// invalid).
-pub type RowPrep = (Uuid, Result<GroupInputs, String>);
+/// How a row's group inputs were prepared.
+#[derive(Debug, Clone)]
+enum Prep {
+    /// `$groups` members at `spans[start..start + len]` of the batch, ranges into the row's
+    /// properties text (the common case, see [`peek::group_spans`]).
+    Spans {
+        start: u32,
+        len: u32,
+        personless: bool,
+    },
+    /// From the source's `$group_N` columns, every set slot named by the source's mapping.
+    Columns,
+    /// Decoded in full (identify events, uncommon texts), or why the inputs are invalid.
+    Full(Box<Result<GroupInputs, String>>),
+}
 
-/// [`RowPrep`]s of a batch, shared by its slices.
+/// What a row needs before the project lock: its uuid and its group inputs.
+#[derive(Debug, Clone)]
+struct RowPrep {
+    uuid: Uuid,
+    prep: Prep,
+}
+
+/// The [`RowPrep`]s of a batch, shared by its slices.
 #[derive(Debug, Clone)]
 pub struct PreparedRows {
-    all: Arc<Vec<RowPrep>>,
+    rows: Arc<Vec<RowPrep>>,
+    spans: Arc<Vec<GroupSpan>>,
     offset: usize,
 }
 
@@ -61,36 +84,131 @@ impl PreparedRows {
     /// The same rows from `offset` on.
     pub fn slice(&self, offset: usize) -> Self {
         Self {
-            all: self.all.clone(),
+            rows: self.rows.clone(),
+            spans: self.spans.clone(),
             offset: self.offset + offset,
         }
     }
 
     fn get(&self, i: usize) -> Option<&RowPrep> {
-        self.all.get(self.offset + i)
+        self.rows.get(self.offset + i)
+    }
+
+    /// Row `i`'s group inputs as the rules read them (pairs appended to `pairs`), or why
+    /// they are invalid.
+    fn inputs<'a>(
+        &'a self,
+        rows: &'a SourceRows,
+        i: usize,
+        pairs: &mut Vec<(&'a str, KeyRef<'a>)>,
+    ) -> Result<(bool, Option<&'a IdentifyInputs>), String> {
+        let Some(row) = self.get(i) else {
+            return Err("row was not prepared".to_string());
+        };
+        match &row.prep {
+            Prep::Spans {
+                start,
+                len,
+                personless,
+            } => {
+                let text = properties_at(rows, i);
+                let at = |(a, b): (u32, u32)| text.get(a as usize..b as usize).unwrap_or("");
+                let spans = self
+                    .spans
+                    .get(*start as usize..(*start + *len) as usize)
+                    .unwrap_or(&[]);
+                pairs.extend(
+                    spans
+                        .iter()
+                        .map(|s| (at(s.group_type), KeyRef::Str(at(s.key)))),
+                );
+                Ok((*personless, None))
+            }
+            Prep::Columns => {
+                if let Some((columns, mapping)) = &rows.groups {
+                    for (slot, column) in columns.iter().enumerate() {
+                        if column.is_null(i) || column.value(i).is_empty() {
+                            continue;
+                        }
+                        if let Some(group_type) = mapping.type_at(slot as u8) {
+                            pairs.push((group_type, KeyRef::Str(column.value(i))));
+                        }
+                    }
+                }
+                Ok((false, None))
+            }
+            Prep::Full(full) => match full.as_ref() {
+                Ok(inputs) => {
+                    inputs.extend_pairs(pairs);
+                    Ok((inputs.personless, inputs.identify.as_ref()))
+                }
+                Err(reason) => Err(reason.clone()),
+            },
+        }
     }
 }
 
 /// Computes every row's uuid and group inputs: pure work (JSON peeks) that can run on another
 /// thread while the loader holds the project lock for the previous batch.
 pub fn prepare_rows(rows: &SourceRows) -> PreparedRows {
+    let mut spans = Vec::with_capacity(rows.len() * 2);
     let all = (0..rows.len())
-        .map(|i| {
-            if rows.event.is_null(i) || rows.distinct_id.is_null(i) || rows.timestamp.is_null(i) {
-                return (Uuid::nil(), Ok(GroupInputs::default()));
-            }
-            let event = rows.event.value(i);
-            let properties = properties_at(rows, i);
-            (
-                row_uuid(rows, i, event, properties),
-                group_inputs(rows, i, event, properties),
-            )
-        })
+        .map(|i| prep_row(rows, i, &mut spans))
         .collect();
     PreparedRows {
-        all: Arc::new(all),
+        rows: Arc::new(all),
+        spans: Arc::new(spans),
         offset: 0,
     }
+}
+
+fn prep_row(rows: &SourceRows, i: usize, spans: &mut Vec<GroupSpan>) -> RowPrep {
+    if rows.event.is_null(i) || rows.distinct_id.is_null(i) || rows.timestamp.is_null(i) {
+        // Skipped by the loader; never read.
+        return RowPrep {
+            uuid: Uuid::nil(),
+            prep: Prep::Columns,
+        };
+    }
+    let event = rows.event.value(i);
+    let properties = properties_at(rows, i);
+    let uuid = row_uuid(rows, i, event, properties);
+    let full = |inputs| Prep::Full(Box::new(inputs));
+    let prep = if event == "$groupidentify" {
+        full(group_inputs(rows, i, event, properties))
+    } else if let Some((columns, mapping)) = &rows.groups {
+        match unnamed_slot(columns, mapping, i) {
+            None => Prep::Columns,
+            Some(reason) => full(Err(reason)),
+        }
+    } else {
+        let start = spans.len();
+        match peek::group_spans(properties, spans) {
+            Some(personless) => Prep::Spans {
+                start: start as u32,
+                len: (spans.len() - start) as u32,
+                personless,
+            },
+            None => full(GroupInputs::from_json_text(event, properties)),
+        }
+    };
+    RowPrep { uuid, prep }
+}
+
+/// Why row `i`'s `$group_N` values cannot be read: a set slot the mapping names no type for.
+fn unnamed_slot(
+    columns: &[StringArray; MAX_GROUP_TYPES],
+    mapping: &GroupTypeMapping,
+    i: usize,
+) -> Option<String> {
+    columns.iter().enumerate().find_map(|(slot, column)| {
+        let set = !column.is_null(i) && !column.value(i).is_empty();
+        (set && mapping.type_at(slot as u8).is_none()).then(|| {
+            format!(
+                "$group_{slot} is set but the source's group types name no type for slot {slot}"
+            )
+        })
+    })
 }
 
 impl SourceRows {
@@ -163,9 +281,9 @@ impl BulkLoader {
     /// time) and loading goes on; the return value is the position that the previous flush
     /// made durable, when one completed during this call.
     ///
-    /// Ordinary events are processed in input order and their string columns are reused as
-    /// they are (filtered only when rows were dropped); `$groupidentify` rows, whose merges
-    /// depend on order, are processed after them in timestamp order.
+    /// Ordinary events are processed in input order, then `$groupidentify` rows, whose merges
+    /// depend on order, in timestamp order. The batch's columns are stored as they are (filtered
+    /// only when rows were dropped); only the uuids and the group slots are built.
     pub async fn load(
         &mut self,
         rows: &SourceRows,
@@ -174,95 +292,93 @@ impl BulkLoader {
     ) -> Result<Option<u64>> {
         let n = rows.len();
         self.stats.read += n as u64;
-        let mut keep = Vec::with_capacity(n);
-        let mut uuids = FixedSizeBinaryBuilder::with_capacity(n, 16);
+        let prepared = match &rows.prepared {
+            Some(p) => p.clone(),
+            None => prepare_rows(rows),
+        };
+        let mut keep = vec![false; n];
+        let mut uuids = vec![0u8; n * 16];
+        // Slot values of kept rows: ordinary rows in row order, then identify rows; `order`
+        // maps each kept row (in row order) to its place there when identifies were kept.
         let mut slots_out: [StringBuilder; MAX_GROUP_TYPES] =
             std::array::from_fn(|_| StringBuilder::with_capacity(n, n * 8));
-        let mut created: Vec<i64> = Vec::with_capacity(n);
+        let mut identify_slots: Vec<(usize, [String; MAX_GROUP_TYPES])> = Vec::new();
         let mut identifies = Vec::new();
         let mut produced = Produced::default();
+        let mut pairs: Vec<(&str, KeyRef)> = Vec::with_capacity(8);
         let mut guard = self.db.lock(&self.handle).await;
         for i in 0..n {
             if rows.event.is_null(i) || rows.distinct_id.is_null(i) || rows.timestamp.is_null(i) {
                 self.stats.skipped += 1;
-                keep.push(false);
                 continue;
             }
             let event = rows.event.value(i);
             if event == "$groupidentify" {
                 identifies.push(i);
-                keep.push(false);
                 continue;
             }
-            let properties = properties_at(rows, i);
-            let (uuid, inputs) = row_prep(rows, i, event, properties, now, &mut produced);
+            pairs.clear();
+            let (uuid, rule) = rule_inputs(&prepared, rows, i, now, &mut pairs, &mut produced);
             let disposition = process_event(
                 &mut guard,
                 uuid,
                 event,
                 rows.timestamp.value(i),
                 now,
-                &inputs,
+                RuleInputs {
+                    groups: &pairs,
+                    personless: rule.0,
+                    identify: rule.1,
+                },
                 &mut produced,
             )
             .await?;
             match disposition {
                 Disposition::Store(slots) => {
-                    let _ = uuids.append_value(uuid.as_bytes());
+                    uuids[i * 16..(i + 1) * 16].copy_from_slice(uuid.as_bytes());
                     for (b, key) in slots_out.iter_mut().zip(&slots) {
                         b.append_value(key);
                     }
-                    created.push(created_at(rows, i, now));
-                    keep.push(true);
-                    self.stats.events += 1;
-                }
-                other => {
-                    count_skip(&mut self.stats, &other);
-                    keep.push(false);
-                }
-            }
-        }
-        let ordinary = self.ordinary_batch(rows, keep, uuids, slots_out, created)?;
-
-        // $groupidentify rows: merges apply in event-time order.
-        identifies.sort_by_key(|&i| (rows.timestamp.value(i), i));
-        let mut builder = EventBatchBuilder::with_capacity(identifies.len());
-        for i in identifies {
-            let properties = properties_at(rows, i);
-            let (uuid, inputs) =
-                row_prep(rows, i, "$groupidentify", properties, now, &mut produced);
-            let timestamp = rows.timestamp.value(i);
-            match process_event(
-                &mut guard,
-                uuid,
-                "$groupidentify",
-                timestamp,
-                now,
-                &inputs,
-                &mut produced,
-            )
-            .await?
-            {
-                Disposition::Store(slots) => {
-                    builder.push_parts(
-                        uuid,
-                        "$groupidentify",
-                        rows.distinct_id.value(i),
-                        timestamp,
-                        properties,
-                        &slots,
-                        created_at(rows, i, now),
-                    );
+                    keep[i] = true;
                     self.stats.events += 1;
                 }
                 other => count_skip(&mut self.stats, &other),
             }
         }
+
+        // $groupidentify rows: merges apply in event-time order.
+        identifies.sort_by_key(|&i| (rows.timestamp.value(i), i));
+        for i in identifies {
+            pairs.clear();
+            let (uuid, rule) = rule_inputs(&prepared, rows, i, now, &mut pairs, &mut produced);
+            let disposition = process_event(
+                &mut guard,
+                uuid,
+                "$groupidentify",
+                rows.timestamp.value(i),
+                now,
+                RuleInputs {
+                    groups: &pairs,
+                    personless: rule.0,
+                    identify: rule.1,
+                },
+                &mut produced,
+            )
+            .await?;
+            match disposition {
+                Disposition::Store(slots) => {
+                    uuids[i * 16..(i + 1) * 16].copy_from_slice(uuid.as_bytes());
+                    identify_slots.push((i, slots.map(|s| s.into_owned())));
+                    keep[i] = true;
+                    self.stats.events += 1;
+                }
+                other => count_skip(&mut self.stats, &other),
+            }
+        }
+        let batch = stored_batch(rows, now, keep, uuids, slots_out, identify_slots)?;
         self.stats.groups += produced.groups.len() as u64;
         self.stats.warnings += produced.warnings.len() as u64;
-        guard.commit_unlogged(ordinary, Vec::new(), Vec::new());
-        let identify_batch = (!builder.is_empty()).then(|| builder.finish());
-        guard.commit_unlogged(identify_batch, produced.groups, produced.warnings);
+        guard.commit_unlogged(batch, produced.groups, produced.warnings);
         drop(guard);
         if self.db.buffered_rows(self.handle.project().id) < self.flush_rows {
             return Ok(None);
@@ -290,49 +406,6 @@ impl BulkLoader {
         }
     }
 
-    /// The kept ordinary rows as an events batch, reusing the source's columns.
-    fn ordinary_batch(
-        &self,
-        rows: &SourceRows,
-        keep: Vec<bool>,
-        mut uuids: FixedSizeBinaryBuilder,
-        mut slots: [StringBuilder; MAX_GROUP_TYPES],
-        created: Vec<i64>,
-    ) -> Result<Option<RecordBatch>> {
-        let mask = BooleanArray::from(keep);
-        let kept = mask.true_count();
-        if kept == 0 {
-            return Ok(None);
-        }
-        let all = kept == rows.len();
-        let pick =
-            |a: ArrayRef| -> Result<ArrayRef> { Ok(if all { a } else { filter(&a, &mask)? }) };
-        // Stored properties are never null.
-        let properties: ArrayRef = if rows.properties.null_count() > 0 {
-            Arc::new(
-                rows.properties
-                    .iter()
-                    .map(|p| Some(p.unwrap_or("{}")))
-                    .collect::<StringArray>(),
-            )
-        } else {
-            Arc::new(rows.properties.clone())
-        };
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(uuids.finish()),
-            pick(Arc::new(rows.event.clone()))?,
-            pick(Arc::new(rows.distinct_id.clone()))?,
-            pick(Arc::new(rows.timestamp.clone().with_timezone("UTC")))?,
-            pick(properties)?,
-        ];
-        for b in &mut slots {
-            columns.push(Arc::new(b.finish()));
-        }
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(created).with_timezone("UTC"),
-        ));
-        Ok(Some(RecordBatch::try_new(events_schema(), columns)?))
-    }
     /// Writes everything buffered to Parquet (waiting for a background flush first).
     pub async fn flush(&mut self) -> Result<()> {
         self.wait_pending().await?;
@@ -367,13 +440,14 @@ impl BulkLoader {
                 group_set: Some(Value::Object(properties)),
             }),
         };
+        let mut pairs = Vec::new();
         let _ = process_event(
             &mut guard,
             uuid,
             "$groupidentify",
             created_at,
             now,
-            &inputs,
+            inputs.view(&mut pairs),
             &mut produced,
         )
         .await?;
@@ -381,6 +455,116 @@ impl BulkLoader {
         self.stats.warnings += produced.warnings.len() as u64;
         guard.commit_unlogged(None, produced.groups, produced.warnings);
         Ok(())
+    }
+}
+
+/// The kept rows as an events batch: the source's columns as they are (filtered when rows
+/// were dropped), with the uuids and group slots built while loading.
+fn stored_batch(
+    rows: &SourceRows,
+    now: i64,
+    keep: Vec<bool>,
+    uuids: Vec<u8>,
+    mut ordinary_slots: [StringBuilder; MAX_GROUP_TYPES],
+    mut identify_slots: Vec<(usize, [String; MAX_GROUP_TYPES])>,
+) -> Result<Option<RecordBatch>> {
+    let n = rows.len();
+    let mask = BooleanArray::from(keep);
+    let kept = mask.true_count();
+    if kept == 0 {
+        return Ok(None);
+    }
+    let all = kept == n;
+    let pick = |a: ArrayRef| -> Result<ArrayRef> { Ok(if all { a } else { filter(&a, &mask)? }) };
+    let uuid_array = FixedSizeBinaryArray::try_new(16, uuids.into(), None)?;
+    // Stored properties are never null.
+    let properties: ArrayRef = if rows.properties.null_count() > 0 {
+        Arc::new(
+            rows.properties
+                .iter()
+                .map(|p| Some(p.unwrap_or("{}")))
+                .collect::<StringArray>(),
+        )
+    } else {
+        Arc::new(rows.properties.clone())
+    };
+    let created: ArrayRef = match &rows.created_at {
+        Some(c) if c.null_count() == 0 => Arc::new(c.clone()),
+        Some(c) => Arc::new(TimestampMicrosecondArray::from_iter_values(
+            c.iter().map(|v| v.unwrap_or(now)),
+        )),
+        None => Arc::new(TimestampMicrosecondArray::from_value(now, n)),
+    };
+    let mut columns: Vec<ArrayRef> = vec![
+        pick(Arc::new(uuid_array))?,
+        pick(Arc::new(rows.event.clone()))?,
+        pick(Arc::new(rows.distinct_id.clone()))?,
+        pick(Arc::new(rows.timestamp.clone().with_timezone("UTC")))?,
+        pick(properties)?,
+    ];
+    let ordinary: Vec<StringArray> = ordinary_slots.iter_mut().map(|b| b.finish()).collect();
+    if identify_slots.is_empty() {
+        columns.extend(ordinary.into_iter().map(|a| Arc::new(a) as ArrayRef));
+    } else {
+        // Kept rows in row order: the next ordinary value, or the identify row's own.
+        identify_slots.sort_unstable_by_key(|(row, _)| *row);
+        let mut next_ordinary = 0;
+        let mut next_identify = 0;
+        let mut order = Vec::with_capacity(kept);
+        for (row, keep) in mask.values().iter().enumerate() {
+            if !keep {
+                continue;
+            }
+            if identify_slots.get(next_identify).map(|(r, _)| *r) == Some(row) {
+                order.push((1, next_identify));
+                next_identify += 1;
+            } else {
+                order.push((0, next_ordinary));
+                next_ordinary += 1;
+            }
+        }
+        for (slot, ordinary) in ordinary.iter().enumerate() {
+            let identify: StringArray = identify_slots
+                .iter()
+                .map(|(_, s)| Some(s[slot].as_str()))
+                .collect();
+            columns.push(interleave(&[ordinary, &identify], &order)?);
+        }
+    }
+    columns.push(pick(Arc::new(
+        created
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| Error::BadRequest("created_at column type".into()))?
+            .clone()
+            .with_timezone("UTC"),
+    ))?);
+    Ok(Some(RecordBatch::try_new(events_schema(), columns)?))
+}
+
+/// Row `i`'s uuid and the rule inputs (personless, identify fields) with its pairs appended
+/// to `pairs`; invalid group inputs become a warning and no groups.
+fn rule_inputs<'a>(
+    prepared: &'a PreparedRows,
+    rows: &'a SourceRows,
+    i: usize,
+    now: i64,
+    pairs: &mut Vec<(&'a str, KeyRef<'a>)>,
+    produced: &mut Produced,
+) -> (Uuid, (bool, Option<&'a IdentifyInputs>)) {
+    let uuid = prepared.get(i).map_or_else(Uuid::nil, |r| r.uuid);
+    match prepared.inputs(rows, i, pairs) {
+        Ok(rule) => (uuid, rule),
+        Err(reason) => {
+            pairs.clear();
+            produced.warnings.push(IngestWarning {
+                kind: "invalid_groups".into(),
+                event_uuid: uuid.to_string(),
+                details: json!({"reason": reason}).to_string(),
+                timestamp: now,
+            });
+            (uuid, (false, None))
+        }
     }
 }
 
@@ -446,49 +630,9 @@ fn properties_at(rows: &SourceRows, i: usize) -> &str {
     }
 }
 
-fn created_at(rows: &SourceRows, i: usize, now: i64) -> i64 {
-    rows.created_at
-        .as_ref()
-        .filter(|c| !c.is_null(i))
-        .map_or(now, |c| c.value(i))
-}
-
 fn count_skip(stats: &mut LoadStats, d: &Disposition) {
     stats.skipped += 1;
     if *d == Disposition::Duplicate {
         stats.duplicates += 1;
-    }
-}
-
-/// A row's uuid and group inputs: computed ahead when the batch carries them, else now.
-/// Invalid group inputs become a warning and no groups.
-fn row_prep<'a>(
-    rows: &'a SourceRows,
-    i: usize,
-    event: &str,
-    properties: &str,
-    now: i64,
-    produced: &mut Produced,
-) -> (Uuid, std::borrow::Cow<'a, GroupInputs>) {
-    use std::borrow::Cow;
-    let (uuid, inputs) = match rows.prepared.as_ref().and_then(|p| p.get(i)) {
-        Some((uuid, Ok(inputs))) => return (*uuid, Cow::Borrowed(inputs)),
-        Some((uuid, Err(reason))) => (*uuid, Err(reason.clone())),
-        None => {
-            let uuid = row_uuid(rows, i, event, properties);
-            (uuid, group_inputs(rows, i, event, properties))
-        }
-    };
-    match inputs {
-        Ok(inputs) => (uuid, Cow::Owned(inputs)),
-        Err(reason) => {
-            produced.warnings.push(IngestWarning {
-                kind: "invalid_groups".into(),
-                event_uuid: uuid.to_string(),
-                details: json!({"reason": reason}).to_string(),
-                timestamp: now,
-            });
-            (uuid, Cow::Owned(GroupInputs::default()))
-        }
     }
 }

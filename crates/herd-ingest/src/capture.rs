@@ -192,13 +192,14 @@ async fn apply_events(
     let mut builder = EventBatchBuilder::with_capacity(prepared.len());
     let mut produced = Produced::default();
     for e in prepared {
+        let mut pairs = Vec::new();
         match process_event(
             guard,
             e.uuid,
             &e.event,
             e.timestamp,
             now,
-            &e.inputs,
+            e.inputs.view(&mut pairs),
             &mut produced,
         )
         .await?

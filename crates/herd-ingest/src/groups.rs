@@ -35,6 +35,28 @@ pub struct GroupInputs {
     pub identify: Option<IdentifyInputs>,
 }
 
+/// A group key as the event gave it: a string (most keys), or another JSON value that
+/// [`group_key_text`] turns into text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeyRef<'a> {
+    /// A JSON string.
+    Str(&'a str),
+    /// Any other JSON value.
+    Json(&'a Value),
+}
+
+/// What the group rules read of one event, borrowed from wherever it was decoded
+/// ([`GroupInputs`], or backfill's spans into the properties text).
+#[derive(Debug, Clone, Copy)]
+pub struct RuleInputs<'a, 'b> {
+    /// `(group type, key)` pairs of `$groups`, in the order sent.
+    pub groups: &'b [(&'a str, KeyRef<'a>)],
+    /// `$process_person_profile == false`.
+    pub personless: bool,
+    /// The identify fields when the event is a `$groupidentify`.
+    pub identify: Option<&'b IdentifyInputs>,
+}
+
 /// The raw fields of a `$groupidentify`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IdentifyInputs {
@@ -71,6 +93,28 @@ impl GroupInputs {
             p.group_key,
             p.group_set,
         )
+    }
+
+    /// The borrowed view the rules read; `pairs` is a reusable buffer for the pairs.
+    pub fn view<'a>(&'a self, pairs: &'a mut Vec<(&'a str, KeyRef<'a>)>) -> RuleInputs<'a, 'a> {
+        pairs.clear();
+        self.extend_pairs(pairs);
+        RuleInputs {
+            groups: pairs,
+            personless: self.personless,
+            identify: self.identify.as_ref(),
+        }
+    }
+
+    /// Appends the `$groups` pairs, borrowed.
+    pub fn extend_pairs<'a>(&'a self, pairs: &mut Vec<(&'a str, KeyRef<'a>)>) {
+        pairs.extend(self.groups.iter().map(|(t, k)| {
+            let key = match k {
+                Value::String(s) => KeyRef::Str(s.as_str()),
+                other => KeyRef::Json(other),
+            };
+            (t.as_str(), key)
+        }));
     }
 
     pub(crate) fn build(
@@ -149,12 +193,12 @@ pub async fn process_event<'a>(
     event: &str,
     timestamp: i64,
     now: i64,
-    inputs: &'a GroupInputs,
+    inputs: RuleInputs<'a, '_>,
     produced: &mut Produced,
 ) -> Result<Disposition<'a>> {
     let warn = |kind: &str, details: Value| warning(kind, uuid, event, details, now);
     let mut merge = None;
-    if let Some(identify) = inputs.identify.as_ref().filter(|_| !inputs.personless) {
+    if let Some(identify) = inputs.identify.filter(|_| !inputs.personless) {
         match check_identify(identify.clone()) {
             Ok(m) => merge = m,
             Err((kind, details, drop)) => {
@@ -171,15 +215,16 @@ pub async fn process_event<'a>(
 
     let mut slots: [Cow<'a, str>; MAX_GROUP_TYPES] = Default::default();
     if !inputs.personless {
-        for (group_type, key) in &inputs.groups {
+        for &(group_type, key) in inputs.groups {
             let key = match key {
-                Value::String(s) => Cow::Borrowed(s.as_str()),
-                other => match group_key_text(other) {
+                KeyRef::Str(s) => Cow::Borrowed(s),
+                KeyRef::Json(other) => match group_key_text(other) {
                     Some(text) => Cow::Owned(text),
                     None => continue,
                 },
             };
-            if key.chars().count() > MAX_GROUP_KEY_CHARS {
+            // A char is at least a byte: short keys need no count.
+            if key.len() > MAX_GROUP_KEY_CHARS && key.chars().count() > MAX_GROUP_KEY_CHARS {
                 produced.warnings.push(warn(
                     "group_key_too_long",
                     json!({"group_type": group_type, "length": key.chars().count()}),

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 /// `$groups` as read: its members in order when it is an object (no map is built), else the
 /// value itself, which the group rules refuse.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Members {
     /// `(key, value)` in the order of the text; a repeated key appears twice.
     Pairs(Vec<(String, Value)>),
@@ -58,7 +58,7 @@ impl<'de> Deserialize<'de> for Pairs {
 }
 
 /// The members the group rules read.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct GroupFields {
     pub(crate) groups: Option<Members>,
     pub(crate) process_person_profile: Option<Value>,
@@ -126,6 +126,144 @@ pub(crate) fn group_fields(text: &str) -> Result<GroupFields, String> {
             Some(b',') => pos = skip_ws(b, pos + 1),
             Some(b'}') => return finish(b, pos + 1, out),
             _ => return Err(not_object(&format!("expected ',' or '}}' at byte {pos}"))),
+        }
+    }
+}
+
+/// Where one `$groups` member lies in the text: byte ranges of the group type and of the key
+/// (both JSON strings without escapes, quotes excluded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupSpan {
+    pub(crate) group_type: (u32, u32),
+    pub(crate) key: (u32, u32),
+}
+
+/// The common case of an ordinary event, without building a value: `$groups` is absent,
+/// `null`, or an object whose members are strings without escapes or control characters,
+/// and `$process_person_profile` is absent or a literal `true`/`false`. Appends the members'
+/// spans to `out` and returns whether the event is personless. `None` (with `out` as it was)
+/// when anything else is met, valid or not: [`group_fields`] then decides, so the answer is
+/// always the same as its.
+pub(crate) fn group_spans(text: &str, out: &mut Vec<GroupSpan>) -> Option<bool> {
+    let start = out.len();
+    let found = spans_inner(text, out, start);
+    if found.is_none() {
+        out.truncate(start);
+    }
+    found
+}
+
+fn spans_inner(text: &str, out: &mut Vec<GroupSpan>, start: usize) -> Option<bool> {
+    let b = text.as_bytes();
+    if b.len() >= u32::MAX as usize {
+        return None;
+    }
+    let mut personless = false;
+    let mut pos = skip_ws(b, 0);
+    if b.get(pos) != Some(&b'{') {
+        return None;
+    }
+    pos = skip_ws(b, pos + 1);
+    if b.get(pos) == Some(&b'}') {
+        return (skip_ws(b, pos + 1) == b.len()).then_some(false);
+    }
+    loop {
+        let (ks, ke) = plain_string(b, pos)?;
+        let key = &b[ks..ke];
+        pos = skip_ws(b, ke + 1);
+        if b.get(pos) != Some(&b':') {
+            return None;
+        }
+        pos = skip_ws(b, pos + 1);
+        match key {
+            b"$groups" => {
+                // A repeated key keeps its last value.
+                out.truncate(start);
+                pos = group_members(b, pos, out)?;
+            }
+            b"$process_person_profile" => {
+                let (value, end) = literal(b, pos)?;
+                personless = value == Literal::False;
+                pos = end;
+            }
+            _ => pos = value_end(b, pos)?,
+        }
+        pos = skip_ws(b, pos);
+        match b.get(pos) {
+            Some(b',') => pos = skip_ws(b, pos + 1),
+            Some(b'}') => return (skip_ws(b, pos + 1) == b.len()).then_some(personless),
+            _ => return None,
+        }
+    }
+}
+
+/// The content range of a string at `pos` that has no escapes and no control characters.
+fn plain_string(b: &[u8], pos: usize) -> Option<(usize, usize)> {
+    if b.get(pos) != Some(&b'"') {
+        return None;
+    }
+    let end = string_end(b, pos)?;
+    let content = &b[pos + 1..end];
+    if content.iter().any(|&c| c == b'\\' || c < 0x20) {
+        return None;
+    }
+    Some((pos + 1, end))
+}
+
+#[derive(PartialEq)]
+enum Literal {
+    True,
+    False,
+    Null,
+}
+
+/// `true`, `false` or `null` at `pos`, delimited; the index past it.
+fn literal(b: &[u8], pos: usize) -> Option<(Literal, usize)> {
+    let rest = b.get(pos..)?;
+    let (value, len) = if rest.starts_with(b"true") {
+        (Literal::True, 4)
+    } else if rest.starts_with(b"false") {
+        (Literal::False, 5)
+    } else if rest.starts_with(b"null") {
+        (Literal::Null, 4)
+    } else {
+        return None;
+    };
+    match b.get(pos + len) {
+        None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') => Some((value, pos + len)),
+        _ => None,
+    }
+}
+
+/// `$groups` at `pos`: `null`, or an object of plain strings whose spans are appended.
+fn group_members(b: &[u8], mut pos: usize, out: &mut Vec<GroupSpan>) -> Option<usize> {
+    if b.get(pos) != Some(&b'{') {
+        return match literal(b, pos)? {
+            (Literal::Null, end) => Some(end),
+            _ => None,
+        };
+    }
+    pos = skip_ws(b, pos + 1);
+    if b.get(pos) == Some(&b'}') {
+        return Some(pos + 1);
+    }
+    loop {
+        let (ts, te) = plain_string(b, pos)?;
+        pos = skip_ws(b, te + 1);
+        if b.get(pos) != Some(&b':') {
+            return None;
+        }
+        pos = skip_ws(b, pos + 1);
+        let (vs, ve) = plain_string(b, pos)?;
+        out.push(GroupSpan {
+            group_type: (ts as u32, te as u32),
+            key: (vs as u32, ve as u32),
+        });
+        pos = skip_ws(b, ve + 1);
+        match b.get(pos) {
+            Some(b',') => pos = skip_ws(b, pos + 1),
+            Some(b'}') => return Some(pos + 1),
+            _ => return None,
         }
     }
 }
@@ -312,6 +450,56 @@ mod tests {
             .prop_map(|kv| Value::Object(kv.into_iter().collect()))
     }
 
+    /// What [`group_spans`] found, as `(type, key)` strings.
+    fn spans_of(text: &str) -> Option<(Vec<(String, String)>, bool)> {
+        let mut out = vec![GroupSpan {
+            group_type: (0, 0),
+            key: (0, 0),
+        }];
+        let personless = group_spans(text, &mut out)?;
+        let s = |(a, b): (u32, u32)| text[a as usize..b as usize].to_string();
+        let pairs = out[1..]
+            .iter()
+            .map(|g| (s(g.group_type), s(g.key)))
+            .collect();
+        Some((pairs, personless))
+    }
+
+    #[test]
+    fn spans_of_plain_groups_and_the_cases_left_to_the_full_path() {
+        let text = r#" {"a":{"$groups":1},"$groups":{"company":"id:5", "project" : "p1"},
+            "$process_person_profile": false, "n":[1,{"x":"]"}]} "#;
+        assert_eq!(
+            spans_of(text),
+            Some((
+                vec![
+                    ("company".into(), "id:5".into()),
+                    ("project".into(), "p1".into())
+                ],
+                true
+            ))
+        );
+        assert_eq!(spans_of(r#"{"$groups":null}"#), Some((vec![], false)));
+        assert_eq!(
+            spans_of(r#"{"$groups":{"a":"1"},"$groups":{"b":"2"}}"#),
+            Some((vec![("b".into(), "2".into())], false))
+        );
+        for slow in [
+            r#"{"$groups":{"a":1}}"#,
+            r#"{"$groups":{"a":"x\"y"}}"#,
+            "{\"$groups\":{\"a\":\"x\ty\"}}",
+            r#"{"$groups":"x"}"#,
+            r#"{"$grou\u0070s":{"a":"1"}}"#,
+            r#"{"$process_person_profile":"false"}"#,
+            r#"{"$process_person_profile":fals}"#,
+            r#"{"$groups":{"a":"1"}"#,
+            r#"{"a":1} x"#,
+            "[]",
+        ] {
+            assert_eq!(spans_of(slow), None, "{slow}");
+        }
+    }
+
     proptest! {
         /// Same members as a full parse, for any object, compact or pretty.
         #[test]
@@ -322,7 +510,24 @@ mod tests {
                 serde_json::to_string(&v).expect("json")
             };
             let expected = reference(&text).map_err(|_| ());
-            prop_assert_eq!(group_fields(&text).map_err(|_| ()), expected);
+            prop_assert_eq!(group_fields(&text).map_err(|_| ()), expected.clone());
+            // Where the span path answers, it answers as the full path does.
+            if let Some((pairs, personless)) = spans_of(&text) {
+                let Ok(full) = expected else {
+                    return Err(TestCaseError::fail("spans of a refused text"));
+                };
+                let groups = match full.groups {
+                    None | Some(Members::Other(Value::Null)) => vec![],
+                    Some(Members::Pairs(p)) => p,
+                    Some(Members::Other(_)) => {
+                        return Err(TestCaseError::fail("spans of non-object $groups"));
+                    }
+                };
+                let as_values: Vec<(String, Value)> =
+                    pairs.into_iter().map(|(t, k)| (t, Value::String(k))).collect();
+                prop_assert_eq!(as_values, groups);
+                prop_assert_eq!(personless, full.process_person_profile == Some(Value::Bool(false)));
+            }
         }
 
         /// Cut or damaged texts never panic, and whatever a full parse refuses is refused,
