@@ -380,7 +380,9 @@ impl BulkLoader {
         self.stats.warnings += produced.warnings.len() as u64;
         guard.commit_unlogged(batch, produced.groups, produced.warnings);
         drop(guard);
-        if self.db.buffered_rows(self.handle.project().id) < self.flush_rows {
+        // Loading goes on while a flush encodes: the next one is due when as many rows
+        // again have arrived, so at most two flushes' rows are held.
+        if self.db.active_rows(self.handle.project().id) < self.flush_rows {
             return Ok(None);
         }
         let durable = self.wait_pending().await?;

@@ -58,6 +58,9 @@ impl Buffer {
     }
 }
 
+/// A batch whose rows change day more often than this is gathered per day instead of sliced.
+const MAX_SLICES_PER_BATCH: usize = 64;
+
 /// Splits events batches by UTC day of `timestamp`: `(day, rows of that day)`, days ascending.
 pub fn split_by_day(batches: &[RecordBatch]) -> Result<Vec<(i32, Vec<RecordBatch>)>> {
     let mut out: std::collections::BTreeMap<i32, Vec<RecordBatch>> = Default::default();
@@ -67,18 +70,30 @@ pub fn split_by_day(batches: &[RecordBatch]) -> Result<Vec<(i32, Vec<RecordBatch
             .as_any()
             .downcast_ref::<TimestampMicrosecondArray>()
             .ok_or_else(|| Error::corrupt("write buffer", "timestamp column has the wrong type"))?;
-        let first = if ts.is_empty() {
-            0
-        } else {
-            day_of(ts.value(0))
-        };
-        if ts.values().iter().all(|&t| day_of(t) == first) {
-            out.entry(first).or_default().push(batch.clone());
+        // Runs of one day: time-ordered input (backfill of an export) splits into a few
+        // slices of the batch, with no copy.
+        let days: Vec<i32> = ts.values().iter().map(|&t| day_of(t)).collect();
+        let mut runs: Vec<(i32, usize, usize)> = Vec::new();
+        for (i, &day) in days.iter().enumerate() {
+            match runs.last_mut() {
+                Some((d, _, len)) if *d == day => *len += 1,
+                _ => {
+                    if runs.len() > MAX_SLICES_PER_BATCH {
+                        break;
+                    }
+                    runs.push((day, i, 1));
+                }
+            }
+        }
+        if runs.len() <= MAX_SLICES_PER_BATCH {
+            for (day, start, len) in runs {
+                out.entry(day).or_default().push(batch.slice(start, len));
+            }
             continue;
         }
         let mut by_day: std::collections::BTreeMap<i32, Vec<u32>> = Default::default();
-        for (i, &t) in ts.values().iter().enumerate() {
-            by_day.entry(day_of(t)).or_default().push(i as u32);
+        for (i, &day) in days.iter().enumerate() {
+            by_day.entry(day).or_default().push(i as u32);
         }
         for (day, rows) in by_day {
             let part = take_record_batch(batch, &UInt32Array::from(rows))?;
@@ -114,5 +129,30 @@ mod tests {
             .map(|(d, bs)| (*d, bs.iter().map(RecordBatch::num_rows).sum()))
             .collect();
         assert_eq!(shape, vec![(0, 2), (1, 1), (3, 1)]);
+
+        // Rows alternating between days are gathered, one batch per day, order kept.
+        let mut b = EventBatchBuilder::with_capacity(200);
+        for n in 0..200u128 {
+            b.push(&Event {
+                uuid: uuid::Uuid::from_u128(n),
+                event: "e".into(),
+                distinct_id: "d".into(),
+                timestamp: (n as i64 % 2) * day + n as i64,
+                properties: "{}".into(),
+                groups: Default::default(),
+                created_at: 0,
+            });
+        }
+        let parts = split_by_day(&[b.finish()]).expect("split");
+        assert_eq!(parts.len(), 2);
+        for (d, bs) in &parts {
+            assert_eq!(bs.len(), 1, "one gathered batch for day {d}");
+            let ts = crate::db::buffered_timestamps(&bs[0]).expect("ts");
+            let want: Vec<i64> = (0..200i64)
+                .filter(|n| n % 2 == *d as i64)
+                .map(|n| (n % 2) * day + n)
+                .collect();
+            assert_eq!(ts.values().to_vec(), want);
+        }
     }
 }

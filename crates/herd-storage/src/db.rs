@@ -116,7 +116,7 @@ struct DaySet {
 
 #[derive(Debug, Default)]
 struct DedupIndex {
-    days: HashMap<i32, DaySet>,
+    days: HashMap<i32, DaySet, foldhash::fast::FixedState>,
     total: usize,
     clock: u64,
 }
@@ -146,7 +146,8 @@ impl ProjectHandle {
 #[derive(Debug)]
 enum Undo {
     Uuid(i32, u128),
-    Group((u8, String), Option<GroupState>),
+    /// Boxed: the undo log holds a uuid entry per event, and this variant is large.
+    Group(Box<((u8, String), Option<GroupState>)>),
 }
 
 /// Exclusive access to one project's ingest state for the length of one request.
@@ -211,7 +212,9 @@ impl ProjectGuard<'_> {
         let dedup = &mut self.state.dedup;
         dedup.clock += 1;
         let clock = dedup.clock;
-        let set = dedup.days.entry(day).or_default();
+        let Some(set) = dedup.days.get_mut(&day) else {
+            return Err(Error::corrupt("dedup index", format!("day {day} not loaded")));
+        };
         set.last_used = clock;
         if set.uuids.insert(uuid) {
             dedup.total += 1;
@@ -263,7 +266,7 @@ impl ProjectGuard<'_> {
     pub fn set_group(&mut self, index: u8, key: &str, state: GroupState) {
         let k = (index, key.to_string());
         let old = self.state.groups.insert(k.clone(), state);
-        self.undo.push(Undo::Group(k, old));
+        self.undo.push(Undo::Group(Box::new((k, old))));
     }
 
     /// Makes the request's rows part of the project: queues them on the WAL and adds them to
@@ -326,12 +329,14 @@ impl Drop for ProjectGuard<'_> {
                         self.state.dedup.total -= 1;
                     }
                 }
-                Undo::Group(key, Some(old)) => {
-                    self.state.groups.insert(key, old);
-                }
-                Undo::Group(key, None) => {
-                    self.state.groups.remove(&key);
-                }
+                Undo::Group(change) => match *change {
+                    (key, Some(old)) => {
+                        self.state.groups.insert(key, old);
+                    }
+                    (key, None) => {
+                        self.state.groups.remove(&key);
+                    }
+                },
             }
         }
     }
@@ -776,6 +781,13 @@ impl Db {
         })
     }
 
+    /// Rows of a project buffered and not yet handed to a flush (a running flush holds the
+    /// rest of [`Db::buffered_rows`]).
+    pub fn active_rows(&self, project: ProjectId) -> usize {
+        self.project(project)
+            .map_or(0, |h| h.tables.lock().active.rows)
+    }
+
     /// Whether any project's buffer is due for a flush.
     pub fn flush_due(&self) -> bool {
         self.projects.read().values().any(|h| {
@@ -924,7 +936,7 @@ impl Db {
 }
 
 /// The timestamp column of a buffered events batch.
-fn buffered_timestamps(batch: &RecordBatch) -> Result<&arrow::array::TimestampMicrosecondArray> {
+pub(crate) fn buffered_timestamps(batch: &RecordBatch) -> Result<&arrow::array::TimestampMicrosecondArray> {
     batch
         .column(events_col::TIMESTAMP)
         .as_any()
