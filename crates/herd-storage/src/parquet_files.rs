@@ -112,6 +112,36 @@ fn sort_order(batches: &[RecordBatch]) -> Result<Vec<(usize, usize)>> {
     Ok(keys.iter().map(|k| (k.4 as usize, k.5 as usize)).collect())
 }
 
+/// Rows `(array, row)` of `arrays` gathered into one array. Fixed-size binary columns without
+/// nulls (the uuids) are copied value by value; arrow's `interleave` takes a generic,
+/// much slower path for them.
+fn gather(arrays: &[&dyn Array], rows: &[(usize, usize)]) -> Result<arrow::array::ArrayRef> {
+    use arrow::array::AsArray;
+    let fixed: Option<Vec<&FixedSizeBinaryArray>> = arrays
+        .iter()
+        .map(|a| a.as_fixed_size_binary_opt().filter(|f| f.null_count() == 0))
+        .collect();
+    let Some(fixed) = fixed.filter(|f| !f.is_empty()) else {
+        return Ok(arrow::compute::interleave(arrays, rows)?);
+    };
+    let width = fixed[0].value_length();
+    if fixed.iter().any(|f| f.value_length() != width) {
+        return Ok(arrow::compute::interleave(arrays, rows)?);
+    }
+    let mut values = Vec::with_capacity(rows.len() * width as usize);
+    for &(a, row) in rows {
+        let array = fixed
+            .get(a)
+            .ok_or_else(|| Error::corrupt("sort order", "array index out of range"))?;
+        values.extend_from_slice(array.value(row));
+    }
+    Ok(Arc::new(FixedSizeBinaryArray::try_new(
+        width,
+        values.into(),
+        None,
+    )?))
+}
+
 /// Rows gathered into sorted order at a time while encoding: the sorted copy of a flush never
 /// exists whole, only a slice of it, and its buffers are reused by the allocator.
 const SORT_GATHER_ROWS: usize = 32 * 1024;
@@ -125,8 +155,15 @@ pub fn encode_sorted_events(batches: &[RecordBatch], path: &str) -> Result<Bytes
     let mut buf = Vec::with_capacity(bytes / 4 + 1024);
     let mut writer = ArrowWriter::try_new(&mut buf, events_schema(), Some(events_props()))
         .map_err(parquet_err(path))?;
+    let schema = events_schema();
     for part in order.chunks(SORT_GATHER_ROWS) {
-        let sorted = arrow::compute::interleave_record_batch(&refs, part)?;
+        let columns = (0..schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn Array> = refs.iter().map(|b| b.column(c).as_ref()).collect();
+                gather(&arrays, part)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sorted = RecordBatch::try_new(schema.clone(), columns)?;
         writer.write(&sorted).map_err(parquet_err(path))?;
     }
     writer.close().map_err(parquet_err(path))?;
@@ -141,6 +178,7 @@ pub const EVENTS_PAGE_ROWS: usize = 4096;
 fn writer_props(
     sorting: Option<Vec<SortingColumn>>,
     plain_columns: &[&str],
+    no_dictionary: &[&str],
     page_rows: Option<usize>,
 ) -> WriterProperties {
     let mut b = WriterProperties::builder()
@@ -154,6 +192,9 @@ fn writer_props(
             .set_column_dictionary_enabled(ColumnPath::from(*col), false)
             .set_column_statistics_enabled(ColumnPath::from(*col), EnabledStatistics::None);
     }
+    for col in no_dictionary {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(*col), false);
+    }
     if let Some(rows) = page_rows {
         b = b.set_data_page_row_count_limit(rows);
     }
@@ -162,7 +203,7 @@ fn writer_props(
 
 /// Writer settings of events files: sorting columns recorded, no dictionary and no
 /// statistics for `uuid` and `properties` (unique per row, never pruned on; min/max of the
-/// properties text cost a comparison of every value).
+/// properties text cost a comparison of every value), no dictionary for `timestamp`.
 fn events_props() -> WriterProperties {
     let sorting = EVENTS_SORT
         .iter()
@@ -175,13 +216,15 @@ fn events_props() -> WriterProperties {
     writer_props(
         Some(sorting),
         &["uuid", "properties"],
+        // Times are nearly unique: a dictionary saves nothing and costs a hash per row.
+        &["timestamp"],
         Some(EVENTS_PAGE_ROWS),
     )
 }
 
 /// Encodes a groups or warnings batch.
 pub fn encode_plain(batch: &RecordBatch, path: &str) -> Result<Bytes> {
-    encode(batch, path, writer_props(None, &[], None))
+    encode(batch, path, writer_props(None, &[], &[], None))
 }
 
 fn encode(batch: &RecordBatch, path: &str, props: WriterProperties) -> Result<Bytes> {
