@@ -373,3 +373,121 @@ async fn committed_sample_is_exactly_what_generate_makes() {
     .expect("json");
     assert_eq!(sample_project["token"], "phc_herd_sample_token");
 }
+
+/// One batch mixing the cases of the loader's row handling: `$groups` read in place, texts
+/// left to the full parse (escapes, a number as key, not JSON), a personless event, a
+/// duplicate uuid, and `$groupidentify` rows (one with `$groups` of its own) stored between
+/// ordinary rows with their own slots.
+#[tokio::test]
+async fn mixed_rows_keep_their_own_groups() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let id = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+    let rows: Vec<(u32, &'static str, &'static str, &'static str)> = vec![
+        (
+            1,
+            "$pageview",
+            "u1",
+            r#"{"$groups":{"company":"acme","project":"p1"}}"#,
+        ),
+        (
+            2,
+            "$groupidentify",
+            "u2",
+            r#"{"$groups":{"team":"t1"},"$group_type":"company","$group_key":"acme","$group_set":{"plan":"pro"}}"#,
+        ),
+        (
+            1,
+            "$pageview",
+            "u1",
+            r#"{"$groups":{"company":"acme","project":"p1"}}"#,
+        ),
+        (
+            3,
+            "signed_up",
+            "u3",
+            r#"{"$groups":{"company":"beta"},"$process_person_profile":false}"#,
+        ),
+        (4, "x", "u4", r#"{"$groups":{"company":"id\"q"}}"#),
+        (5, "y", "u5", r#"{"$groups":{"company":5}}"#),
+        (
+            6,
+            "$groupidentify",
+            "u6",
+            r#"{"$group_type":"project","$group_key":"p1","$group_set":{"name":"P"}}"#,
+        ),
+        (7, "z", "u7", "not json"),
+    ];
+    let uuids: Vec<String> = rows.iter().map(|r| id(r.0)).collect();
+    let col =
+        |f: fn(&(u32, &'static str, &'static str, &'static str)) -> &'static str| -> ArrayRef {
+            Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+        };
+    write_parquet(
+        &src.join("part-0.parquet"),
+        vec![
+            (
+                "uuid",
+                Arc::new(StringArray::from(
+                    uuids.iter().map(String::as_str).collect::<Vec<_>>(),
+                )),
+            ),
+            ("event", col(|r| r.1)),
+            ("distinct_id", col(|r| r.2)),
+            ("timestamp", strings(&["2024-01-01T00:00:00Z"; 8])),
+            ("properties", col(|r| r.3)),
+        ],
+    );
+    let target = dir.path().join("data");
+    let out = herd()
+        .args(["project", "create", "--data"])
+        .arg(&target)
+        .output()
+        .expect("project create");
+    assert!(out.status.success());
+    let mut cmd = herd();
+    cmd.args(["backfill", "--data"])
+        .arg(&target)
+        .args(["--project", "1"])
+        .arg(&src)
+        .env("HERD_LOG", "error");
+    let s = run_json(&mut cmd);
+    let s = s.last().expect("summary");
+    assert_eq!(
+        (
+            s["events"].as_u64(),
+            s["duplicates"].as_u64(),
+            s["warnings"].as_u64()
+        ),
+        (Some(7), Some(1), Some(1)),
+        "{s}"
+    );
+    let got = by_uuid(read_events(&target, 1).await);
+    let slots = |n: u32| -> Vec<String> {
+        let uuid = uuid::Uuid::parse_str(&id(n)).expect("uuid");
+        got.get(&uuid).expect("stored").groups.to_vec()
+    };
+    let want = |v: [&str; 5]| v.map(String::from).to_vec();
+    // Types are numbered as first met: ordinary rows before the batch's identify rows.
+    assert_eq!(slots(1), want(["acme", "p1", "", "", ""]));
+    assert_eq!(slots(2), want(["", "", "t1", "", ""]));
+    assert_eq!(slots(3), want(["", "", "", "", ""]), "personless");
+    assert_eq!(slots(4), want(["id\"q", "", "", "", ""]));
+    assert_eq!(slots(5), want(["5", "", "", "", ""]));
+    assert_eq!(slots(6), want(["", "", "", "", ""]));
+    assert_eq!(
+        slots(7),
+        want(["", "", "", "", ""]),
+        "not JSON: a warning, no groups"
+    );
+    let groups = current_groups(read_groups(&target, 1).await);
+    assert_eq!(
+        groups.get(&(0, "acme".to_string())).map(|g| g.1.as_str()),
+        Some(r#"{"plan":"pro"}"#)
+    );
+    assert_eq!(
+        groups.get(&(1, "p1".to_string())).map(|g| g.1.as_str()),
+        Some(r#"{"name":"P"}"#)
+    );
+}

@@ -4,6 +4,9 @@
 //! the same group rules as capture ([`crate::groups::process_event`]): dedup by uuid and day,
 //! `$groups` → slots, `$groupidentify` merges. Within a batch, `$groupidentify` rows are applied
 //! in timestamp order, so merges follow event time for time-ordered sources.
+//! Each row's group inputs are prepared ahead, off the project lock ([`prepare_rows`]): for most
+//! rows only where the `$groups` members lie in the properties text, which the rules then
+//! read in place; the batch's columns are stored as they came, only uuids and slots are built.
 //! Rows skip the WAL (their durability is the source plus the backfill checkpoint, and dedup
 //! makes re-processing exact) and reach Parquet at each flush.
 
@@ -298,8 +301,8 @@ impl BulkLoader {
         };
         let mut keep = vec![false; n];
         let mut uuids = vec![0u8; n * 16];
-        // Slot values of kept rows: ordinary rows in row order, then identify rows; `order`
-        // maps each kept row (in row order) to its place there when identifies were kept.
+        // Slot values of kept rows: the ordinary rows' in row order here, the identify rows'
+        // beside them; `stored_batch` puts them back in row order.
         let mut slots_out: [StringBuilder; MAX_GROUP_TYPES] =
             std::array::from_fn(|_| StringBuilder::with_capacity(n, n * 8));
         let mut identify_slots: Vec<(usize, [String; MAX_GROUP_TYPES])> = Vec::new();

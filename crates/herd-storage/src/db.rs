@@ -213,7 +213,10 @@ impl ProjectGuard<'_> {
         dedup.clock += 1;
         let clock = dedup.clock;
         let Some(set) = dedup.days.get_mut(&day) else {
-            return Err(Error::corrupt("dedup index", format!("day {day} not loaded")));
+            return Err(Error::corrupt(
+                "dedup index",
+                format!("day {day} not loaded"),
+            ));
         };
         set.last_used = clock;
         if set.uuids.insert(uuid) {
@@ -936,7 +939,9 @@ impl Db {
 }
 
 /// The timestamp column of a buffered events batch.
-pub(crate) fn buffered_timestamps(batch: &RecordBatch) -> Result<&arrow::array::TimestampMicrosecondArray> {
+pub(crate) fn buffered_timestamps(
+    batch: &RecordBatch,
+) -> Result<&arrow::array::TimestampMicrosecondArray> {
     batch
         .column(events_col::TIMESTAMP)
         .as_any()
