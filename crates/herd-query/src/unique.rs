@@ -392,12 +392,45 @@ impl Accumulator for UniqueAccumulator {
 }
 
 /// Per group, the set of its actor ids (ids interned once for all groups).
+///
+/// A final aggregate often gets exactly one partial state per group (when the partitions
+/// read disjoint days, every day's bucket comes from one of them): such a state is already
+/// a set, so it is kept as it came ([`Adopted`]) and counted by its length; its values are
+/// interned only if a second state or a row for the same group arrives.
 #[derive(Debug, Default)]
 struct UniqueGroups {
     actors: Interner,
     groups: Vec<HashTable<u32>>,
+    /// Per group, the one state list adopted in place of its (then empty) set.
+    adopted: Vec<Option<Adopted>>,
     /// Slots of all groups' sets (kept as they change: `size` is asked for every batch).
     slots: usize,
+    /// Bytes of the adopted lists' values, and how many groups hold one.
+    adopted_bytes: usize,
+    adopted_count: usize,
+}
+
+/// A state list kept as it came: distinct values (a partial aggregate's set, or one row).
+#[derive(Debug)]
+struct Adopted {
+    values: StringViewArray,
+    bytes: usize,
+}
+
+impl Adopted {
+    fn new(values: StringViewArray) -> Self {
+        let bytes = values.len() * 16
+            + values
+                .views()
+                .iter()
+                .map(|v| (*v as u32 as usize).saturating_sub(12))
+                .sum::<usize>();
+        Self { values, bytes }
+    }
+
+    fn count(&self) -> usize {
+        self.values.len() - self.values.null_count()
+    }
 }
 
 /// Ids are dense: a multiplicative hash spreads them.
@@ -419,14 +452,51 @@ impl UniqueGroups {
     fn resize(&mut self, total_num_groups: usize) {
         if self.groups.len() < total_num_groups {
             self.groups.resize_with(total_num_groups, Default::default);
+            self.adopted.resize_with(total_num_groups, || None);
         }
     }
 
-    /// Removes and returns the groups of `emit_to`.
-    fn take(&mut self, emit_to: EmitTo) -> Vec<HashTable<u32>> {
+    /// Interns group `g`'s adopted list into its set, if it has one.
+    fn unadopt(&mut self, g: usize) -> Result<()> {
+        let Some(adopted) = self.adopted.get_mut(g).and_then(Option::take) else {
+            return Ok(());
+        };
+        self.adopted_bytes -= adopted.bytes;
+        self.adopted_count -= 1;
+        let ids = self.actors.ids(&adopted.values, |_| true)?;
+        for id in ids {
+            if id != NO_ID {
+                self.add(g, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Interns every adopted list of the groups `emit_to` covers.
+    fn unadopt_all(&mut self, emit_to: EmitTo) -> Result<()> {
+        if self.adopted_count == 0 {
+            return Ok(());
+        }
+        let n = match emit_to {
+            EmitTo::All => self.groups.len(),
+            EmitTo::First(n) => n.min(self.groups.len()),
+        };
+        for g in 0..n {
+            self.unadopt(g)?;
+        }
+        Ok(())
+    }
+
+    /// Removes and returns the groups of `emit_to`: their sets and adopted lists.
+    fn take(&mut self, emit_to: EmitTo) -> (Vec<HashTable<u32>>, Vec<Option<Adopted>>) {
         let taken = emit_to.take_needed(&mut self.groups);
         self.slots -= taken.iter().map(HashTable::capacity).sum::<usize>();
-        taken
+        let adopted = emit_to.take_needed(&mut self.adopted);
+        for a in adopted.iter().flatten() {
+            self.adopted_bytes -= a.bytes;
+            self.adopted_count -= 1;
+        }
+        (taken, adopted)
     }
 }
 
@@ -447,6 +517,11 @@ impl GroupsAccumulator for UniqueGroups {
             return Err(internal("one group index per row"));
         }
         self.resize(total_num_groups);
+        if self.adopted_count > 0 {
+            for &g in group_indices {
+                self.unadopt(g)?;
+            }
+        }
         let ids = self.actors.ids(&array, keep_row(opt_filter))?;
         let mut last = None;
         for (&g, id) in group_indices.iter().zip(ids) {
@@ -459,19 +534,22 @@ impl GroupsAccumulator for UniqueGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let counts: Int64Array = self
-            .take(emit_to)
+        let (sets, adopted) = self.take(emit_to);
+        let counts: Int64Array = sets
             .iter()
-            .map(|set| Some(set.len() as i64))
+            .zip(&adopted)
+            .map(|(set, adopted)| Some(adopted.as_ref().map_or(set.len(), Adopted::count) as i64))
             .collect();
         Ok(Arc::new(counts))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let taken = self.take(emit_to);
+        // A state of a final aggregate (multi-stage plans): intern what was adopted first.
+        self.unadopt_all(emit_to)?;
+        let (sets, _) = self.take(emit_to);
         Ok(vec![lists(
             &self.actors,
-            taken.iter().map(|set| set.iter().copied()),
+            sets.iter().map(|set| set.iter().copied()),
         )?])
     }
 
@@ -491,12 +569,40 @@ impl GroupsAccumulator for UniqueGroups {
         }
         self.resize(total_num_groups);
         let values = views(lists.values())?;
-        let ids = self.actors.ids(&values, |_| true)?;
         let offsets = lists.value_offsets();
+        // Rows of this batch per group: a group met once, with nothing yet, adopts its list.
+        let mut seen = vec![0u8; total_num_groups];
+        for (row, &g) in group_indices.iter().enumerate() {
+            if !lists.is_null(row) {
+                seen[g] = seen[g].saturating_add(1);
+            }
+        }
+        let mut intern_value = vec![false; values.len()];
+        let mut interned_rows = Vec::new();
         for (row, &g) in group_indices.iter().enumerate() {
             if lists.is_null(row) {
                 continue;
             }
+            let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            let fresh = self.groups[g].is_empty() && self.adopted[g].is_none();
+            if fresh && seen[g] == 1 {
+                let adopted = Adopted::new(values.slice(start, end - start));
+                self.adopted_bytes += adopted.bytes;
+                self.adopted_count += 1;
+                self.adopted[g] = Some(adopted);
+                continue;
+            }
+            self.unadopt(g)?;
+            if let Some(flags) = intern_value.get_mut(start..end) {
+                flags.fill(true);
+            }
+            interned_rows.push((row, g));
+        }
+        if interned_rows.is_empty() {
+            return Ok(());
+        }
+        let ids = self.actors.ids(&values, |i| intern_value[i])?;
+        for (row, g) in interned_rows {
             let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
             for &id in ids.get(start..end).unwrap_or_default() {
                 if id != NO_ID {
@@ -532,7 +638,9 @@ impl GroupsAccumulator for UniqueGroups {
         std::mem::size_of_val(self)
             + self.actors.size()
             + self.groups.capacity() * std::mem::size_of::<HashTable<u32>>()
+            + self.adopted.capacity() * std::mem::size_of::<Option<Adopted>>()
             + self.slots * (std::mem::size_of::<u32>() + 1)
+            + self.adopted_bytes
     }
 }
 
@@ -664,6 +772,14 @@ mod tests {
                 let n = state[0].len();
                 let groups = if cut % 2 == 0 { (0..n).collect::<Vec<_>>() } else { groups };
                 final_acc.merge_batch(&state, &groups, 4).expect("merge");
+            }
+            // Sometimes once more through a state (a final aggregate's, adopted lists included).
+            if cut % 3 == 0 {
+                let state = final_acc.state(EmitTo::All).expect("state");
+                let n = state[0].len();
+                let mut again = UniqueGroups::default();
+                again.merge_batch(&state, &(0..n).collect::<Vec<_>>(), 4).expect("merge");
+                final_acc = again;
             }
             let counts = final_acc.evaluate(EmitTo::All).expect("evaluate");
             let counts = counts.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
