@@ -20,6 +20,7 @@ use arrow::compute::{filter, interleave};
 use herd_core::schema::events_schema;
 use herd_core::{GroupTypeMapping, IngestWarning, MAX_GROUP_TYPES, ProjectId};
 use herd_storage::Db;
+use herd_storage::ProjectGuard;
 use herd_storage::db::ProjectHandle;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -129,14 +130,9 @@ impl PreparedRows {
             }
             Prep::Columns => {
                 if let Some((columns, mapping)) = &rows.groups {
-                    for (slot, column) in columns.iter().enumerate() {
-                        if column.is_null(i) || column.value(i).is_empty() {
-                            continue;
-                        }
-                        if let Some(group_type) = mapping.type_at(slot as u8) {
-                            pairs.push((group_type, KeyRef::Str(column.value(i))));
-                        }
-                    }
+                    pairs.extend(
+                        column_pairs(columns, mapping, i).map(|(t, k)| (t, KeyRef::Str(k))),
+                    );
                 }
                 Ok((false, None))
             }
@@ -178,7 +174,7 @@ fn prep_row(rows: &SourceRows, i: usize, spans: &mut Vec<GroupSpan>) -> RowPrep 
     let uuid = row_uuid(rows, i, event, properties);
     let full = |inputs| Prep::Full(Box::new(inputs));
     let prep = if event == "$groupidentify" {
-        full(group_inputs(rows, i, event, properties))
+        full(identify_inputs(rows, i, event, properties))
     } else if let Some((columns, mapping)) = &rows.groups {
         match unnamed_slot(columns, mapping, i) {
             None => Prep::Columns,
@@ -196,6 +192,25 @@ fn prep_row(rows: &SourceRows, i: usize, spans: &mut Vec<GroupSpan>) -> RowPrep 
         }
     };
     RowPrep { uuid, prep }
+}
+
+/// Row `i`'s set `$group_N` values with the type the source's mapping names for each slot
+/// (slots it names no type for are left out: [`unnamed_slot`] refuses those rows first).
+fn column_pairs<'a>(
+    columns: &'a [StringArray; MAX_GROUP_TYPES],
+    mapping: &'a GroupTypeMapping,
+    i: usize,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    columns
+        .iter()
+        .enumerate()
+        .filter_map(move |(slot, column)| {
+            let key = (!column.is_null(i)).then(|| column.value(i))?;
+            if key.is_empty() {
+                return None;
+            }
+            Some((mapping.type_at(slot as u8)?, key))
+        })
 }
 
 /// Why row `i`'s `$group_N` values cannot be read: a set slot the mapping names no type for.
@@ -320,19 +335,13 @@ impl BulkLoader {
                 identifies.push(i);
                 continue;
             }
-            pairs.clear();
-            let (uuid, rule) = rule_inputs(&prepared, rows, i, now, &mut pairs, &mut produced);
-            let disposition = process_event(
+            let (uuid, disposition) = process_row(
                 &mut guard,
-                uuid,
-                event,
-                rows.timestamp.value(i),
+                &prepared,
+                rows,
+                i,
                 now,
-                RuleInputs {
-                    groups: &pairs,
-                    personless: rule.0,
-                    identify: rule.1,
-                },
+                &mut pairs,
                 &mut produced,
             )
             .await?;
@@ -352,19 +361,13 @@ impl BulkLoader {
         // $groupidentify rows: merges apply in event-time order.
         identifies.sort_by_key(|&i| (rows.timestamp.value(i), i));
         for i in identifies {
-            pairs.clear();
-            let (uuid, rule) = rule_inputs(&prepared, rows, i, now, &mut pairs, &mut produced);
-            let disposition = process_event(
+            let (uuid, disposition) = process_row(
                 &mut guard,
-                uuid,
-                "$groupidentify",
-                rows.timestamp.value(i),
+                &prepared,
+                rows,
+                i,
                 now,
-                RuleInputs {
-                    groups: &pairs,
-                    personless: rule.0,
-                    identify: rule.1,
-                },
+                &mut pairs,
                 &mut produced,
             )
             .await?;
@@ -493,12 +496,10 @@ fn stored_batch(
     } else {
         Arc::new(rows.properties.clone())
     };
-    let created: ArrayRef = match &rows.created_at {
-        Some(c) if c.null_count() == 0 => Arc::new(c.clone()),
-        Some(c) => Arc::new(TimestampMicrosecondArray::from_iter_values(
-            c.iter().map(|v| v.unwrap_or(now)),
-        )),
-        None => Arc::new(TimestampMicrosecondArray::from_value(now, n)),
+    let created = match &rows.created_at {
+        Some(c) if c.null_count() == 0 => c.clone(),
+        Some(c) => TimestampMicrosecondArray::from_iter_values(c.iter().map(|v| v.unwrap_or(now))),
+        None => TimestampMicrosecondArray::from_value(now, n),
     };
     let mut columns: Vec<ArrayRef> = vec![
         pick(Arc::new(uuid_array))?,
@@ -536,30 +537,25 @@ fn stored_batch(
             columns.push(interleave(&[ordinary, &identify], &order)?);
         }
     }
-    columns.push(pick(Arc::new(
-        created
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| Error::BadRequest("created_at column type".into()))?
-            .clone()
-            .with_timezone("UTC"),
-    ))?);
+    columns.push(pick(Arc::new(created.with_timezone("UTC")))?);
     Ok(Some(RecordBatch::try_new(events_schema(), columns)?))
 }
 
-/// Row `i`'s uuid and the rule inputs (personless, identify fields) with its pairs appended
-/// to `pairs`; invalid group inputs become a warning and no groups.
-fn rule_inputs<'a>(
+/// Row `i` (name, user and time not null) through the group rules: its uuid and what became
+/// of it. Invalid group inputs become a warning and no groups. `pairs` is a reused buffer.
+async fn process_row<'a>(
+    guard: &mut ProjectGuard<'_>,
     prepared: &'a PreparedRows,
     rows: &'a SourceRows,
     i: usize,
     now: i64,
     pairs: &mut Vec<(&'a str, KeyRef<'a>)>,
     produced: &mut Produced,
-) -> (Uuid, (bool, Option<&'a IdentifyInputs>)) {
+) -> Result<(Uuid, Disposition<'a>)> {
+    pairs.clear();
     let uuid = prepared.get(i).map_or_else(Uuid::nil, |r| r.uuid);
-    match prepared.inputs(rows, i, pairs) {
-        Ok(rule) => (uuid, rule),
+    let (personless, identify) = match prepared.inputs(rows, i, pairs) {
+        Ok(rule) => rule,
         Err(reason) => {
             pairs.clear();
             produced.warnings.push(IngestWarning {
@@ -568,9 +564,26 @@ fn rule_inputs<'a>(
                 details: json!({"reason": reason}).to_string(),
                 timestamp: now,
             });
-            (uuid, (false, None))
+            (false, None)
         }
-    }
+    };
+    let rules = RuleInputs {
+        groups: pairs,
+        personless,
+        identify,
+    };
+    let event = rows.event.value(i);
+    let disposition = process_event(
+        guard,
+        uuid,
+        event,
+        rows.timestamp.value(i),
+        now,
+        rules,
+        produced,
+    )
+    .await?;
+    Ok((uuid, disposition))
 }
 
 /// The row's uuid; a missing or empty one is derived from the row's content, so that loading
@@ -594,35 +607,23 @@ fn row_uuid(rows: &SourceRows, i: usize, event: &str, properties: &str) -> Uuid 
     Uuid::new_v5(&Uuid::NAMESPACE_OID, &key)
 }
 
-fn group_inputs(
+/// The group inputs of a `$groupidentify` row: its identify fields from the properties text,
+/// its groups from `$groups` there or, when the source has them, from its `$group_N` columns.
+fn identify_inputs(
     rows: &SourceRows,
     i: usize,
     event: &str,
     properties: &str,
 ) -> Result<GroupInputs, String> {
-    let Some((columns, mapping)) = &rows.groups else {
-        return GroupInputs::from_json_text(event, properties);
-    };
-    // Groups were already resolved by the source system: translate its slots by type name.
-    let mut inputs = if event == "$groupidentify" {
-        GroupInputs::from_json_text(event, properties)?
-    } else {
-        GroupInputs::default()
-    };
-    inputs.groups.clear();
-    for (slot, column) in columns.iter().enumerate() {
-        if column.is_null(i) || column.value(i).is_empty() {
-            continue;
+    let mut inputs = GroupInputs::from_json_text(event, properties)?;
+    if let Some((columns, mapping)) = &rows.groups {
+        // Groups were already resolved by the source system: translate its slots by name.
+        if let Some(reason) = unnamed_slot(columns, mapping, i) {
+            return Err(reason);
         }
-        let Some(group_type) = mapping.type_at(slot as u8) else {
-            return Err(format!(
-                "$group_{slot} is set but the source's group types name no type for slot {slot}"
-            ));
-        };
-        inputs.groups.push((
-            group_type.to_string(),
-            Value::String(column.value(i).to_string()),
-        ));
+        inputs.groups = column_pairs(columns, mapping, i)
+            .map(|(t, k)| (t.to_string(), Value::String(k.to_string())))
+            .collect();
     }
     Ok(inputs)
 }

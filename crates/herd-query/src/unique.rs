@@ -419,11 +419,14 @@ struct Adopted {
 
 impl Adopted {
     fn new(values: StringViewArray) -> Self {
-        let bytes = values.len() * 16
+        // A view each, and the bytes of the values too long to sit in their view (they live
+        // in the state batch's buffers, which the slice keeps alive).
+        let bytes = values.len() * std::mem::size_of::<u128>()
             + values
                 .views()
                 .iter()
-                .map(|v| (*v as u32 as usize).saturating_sub(12))
+                .filter(|v| short_key(**v).is_none())
+                .map(|v| *v as u32 as usize)
                 .sum::<usize>();
         Self { values, bytes }
     }
@@ -570,11 +573,16 @@ impl GroupsAccumulator for UniqueGroups {
         self.resize(total_num_groups);
         let values = views(lists.values())?;
         let offsets = lists.value_offsets();
-        // Rows of this batch per group: a group met once, with nothing yet, adopts its list.
-        let mut seen = vec![0u8; total_num_groups];
+        // Lists of this batch per group (counted over the batch's rows, not over all groups):
+        // a group met once, with nothing yet, adopts its list.
+        let mut seen: std::collections::HashMap<usize, u32, foldhash::fast::FixedState> =
+            std::collections::HashMap::with_capacity_and_hasher(
+                group_indices.len(),
+                Default::default(),
+            );
         for (row, &g) in group_indices.iter().enumerate() {
             if !lists.is_null(row) {
-                seen[g] = seen[g].saturating_add(1);
+                *seen.entry(g).or_default() += 1;
             }
         }
         let mut intern_value = vec![false; values.len()];
@@ -585,7 +593,7 @@ impl GroupsAccumulator for UniqueGroups {
             }
             let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
             let fresh = self.groups[g].is_empty() && self.adopted[g].is_none();
-            if fresh && seen[g] == 1 {
+            if fresh && seen.get(&g) == Some(&1) {
                 let adopted = Adopted::new(values.slice(start, end - start));
                 self.adopted_bytes += adopted.bytes;
                 self.adopted_count += 1;

@@ -153,9 +153,9 @@ pub fn encode_sorted_events(batches: &[RecordBatch], path: &str) -> Result<Bytes
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
     let mut buf = Vec::with_capacity(bytes / 4 + 1024);
-    let mut writer = ArrowWriter::try_new(&mut buf, events_schema(), Some(events_props()))
-        .map_err(parquet_err(path))?;
     let schema = events_schema();
+    let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(events_props()))
+        .map_err(parquet_err(path))?;
     for part in order.chunks(SORT_GATHER_ROWS) {
         let columns = (0..schema.fields().len())
             .map(|c| {
