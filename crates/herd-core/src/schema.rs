@@ -23,6 +23,17 @@ pub const CREATED_AT: &str = "created_at";
 pub const GROUP_COLUMNS: [&str; crate::MAX_GROUP_TYPES] =
     ["$group_0", "$group_1", "$group_2", "$group_3", "$group_4"];
 
+/// `$distinct_id_num`: the project's dense number of `distinct_id` (see [`stored_events_schema`]).
+pub const DISTINCT_ID_NUM: &str = "$distinct_id_num";
+/// `$group_0_num` … `$group_4_num`: the project's dense numbers of the group keys.
+pub const GROUP_NUM_COLUMNS: [&str; crate::MAX_GROUP_TYPES] = [
+    "$group_0_num",
+    "$group_1_num",
+    "$group_2_num",
+    "$group_3_num",
+    "$group_4_num",
+];
+
 /// `group_type_index` in the groups table.
 pub const GROUP_TYPE_INDEX: &str = "group_type_index";
 /// `group_key` in the groups table.
@@ -68,6 +79,34 @@ pub fn events_schema() -> SchemaRef {
         .clone()
 }
 
+/// The events as herd stores them (write buffer and events files): [`events_schema`]
+/// followed by the actor numbers, `UInt32`, never null: `$distinct_id_num` and
+/// `$group_0_num` … `$group_4_num`.
+///
+/// Every distinct `distinct_id` of a project, and every distinct key of each group type, has
+/// one number, given in order of first arrival (`0` is the empty string: no group). Counting
+/// distinct actors or grouping rows by actor then works on small integers instead of
+/// hashing strings. Other engines can ignore these columns.
+pub fn stored_events_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields: Vec<Field> = events_schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new(DISTINCT_ID_NUM, DataType::UInt32, false));
+            fields.extend(
+                GROUP_NUM_COLUMNS
+                    .iter()
+                    .map(|name| Field::new(*name, DataType::UInt32, false)),
+            );
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
 /// The groups table schema: one row per change of a group.
 pub fn groups_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
@@ -101,6 +140,14 @@ pub mod events_col {
     pub const GROUP_0: usize = 5;
     /// `created_at`
     pub const CREATED_AT: usize = 10;
+    /// `$distinct_id_num` (stored events only, [`super::stored_events_schema`]).
+    pub const DISTINCT_ID_NUM: usize = 11;
+    /// `$group_0_num`; `$group_N_num` is at `GROUP_0_NUM + N`.
+    pub const GROUP_0_NUM: usize = 12;
+    /// Columns of [`super::events_schema`].
+    pub const INGESTED: usize = 11;
+    /// Columns of [`super::stored_events_schema`].
+    pub const STORED: usize = 17;
 }
 
 #[cfg(test)]
@@ -118,5 +165,24 @@ mod tests {
         }
         assert_eq!(schema.field(events_col::CREATED_AT).name(), CREATED_AT);
         assert_eq!(schema.field(events_col::TIMESTAMP).name(), TIMESTAMP);
+        assert_eq!(schema.fields().len(), events_col::INGESTED);
+    }
+
+    #[test]
+    fn stored_events_append_the_actor_numbers() {
+        let stored = stored_events_schema();
+        assert_eq!(stored.fields().len(), events_col::STORED);
+        for (i, f) in events_schema().fields().iter().enumerate() {
+            assert_eq!(stored.field(i), f.as_ref());
+        }
+        assert_eq!(
+            stored.field(events_col::DISTINCT_ID_NUM).name(),
+            DISTINCT_ID_NUM
+        );
+        for (n, name) in GROUP_NUM_COLUMNS.iter().enumerate() {
+            let field = stored.field(events_col::GROUP_0_NUM + n);
+            assert_eq!(field.name(), name);
+            assert_eq!(field.data_type(), &DataType::UInt32);
+        }
     }
 }

@@ -384,7 +384,7 @@ impl BulkLoader {
         let batch = stored_batch(rows, now, keep, uuids, slots_out, identify_slots)?;
         self.stats.groups += produced.groups.len() as u64;
         self.stats.warnings += produced.warnings.len() as u64;
-        guard.commit_unlogged(batch, produced.groups, produced.warnings);
+        guard.commit_unlogged(batch, produced.groups, produced.warnings)?;
         drop(guard);
         // Loading goes on while a flush encodes: the next one is due when as many rows
         // again have arrived, so at most two flushes' rows are held.
@@ -461,7 +461,7 @@ impl BulkLoader {
         .await?;
         self.stats.groups += produced.groups.len() as u64;
         self.stats.warnings += produced.warnings.len() as u64;
-        guard.commit_unlogged(None, produced.groups, produced.warnings);
+        guard.commit_unlogged(None, produced.groups, produced.warnings)?;
         Ok(())
     }
 }

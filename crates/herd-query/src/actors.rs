@@ -10,6 +10,9 @@
 use datafusion::arrow::array::{Array, StringViewArray};
 use hashbrown::HashTable;
 
+/// No id yet (in [`ActorIds`]'s number index).
+const NO_ID: u32 = u32::MAX;
+
 /// Actor keys of one shard, numbered densely from 0 in order of arrival.
 #[derive(Default)]
 pub(crate) struct ActorIds {
@@ -19,6 +22,10 @@ pub(crate) struct ActorIds {
     long: HashTable<(Box<str>, u32)>,
     /// Whether a null actor was seen, and its id.
     null: Option<u32>,
+    /// Actor numbers (`$distinct_id_num`, `$group_N_num`), for funnels over numbered
+    /// events: `by_number[slot]` is the id of the number in `slot` ([`ActorIds::number_id`]),
+    /// [`NO_ID`] if not seen. A direct index, no hashing.
+    by_number: Vec<u32>,
     /// Actors numbered so far.
     pub(crate) count: u32,
 }
@@ -117,9 +124,28 @@ impl ActorIds {
         }
     }
 
+    /// The id of the actor number in `slot` (callers shard numbers as `n % shards` and pass
+    /// `n / shards`, so slots are dense per shard).
+    pub(crate) fn number_id(&mut self, slot: usize) -> u32 {
+        if slot >= self.by_number.len() {
+            let len = (slot + 1).max(self.by_number.len() * 2);
+            self.by_number.resize(len, NO_ID);
+        }
+        if self.by_number[slot] == NO_ID {
+            self.by_number[slot] = self.count;
+            self.count += 1;
+        }
+        self.by_number[slot]
+    }
+
     /// For each id of `other`, its id here (new actors are added).
     pub(crate) fn absorb(&mut self, other: &ActorIds) -> Vec<u32> {
         let mut map = vec![0u32; other.count as usize];
+        for (slot, &id) in other.by_number.iter().enumerate() {
+            if id != NO_ID {
+                map[id as usize] = self.number_id(slot);
+            }
+        }
         for e in &other.short {
             let key = Key::Short(unpack(e.key));
             map[e.id as usize] = self.id(key.clone(), hash_key(&key));

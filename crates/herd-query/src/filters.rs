@@ -194,6 +194,11 @@ pub fn group_column(index: u8) -> &'static str {
     herd_core::schema::GROUP_COLUMNS[usize::from(index) % herd_core::MAX_GROUP_TYPES]
 }
 
+/// The events column `$group_<index>_num`: the group keys' actor numbers.
+pub fn group_number_column(index: u8) -> &'static str {
+    herd_core::schema::GROUP_NUM_COLUMNS[usize::from(index) % herd_core::MAX_GROUP_TYPES]
+}
+
 /// Column of the joined groups table holding the current properties of `$group_<index>`.
 pub fn group_properties_column(index: u8) -> String {
     format!("__g{index}_properties")

@@ -14,6 +14,7 @@ pub mod calendar;
 pub mod event_mask;
 pub mod filters;
 pub mod funnel;
+mod number_set;
 pub mod related;
 pub mod retention;
 pub mod trends;
@@ -40,7 +41,7 @@ use datafusion::datasource::listing::{
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use herd_core::ProjectId;
-use herd_core::schema::events_schema;
+use herd_core::schema::stored_events_schema;
 use herd_storage::catalog::FileEntry;
 use herd_storage::{Db, TableSnapshot};
 
@@ -92,6 +93,7 @@ pub struct QueryEngine {
     db: Arc<Db>,
     /// Bytes of funnel rows held in memory before they spill to disk.
     funnel_memory: usize,
+    actor_numbers: bool,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -124,7 +126,16 @@ impl QueryEngine {
             ctx,
             db,
             funnel_memory: funnel::DEFAULT_FUNNEL_MEMORY,
+            actor_numbers: true,
         })
+    }
+
+    /// Whether queries may count and group actors by their numbers (`$distinct_id_num`,
+    /// `$group_N_num`) when every events file has them (the default), or always by the
+    /// strings. For comparing the two; answers are the same.
+    pub fn with_actor_numbers(mut self, on: bool) -> Self {
+        self.actor_numbers = on;
+        self
     }
 
     /// Sets how many bytes of rows a funnel holds in memory (all partitions together)
@@ -237,6 +248,7 @@ impl QueryEngine {
             false => Some(buffered_table(&snapshot)?),
         };
         Ok(Events {
+            numbered: self.actor_numbers && snapshot.catalog.all_numbered(),
             files: snapshot.catalog.events.clone(),
             buffered,
         })
@@ -292,6 +304,15 @@ impl QueryEngine {
 pub struct Events {
     files: Vec<FileEntry>,
     buffered: Option<Arc<dyn TableProvider>>,
+    numbered: bool,
+}
+
+impl Events {
+    /// Whether every row carries its actor numbers (`$distinct_id_num`, `$group_N_num`):
+    /// every file was written by a build that numbers actors (the write buffer always is).
+    pub fn numbered(&self) -> bool {
+        self.numbered
+    }
 }
 
 impl std::fmt::Debug for Events {
@@ -369,14 +390,21 @@ pub(crate) async fn collect(df: DataFrame) -> Result<Vec<datafusion::arrow::arra
 /// The events table as queries see it: the stored schema with its strings read as
 /// `Utf8View` (the Parquet reader then points views into each column chunk's dictionary
 /// instead of copying every value, and DataFusion's string kernels take views natively).
+/// The actor numbers are nullable here: files written before herd numbered actors read
+/// them as nulls, and queries use them only when every file has them
+/// ([`Events::numbered`]).
 pub fn query_events_schema() -> datafusion::arrow::datatypes::SchemaRef {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    let stored = events_schema();
+    let stored = stored_events_schema();
     let fields: Vec<Field> = stored
         .fields()
         .iter()
-        .map(|f| match f.data_type() {
+        .enumerate()
+        .map(|(i, f)| match f.data_type() {
             DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ if i >= herd_core::schema::events_col::INGESTED => {
+                f.as_ref().clone().with_nullable(true)
+            }
             _ => f.as_ref().clone(),
         })
         .collect();

@@ -23,13 +23,13 @@ use datafusion::logical_expr::{Expr, JoinType, cast as cast_expr, lit, when};
 use datafusion::prelude::{DataFrame, coalesce, col};
 use futures::StreamExt;
 use herd_core::GroupTypeMapping;
-use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
+use herd_core::schema::{DISTINCT_ID, DISTINCT_ID_NUM, EVENT, TIMESTAMP};
 
 use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, Interval, TimeRange, WeekStart, parse_range, parse_timezone};
 use crate::filters::{
-    PropertyGroup, PropertySource, group_column, group_index, group_key_column, numeric,
-    property_expr,
+    PropertyGroup, PropertySource, group_column, group_index, group_key_column,
+    group_number_column, numeric, property_expr,
 };
 use crate::{Error, QueryEngine, Result};
 
@@ -322,8 +322,16 @@ impl QueryEngine {
         if let Some(e) = &p.series.event {
             pred.push(col(EVENT).eq(lit(e.as_str())));
         }
+        // Unique actors are counted by their numbers when every row has them; a breakdown
+        // joined after reduction needs the group keys themselves.
+        let numbered = events.numbered()
+            && p.late_join.is_none()
+            && matches!(p.math, Math::Dau | Math::UniqueGroup);
         if let Some(n) = p.actor_group {
-            pred.push(col(group_column(n)).not_eq(lit("")));
+            pred.push(match numbered {
+                true => col(group_number_column(n)).not_eq(lit(0u32)),
+                false => col(group_column(n)).not_eq(lit("")),
+            });
         }
         if let Some(pred) = pred.into_iter().reduce(Expr::and) {
             df = df.filter(pred)?;
@@ -342,9 +350,11 @@ impl QueryEngine {
         if let Some(f) = &p.filter {
             df = df.filter(f.clone())?;
         }
-        let actor = match p.actor_group {
-            Some(n) => col(group_column(n)),
-            None => col(DISTINCT_ID),
+        let actor = match (p.actor_group, numbered) {
+            (Some(n), true) => col(group_number_column(n)),
+            (None, true) => col(DISTINCT_ID_NUM),
+            (Some(n), false) => col(group_column(n)),
+            (None, false) => col(DISTINCT_ID),
         };
         let raw = match &r.breakdown {
             Some((e, _)) => cast_expr(e.clone(), DataType::Utf8),

@@ -38,10 +38,16 @@ impl UniqueUdaf {
     /// `herd_unique(arg)`.
     pub fn expr(arg: Expr) -> Expr {
         let udaf = AggregateUDF::new_from_impl(Self {
-            // Any string type; values that are not views are cast to views.
+            // Any string type (values that are not views are cast to views), or actor
+            // numbers (`crate::number_set`).
             signature: Signature::uniform(
                 1,
-                vec![DataType::Utf8View, DataType::Utf8, DataType::LargeUtf8],
+                vec![
+                    DataType::Utf8View,
+                    DataType::Utf8,
+                    DataType::LargeUtf8,
+                    DataType::UInt32,
+                ],
                 Volatility::Immutable,
             ),
         });
@@ -75,14 +81,21 @@ impl AggregateUDFImpl for UniqueUdaf {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        let state = match args.input_fields.first().map(|f| f.data_type()) {
+            Some(DataType::UInt32) => crate::number_set::list_of_numbers(),
+            _ => list_of_views(),
+        };
         Ok(vec![Arc::new(Field::new(
             format!("{}[actors]", args.name),
-            list_of_views(),
+            state,
             true,
         ))])
     }
 
-    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        if numbered(&args) {
+            return Ok(Box::new(crate::number_set::NumberUnique::default()));
+        }
         Ok(Box::new(UniqueAccumulator::default()))
     }
 
@@ -92,10 +105,20 @@ impl AggregateUDFImpl for UniqueUdaf {
 
     fn create_groups_accumulator(
         &self,
-        _args: AccumulatorArgs,
+        args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
+        if numbered(&args) {
+            return Ok(Box::new(crate::number_set::NumberGroups::default()));
+        }
         Ok(Box::new(UniqueGroups::default()))
     }
+}
+
+/// Whether the argument is actor numbers rather than strings.
+fn numbered(args: &AccumulatorArgs) -> bool {
+    args.expr_fields
+        .first()
+        .is_some_and(|f| f.data_type() == &DataType::UInt32)
 }
 
 fn internal(message: impl Into<String>) -> DataFusionError {

@@ -380,6 +380,15 @@ fn check(c: Case) {
             .await
             .expect("spilled funnel");
         assert_eq!(spilled, r, "spilled {c:?}");
+        // Actors by their strings instead of their numbers: the same answer.
+        let by_strings = f
+            .engine
+            .clone()
+            .with_actor_numbers(false)
+            .funnel(f.project, &q, 0)
+            .await
+            .expect("funnel by strings");
+        assert_eq!(by_strings, r, "by strings {c:?}");
     });
 }
 

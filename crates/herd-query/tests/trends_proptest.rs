@@ -254,6 +254,15 @@ fn check(c: Case) {
             ..TrendsQuery::default()
         };
         let r = f.engine.trends(f.project, &q, 0).await.expect("trends");
+        // Actors by their strings instead of their numbers: the same answer.
+        let by_strings = f
+            .engine
+            .clone()
+            .with_actor_numbers(false)
+            .trends(f.project, &q, 0)
+            .await
+            .expect("trends by strings");
+        assert_eq!(by_strings, r, "by strings");
         let mut got: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
         assert_eq!(
             r.labels.iter().collect::<BTreeSet<_>>().len(),

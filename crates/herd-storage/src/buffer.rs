@@ -13,12 +13,13 @@ use herd_core::schema::events_col;
 use herd_core::time::day_of;
 use herd_core::{GroupRow, IngestWarning};
 
+use crate::numbers::NumberRow;
 use crate::{Error, Result};
 
 /// Rows waiting for the next flush.
 #[derive(Debug, Default, Clone)]
 pub struct Buffer {
-    /// Events batches (events schema).
+    /// Events batches (stored events schema: with their actor numbers).
     pub events: Vec<RecordBatch>,
     /// Number of event rows.
     pub rows: usize,
@@ -26,6 +27,8 @@ pub struct Buffer {
     pub groups: Vec<GroupRow>,
     /// Ingestion warnings.
     pub warnings: Vec<IngestWarning>,
+    /// Actor numbers first given to these rows.
+    pub numbers: Vec<NumberRow>,
     /// When the oldest row arrived.
     pub oldest: Option<Instant>,
 }
@@ -33,7 +36,10 @@ pub struct Buffer {
 impl Buffer {
     /// Whether there is nothing to flush.
     pub fn is_empty(&self) -> bool {
-        self.rows == 0 && self.groups.is_empty() && self.warnings.is_empty()
+        self.rows == 0
+            && self.groups.is_empty()
+            && self.warnings.is_empty()
+            && self.numbers.is_empty()
     }
 
     /// Adds rows.
@@ -42,9 +48,12 @@ impl Buffer {
         events: Option<RecordBatch>,
         groups: Vec<GroupRow>,
         warnings: Vec<IngestWarning>,
+        numbers: Vec<NumberRow>,
     ) {
-        let added =
-            events.as_ref().map_or(0, RecordBatch::num_rows) + groups.len() + warnings.len();
+        let added = events.as_ref().map_or(0, RecordBatch::num_rows)
+            + groups.len()
+            + warnings.len()
+            + numbers.len();
         if added == 0 {
             return;
         }
@@ -54,6 +63,7 @@ impl Buffer {
         }
         self.groups.extend(groups);
         self.warnings.extend(warnings);
+        self.numbers.extend(numbers);
         self.oldest.get_or_insert_with(Instant::now);
     }
 }

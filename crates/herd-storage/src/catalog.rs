@@ -35,6 +35,10 @@ pub struct FileEntry {
     /// Largest `timestamp` in the file (events), µs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ts: Option<i64>,
+    /// Whether an events file carries actor numbers (`$distinct_id_num`, `$group_N_num`);
+    /// files written before herd numbered actors do not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub numbered: bool,
 }
 
 /// One version of a project's catalog.
@@ -52,6 +56,9 @@ pub struct Catalog {
     /// Ingestion-warnings files.
     #[serde(default)]
     pub warnings: Vec<FileEntry>,
+    /// Actor-numbers files, in the order their numbers were given ([`crate::numbers`]).
+    #[serde(default)]
+    pub numbers: Vec<FileEntry>,
 }
 
 fn format_version() -> u32 {
@@ -66,6 +73,12 @@ impl Catalog {
             .filter(move |f| f.day.as_deref() == Some(day))
     }
 
+    /// Whether every events file carries actor numbers (then queries may count and group
+    /// actors by number; the write buffer always has them).
+    pub fn all_numbered(&self) -> bool {
+        self.events.iter().all(|f| f.numbered)
+    }
+
     /// Total events rows.
     pub fn event_rows(&self) -> u64 {
         self.events.iter().map(|f| f.rows).sum()
@@ -77,6 +90,7 @@ impl Catalog {
             .iter()
             .chain(&self.groups)
             .chain(&self.warnings)
+            .chain(&self.numbers)
             .map(|f| f.path.as_str())
     }
 }
@@ -164,6 +178,7 @@ mod tests {
                 day: Some("2024-01-01".into()),
                 min_ts: Some(0),
                 max_ts: Some(1),
+                numbered: v % 2 == 0,
             });
             commit(&storage, 1, &c).await.expect("commit");
         }

@@ -32,6 +32,7 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, RwLock as AsyncRwLock, R
 
 use crate::buffer::{Buffer, split_by_day};
 use crate::catalog::{self, Catalog, FileEntry};
+use crate::numbers::{ActorNumbers, Mark, NumberRow, numbers_batch, numbers_schema};
 use crate::parquet_files::{self, decode_uuids, uuids_of};
 use crate::projects::{self, NewProject, Project};
 use crate::record::WalRecord;
@@ -126,6 +127,7 @@ struct ProjectState {
     mapping: GroupTypeMapping,
     groups: HashMap<(u8, String), GroupState>,
     dedup: DedupIndex,
+    numbers: ActorNumbers,
 }
 
 /// One project: its descriptor, its ingest-side state and its visible tables.
@@ -148,6 +150,8 @@ enum Undo {
     Uuid(i32, u128),
     /// Boxed: the undo log holds a uuid entry per event, and this variant is large.
     Group(Box<((u8, String), Option<GroupState>)>),
+    /// Actor numbers given after this mark.
+    Numbers(Box<Mark>),
 }
 
 /// Exclusive access to one project's ingest state for the length of one request.
@@ -272,6 +276,24 @@ impl ProjectGuard<'_> {
         self.undo.push(Undo::Group(Box::new((k, old))));
     }
 
+    /// Numbers the actors of an events batch (undone with the guard's other changes unless
+    /// it commits): the stored batch and the numbers it gave.
+    fn numbered(
+        &mut self,
+        events: Option<RecordBatch>,
+    ) -> Result<(Option<RecordBatch>, Vec<NumberRow>)> {
+        let Some(batch) = events.filter(|b| b.num_rows() > 0) else {
+            return Ok((None, Vec::new()));
+        };
+        let mark = self.state.numbers.mark();
+        let mut new = Vec::new();
+        let stored = self.state.numbers.number(&batch, &mut new)?;
+        if !new.is_empty() {
+            self.undo.push(Undo::Numbers(Box::new(mark)));
+        }
+        Ok((Some(stored), new))
+    }
+
     /// Makes the request's rows part of the project: queues them on the WAL and adds them to
     /// the write buffer. Returns the WAL ticket to wait on before acknowledging.
     pub fn commit(
@@ -285,6 +307,7 @@ impl ProjectGuard<'_> {
             self.undo.clear();
             return Ok(self.db.wal.last_ticket());
         }
+        let (stored, numbers) = self.numbered(events.clone())?;
         let record = WalRecord {
             project: self.handle.project.id,
             events,
@@ -297,7 +320,7 @@ impl ProjectGuard<'_> {
             .tables
             .lock()
             .active
-            .push(record.events, record.groups, record.warnings);
+            .push(stored, record.groups, record.warnings, numbers);
         Ok(ticket)
     }
 }
@@ -305,19 +328,22 @@ impl ProjectGuard<'_> {
 impl ProjectGuard<'_> {
     /// Adds rows to the write buffer without a WAL record: for bulk loads (backfill,
     /// generate) whose durability comes from re-reading their source from a checkpoint, where
-    /// dedup makes re-processing exact. They reach Parquet at the next flush.
+    /// dedup makes re-processing exact, and for WAL replay. They reach Parquet at the next
+    /// flush.
     pub fn commit_unlogged(
         &mut self,
         events: Option<RecordBatch>,
         groups: Vec<GroupRow>,
         warnings: Vec<IngestWarning>,
-    ) {
+    ) -> Result<()> {
+        let (stored, numbers) = self.numbered(events)?;
         self.undo.clear();
-        self.handle.tables.lock().active.push(
-            events.filter(|b| b.num_rows() > 0),
-            groups,
-            warnings,
-        );
+        self.handle
+            .tables
+            .lock()
+            .active
+            .push(stored, groups, warnings, numbers);
+        Ok(())
     }
 }
 
@@ -340,6 +366,7 @@ impl Drop for ProjectGuard<'_> {
                         self.state.groups.remove(&key);
                     }
                 },
+                Undo::Numbers(mark) => self.state.numbers.truncate(&mark),
             }
         }
     }
@@ -493,7 +520,7 @@ impl Db {
             }
         }
         // Already in the WAL: straight to the buffer.
-        guard.commit_unlogged(kept_events, groups, record.warnings);
+        guard.commit_unlogged(kept_events, groups, record.warnings)?;
         Ok(n)
     }
 
@@ -540,12 +567,20 @@ impl Db {
                 }
             }
         }
+        let mut numbers = ActorNumbers::default();
+        for file in &catalog.numbers {
+            let bytes = self.storage.get(&file.path.as_str().into()).await?;
+            for batch in parquet_files::decode(bytes, &file.path, &numbers_schema())? {
+                numbers.load(&batch, &file.path)?;
+            }
+        }
         Ok(ProjectHandle {
             project,
             state: Arc::new(AsyncMutex::new(ProjectState {
                 mapping,
                 groups,
                 dedup: DedupIndex::default(),
+                numbers,
             })),
             tables: parking_lot::Mutex::new(Tables {
                 catalog: Arc::new(catalog),
@@ -884,6 +919,16 @@ impl Db {
             stats.files += 1;
             next.events.push(entry);
         }
+        let numbers: Vec<NumberRow> = frozen
+            .iter()
+            .flat_map(|b| b.numbers.iter().cloned())
+            .collect();
+        if !numbers.is_empty() {
+            let path = layout::new_numbers_file(project);
+            next.numbers
+                .push(self.write_plain(path, &numbers_batch(&numbers)?).await?);
+            stats.files += 1;
+        }
         let groups: Vec<GroupRow> = frozen
             .iter()
             .flat_map(|b| b.groups.iter().cloned())
@@ -925,6 +970,7 @@ impl Db {
             day: None,
             min_ts: None,
             max_ts: None,
+            numbered: false,
         };
         self.storage.put_durable(&path, bytes).await?;
         Ok(entry)
@@ -974,6 +1020,7 @@ fn encode_day(
         day: Some(day_text),
         min_ts,
         max_ts,
+        numbered: true,
     };
     Ok((path, bytes, entry))
 }

@@ -59,6 +59,14 @@ pub fn new_groups_file(project: ProjectId) -> Path {
     ))
 }
 
+/// A new actor-numbers file.
+pub fn new_numbers_file(project: ProjectId) -> Path {
+    Path::from(format!(
+        "projects/{project}/numbers/{}.parquet",
+        uuid::Uuid::now_v7()
+    ))
+}
+
 /// A new ingestion-warnings file.
 pub fn new_warnings_file(project: ProjectId) -> Path {
     Path::from(format!(

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod db;
 pub mod error;
 pub mod layout;
+pub mod numbers;
 pub mod parquet_files;
 pub mod projects;
 pub mod record;

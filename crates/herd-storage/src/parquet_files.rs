@@ -1,15 +1,15 @@
 //! Parquet encoding of herd's tables: zstd, large row groups, recorded sort order.
 //!
-//! Events files are sorted by `(event, $group_0, distinct_id, timestamp)` ([`EVENTS_SORT`]):
-//! statistics prune by event name, and one actor's rows lie together; the order is recorded as
-//! Parquet `sorting_columns` so readers can trust it.
+//! Events files are sorted by `(event, $group_0_num, $distinct_id_num, timestamp)`
+//! ([`EVENTS_SORT`]): statistics prune by event name, and one actor's rows lie together; the
+//! order is recorded as Parquet `sorting_columns` so readers can trust it.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, FixedSizeBinaryArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use herd_core::schema::{events_col, events_schema};
+use herd_core::schema::{events_col, events_schema, stored_events_schema};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -32,14 +32,15 @@ fn parquet_err(path: &str) -> impl FnOnce(parquet::errors::ParquetError) -> Erro
 
 /// The events files' sort order: event, first group type, person, time.
 ///
-/// Event first so that a scan for a few event names reads few pages; then the actor columns,
-/// so that one actor's rows of an event lie together: aggregations by company or by person
+/// Event first so that a scan for a few event names reads few pages; then the actors, so
+/// that one actor's rows of an event lie together: aggregations by company or by person
 /// (unique counts, funnels, retention) then meet the same actor many rows in a row instead of
-/// a random one per row (hash-table lookups hit the cache, and runs compress); time last.
+/// a random one per row (lookups hit the cache, and runs compress); time last. Actors are
+/// ordered by their numbers (no strings to rank while writing).
 pub const EVENTS_SORT: [usize; 4] = [
     events_col::EVENT,
-    events_col::GROUP_0,
-    events_col::DISTINCT_ID,
+    events_col::GROUP_0_NUM,
+    events_col::DISTINCT_ID_NUM,
     events_col::TIMESTAMP,
 ];
 
@@ -85,10 +86,8 @@ fn string_ranks(batches: &[RecordBatch], column: usize, name: &str) -> Result<Ve
 ///
 /// String columns are ranked once per distinct value and rows are sorted on integer keys.
 fn sort_order(batches: &[RecordBatch]) -> Result<Vec<(usize, usize)>> {
-    use arrow::array::TimestampMicrosecondArray;
+    use arrow::array::{TimestampMicrosecondArray, UInt32Array};
     let events = string_ranks(batches, events_col::EVENT, "event")?;
-    let groups = string_ranks(batches, events_col::GROUP_0, "$group_0")?;
-    let persons = string_ranks(batches, events_col::DISTINCT_ID, "distinct_id")?;
     let mut keys: Vec<(u32, u32, u32, i64, u32, u32)> =
         Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
     for (bi, b) in batches.iter().enumerate() {
@@ -97,11 +96,21 @@ fn sort_order(batches: &[RecordBatch]) -> Result<Vec<(usize, usize)>> {
             .as_any()
             .downcast_ref::<TimestampMicrosecondArray>()
             .ok_or_else(|| Error::corrupt("events batch", "timestamp column type"))?;
+        let number = |c: usize| {
+            b.columns()
+                .get(c)
+                .and_then(|a| a.as_any().downcast_ref::<UInt32Array>())
+                .ok_or_else(|| Error::corrupt("events batch", "actor numbers missing"))
+        };
+        let (groups, persons) = (
+            number(events_col::GROUP_0_NUM)?,
+            number(events_col::DISTINCT_ID_NUM)?,
+        );
         for row in 0..b.num_rows() {
             keys.push((
                 events[bi][row],
-                groups[bi][row],
-                persons[bi][row],
+                groups.value(row),
+                persons.value(row),
                 ts.value(row),
                 bi as u32,
                 row as u32,
@@ -146,14 +155,14 @@ fn gather(arrays: &[&dyn Array], rows: &[(usize, usize)]) -> Result<arrow::array
 /// exists whole, only a slice of it, and its buffers are reused by the allocator.
 const SORT_GATHER_ROWS: usize = 32 * 1024;
 
-/// Sorts events batches ([`EVENTS_SORT`]) and encodes them as one events file, gathering the
-/// sorted rows a slice at a time.
+/// Sorts events batches ([`EVENTS_SORT`]; stored events schema, with actor numbers) and
+/// encodes them as one events file, gathering the sorted rows a slice at a time.
 pub fn encode_sorted_events(batches: &[RecordBatch], path: &str) -> Result<Bytes> {
     let order = sort_order(batches)?;
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
     let mut buf = Vec::with_capacity(bytes / 4 + 1024);
-    let schema = events_schema();
+    let schema = stored_events_schema();
     let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(events_props()))
         .map_err(parquet_err(path))?;
     for part in order.chunks(SORT_GATHER_ROWS) {
@@ -328,6 +337,38 @@ mod tests {
         }
     }
 
+    fn numbered(batch: RecordBatch) -> RecordBatch {
+        crate::numbers::ActorNumbers::default()
+            .number(&batch, &mut Vec::new())
+            .expect("number")
+    }
+
+    /// `(event, $group_0_num, $distinct_id_num, timestamp, uuid)` of each row.
+    fn sort_keys(b: &RecordBatch) -> Vec<(String, u32, u32, i64, u128)> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::UInt32Type;
+        let events = herd_core::event::events_from_batch(b).expect("events");
+        let g = b
+            .column(events_col::GROUP_0_NUM)
+            .as_primitive::<UInt32Type>();
+        let d = b
+            .column(events_col::DISTINCT_ID_NUM)
+            .as_primitive::<UInt32Type>();
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                (
+                    e.event,
+                    g.value(i),
+                    d.value(i),
+                    e.timestamp,
+                    e.uuid.as_u128(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn events_file_is_sorted_zstd_uuid_typed_and_records_its_order() {
         let mut b = EventBatchBuilder::with_capacity(3);
@@ -337,7 +378,7 @@ mod tests {
         let mut other_company = ev(4, "a", 40);
         other_company.groups[0] = "b".into();
         b.push(&other_company);
-        let bytes = encode_sorted_events(&[b.finish()], "t.parquet").expect("encode");
+        let bytes = encode_sorted_events(&[numbered(b.finish())], "t.parquet").expect("encode");
 
         let reader = SerializedFileReader::new(bytes.clone()).expect("open");
         let meta = reader.metadata();
@@ -349,13 +390,13 @@ mod tests {
 
         let back = decode(bytes.clone(), "t.parquet", &events_schema()).expect("decode");
         let events = herd_core::event::events_from_batch(&back[0]).expect("events");
-        // (event, $group_0, distinct_id, timestamp): company "b" before "c", then u2 (at
-        // 20) before u3 (at 10), event "b" last.
+        // (event, $group_0_num, $distinct_id_num, timestamp), numbers in order of arrival:
+        // company "c" (1) before "b" (2), u2 (at 20) before u3 (at 10), event "b" last.
         let order: Vec<u128> = events.iter().map(|e| e.uuid.as_u128()).collect();
-        assert_eq!(order, vec![4, 2, 3, 1]);
+        assert_eq!(order, vec![2, 3, 4, 1]);
         assert_eq!(
             decode_uuids(bytes, "t.parquet").expect("uuids"),
-            vec![4, 2, 3, 1]
+            vec![2, 3, 4, 1]
         );
     }
 
@@ -379,29 +420,25 @@ mod tests {
                 b.finish()
             })
             .collect();
-        // Reference: a stable sort of all rows by the file order's key (ties keep input order).
-        let mut all: Vec<Event> = batches
+        let mut numbers = crate::numbers::ActorNumbers::default();
+        let batches: Vec<RecordBatch> = batches
             .iter()
-            .flat_map(|b| herd_core::event::events_from_batch(b).expect("events"))
+            .map(|b| numbers.number(b, &mut Vec::new()).expect("number"))
             .collect();
-        all.sort_by(|a, b| {
-            (&a.event, &a.groups[0], &a.distinct_id, a.timestamp).cmp(&(
-                &b.event,
-                &b.groups[0],
-                &b.distinct_id,
-                b.timestamp,
-            ))
-        });
-        let expected: Vec<u128> = all.iter().map(|e| e.uuid.as_u128()).collect();
+        // Reference: a stable sort of all rows by the file order's key (ties keep input order).
+        let mut all: Vec<(String, u32, u32, i64, u128)> =
+            batches.iter().flat_map(sort_keys).collect();
+        all.sort_by(|a, b| (&a.0, a.1, a.2, a.3).cmp(&(&b.0, b.1, b.2, b.3)));
+        let expected: Vec<u128> = all.iter().map(|k| k.4).collect();
         let sliced = encode_sorted_events(&batches, "t").expect("encode");
         let uuids = decode_uuids(sliced.clone(), "t").expect("uuids");
         assert_eq!(uuids.len(), 90_000);
         assert_eq!(uuids, expected);
-        let back = decode(sliced.clone(), "t", &events_schema()).expect("decode");
-        let keys: Vec<(String, String, String, i64)> = back
+        let back = decode(sliced.clone(), "t", &stored_events_schema()).expect("decode");
+        let keys: Vec<(String, u32, u32, i64)> = back
             .iter()
-            .flat_map(|b| herd_core::event::events_from_batch(b).expect("events"))
-            .map(|e| (e.event, e.groups[0].clone(), e.distinct_id, e.timestamp))
+            .flat_map(sort_keys)
+            .map(|k| (k.0, k.1, k.2, k.3))
             .collect();
         assert!(keys.windows(2).all(|w| w[0] <= w[1]), "not in file order");
         // Per-row columns carry no statistics; the sort columns do.

@@ -321,3 +321,140 @@ async fn files_no_catalog_names_are_removed_at_open() {
     assert!(!stray.exists(), "orphan removed");
     assert_eq!(stored(&db, p).await.len(), 10, "committed files kept");
 }
+
+/// `(value, number)` of `distinct_id` and `$group_0` of every stored row (files and buffer).
+async fn stored_numbers(db: &Db, project: u64) -> Vec<((String, u32), (String, u32))> {
+    use arrow::array::{AsArray, RecordBatch};
+    use arrow::datatypes::UInt32Type;
+    use herd_core::schema::{events_col, stored_events_schema};
+    let snap = db.snapshot(project).expect("snapshot");
+    let mut batches: Vec<RecordBatch> = snap.buffered_events.clone();
+    for f in &snap.catalog.events {
+        assert!(f.numbered, "{} is marked numbered", f.path);
+        let bytes = db
+            .storage()
+            .get(&f.path.as_str().into())
+            .await
+            .expect("get");
+        batches.extend(
+            parquet_files::decode(bytes, &f.path, &stored_events_schema()).expect("decode"),
+        );
+    }
+    let mut out = Vec::new();
+    for b in &batches {
+        let ids = b.column(events_col::DISTINCT_ID).as_string::<i32>();
+        let id_nums = b
+            .column(events_col::DISTINCT_ID_NUM)
+            .as_primitive::<UInt32Type>();
+        let groups = b.column(events_col::GROUP_0).as_string::<i32>();
+        let group_nums = b
+            .column(events_col::GROUP_0_NUM)
+            .as_primitive::<UInt32Type>();
+        for row in 0..b.num_rows() {
+            out.push((
+                (ids.value(row).to_string(), id_nums.value(row)),
+                (groups.value(row).to_string(), group_nums.value(row)),
+            ));
+        }
+    }
+    out
+}
+
+/// Each value has one number and each number one value; `''` is 0 and the others are
+/// 1..=n with no gaps.
+fn assert_one_number_per_value(pairs: impl Iterator<Item = (String, u32)>) {
+    use std::collections::BTreeMap;
+    let (mut by_value, mut by_number) = (BTreeMap::new(), BTreeMap::new());
+    for (value, number) in pairs {
+        assert_eq!(
+            value.is_empty(),
+            number == 0,
+            "{value:?} has number {number}"
+        );
+        assert_eq!(
+            *by_value.entry(value.clone()).or_insert(number),
+            number,
+            "{value:?}"
+        );
+        assert_eq!(
+            *by_number.entry(number).or_insert(value.clone()),
+            value,
+            "{number}"
+        );
+    }
+    let numbers: Vec<u32> = by_number.keys().copied().filter(|n| *n != 0).collect();
+    let want: Vec<u32> = (1..=numbers.len() as u32).collect();
+    assert_eq!(numbers, want, "numbers are dense from 1");
+}
+
+#[tokio::test]
+async fn actor_numbers_stay_one_per_value_across_flushes_restarts_and_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Users u0..u59 over three writes; companies c0..c2 and none.
+    let mut events: Vec<Event> = (0..90).map(|n| event(n, (n as i64 % 5) * DAY)).collect();
+    for e in events.iter_mut().skip(1).step_by(4) {
+        e.groups[0] = String::new();
+    }
+    for e in events.iter_mut() {
+        e.distinct_id = format!("u{}", e.uuid.as_u128() % 60);
+    }
+    let crashed = tempfile::tempdir().expect("tempdir");
+    let p = {
+        let db = open(dir.path(), 1_000_000).await;
+        let p = new_project(&db).await;
+        ingest(&db, p, &events[..30], vec![]).await;
+        db.flush().await.expect("flush");
+        ingest(&db, p, &events[30..60], vec![]).await;
+        // Acknowledged but not flushed: the copy is what a `kill -9` leaves, and it
+        // replays rows 30..60 onto the files of the first flush.
+        for sub in walk(dir.path()) {
+            let to = crashed
+                .path()
+                .join(sub.strip_prefix(dir.path()).expect("prefix"));
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(&sub, &to).expect("copy");
+        }
+        db.close().await.expect("close");
+        p
+    };
+    for root in [dir.path(), crashed.path()] {
+        let db = open(root, 1_000_000).await;
+        ingest(&db, p, &events[60..], vec![]).await;
+        let before_flush = stored_numbers(&db, p).await;
+        assert_eq!(before_flush.len(), 90);
+        db.flush().await.expect("flush");
+        let pairs = stored_numbers(&db, p).await;
+        assert_eq!(pairs.len(), 90);
+        assert_one_number_per_value(pairs.iter().map(|p| p.0.clone()));
+        assert_one_number_per_value(pairs.iter().map(|p| p.1.clone()));
+        db.close().await.expect("close");
+        drop(db);
+        // Reopened: the numbers files give the same numbers to known values.
+        let db = open(root, 1_000_000).await;
+        let mut more = event(1000, DAY);
+        more.distinct_id = "u7".into();
+        more.groups[0] = "c2".into();
+        let mut new = event(1001, DAY);
+        new.distinct_id = "someone new".into();
+        ingest(&db, p, &[more, new], vec![]).await;
+        let pairs = stored_numbers(&db, p).await;
+        assert_eq!(pairs.len(), 92);
+        assert_one_number_per_value(pairs.iter().map(|p| p.0.clone()));
+        assert_one_number_per_value(pairs.iter().map(|p| p.1.clone()));
+        db.close().await.expect("close");
+    }
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

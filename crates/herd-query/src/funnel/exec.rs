@@ -22,8 +22,8 @@ use std::io::{BufWriter, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, UInt32Type};
 use datafusion::common::DataFusionError;
 use datafusion::execution::disk_manager::DiskManager;
 use datafusion::execution::{SpillFile, SpillWriter, TaskContext};
@@ -135,6 +135,10 @@ fn number(actor: &ArrayRef, shards: &mut [Shard]) -> Result<()> {
     for s in shards.iter_mut() {
         s.rows.clear();
     }
+    if let Some(numbers) = actor.as_primitive_opt::<UInt32Type>() {
+        number_numbers(numbers, shards);
+        return Ok(());
+    }
     let actor: ArrayRef = match actor.data_type() {
         DataType::Utf8View => actor.clone(),
         _ => datafusion::arrow::compute::cast(actor, &DataType::Utf8View)?,
@@ -158,6 +162,32 @@ fn number(actor: &ArrayRef, shards: &mut [Shard]) -> Result<()> {
         last = Some((key, s, id));
     }
     Ok(())
+}
+
+/// [`number`] for actor numbers: number `n` lives in shard `n % shards`, in its slot
+/// `n / shards` (a direct index, no hashing).
+fn number_numbers(numbers: &UInt32Array, shards: &mut [Shard]) {
+    let count = shards.len();
+    let mut last: Option<(u32, usize, u32)> = None;
+    for i in 0..numbers.len() {
+        if numbers.is_null(i) {
+            let id = shards[0].ids.id(Key::Null, 0);
+            shards[0].rows.push((i, id));
+            last = None;
+            continue;
+        }
+        let n = numbers.value(i);
+        if let Some((m, s, id)) = last
+            && m == n
+        {
+            shards[s].rows.push((i, id));
+            continue;
+        }
+        let s = n as usize % count;
+        let id = shards[s].ids.number_id(n as usize / count);
+        shards[s].rows.push((i, id));
+        last = Some((n, s, id));
+    }
 }
 
 /// Rows of the plan's sources (before any filter), where every source knows its count (from

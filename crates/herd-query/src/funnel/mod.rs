@@ -25,14 +25,14 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::col;
 use herd_core::GroupTypeMapping;
-use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
+use herd_core::schema::{DISTINCT_ID, DISTINCT_ID_NUM, EVENT, TIMESTAMP};
 
 use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, Interval, TimeRange, WeekStart, parse_range, parse_timezone};
 use crate::event_mask::EventMaskUdf;
 use crate::filters::{
     PropertyGroup, PropertySource, event_condition, group_column, group_index, group_key_column,
-    property_expr,
+    group_number_column, property_expr,
 };
 use crate::trends::{Breakdown, DEFAULT_BREAKDOWN_LIMIT};
 use crate::{Error, QueryEngine, Result};
@@ -306,8 +306,13 @@ impl QueryEngine {
             let list = names.iter().map(|n| lit(n.as_str())).collect();
             pred.push(col(EVENT).in_list(list, false));
         }
+        // Actors by their numbers when every row has them (no strings to hash).
+        let numbered = events.numbered();
         if let Some(n) = r.actor_group {
-            pred.push(col(group_column(n)).not_eq(lit("")));
+            pred.push(match numbered {
+                true => col(group_number_column(n)).not_eq(lit(0u32)),
+                false => col(group_column(n)).not_eq(lit("")),
+            });
         }
         if let Some(pred) = pred.into_iter().reduce(Expr::and) {
             df = df.filter(pred)?;
@@ -377,9 +382,11 @@ impl QueryEngine {
         if !excl_names.is_empty() {
             excl_mask = bit_or(excl_mask, EventMaskUdf::expr(excl_names, col(EVENT)));
         }
-        let actor = match r.actor_group {
-            Some(n) => col(group_column(n)),
-            None => col(DISTINCT_ID),
+        let actor = match (r.actor_group, numbered) {
+            (Some(n), true) => col(group_number_column(n)),
+            (None, true) => col(DISTINCT_ID_NUM),
+            (Some(n), false) => col(group_column(n)),
+            (None, false) => col(DISTINCT_ID),
         };
         let bd = match &r.breakdown {
             Some(e) => cast_expr(e.clone(), DataType::Utf8),

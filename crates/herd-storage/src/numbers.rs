@@ -1,0 +1,381 @@
+//! Actor numbers: a project's dictionary from `distinct_id`s and group keys to dense `u32`s.
+//!
+//! Every stored event carries, next to `distinct_id` and `$group_0` … `$group_4`, the
+//! project's number of each value (`$distinct_id_num`, `$group_N_num`; see
+//! [`herd_core::schema::stored_events_schema`]). Numbers are given in order of first arrival,
+//! per column, starting at 1; `0` is the empty string (an event without a group of that
+//! type). Queries then count distinct actors and group rows by actor on small integers.
+//!
+//! Numbers are given when rows enter the write buffer (capture, bulk loads and WAL replay go
+//! through one path, [`ActorNumbers::number`]) and the new ones travel with their rows: a
+//! flush writes them to a numbers file in the same catalog commit as the events files that
+//! use them. So a committed events file only holds numbers of committed numbers files, and
+//! a number given to a row that was never committed (a crash before its flush) is given
+//! again on replay, to whatever value then arrives first.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, RecordBatch, StringArray, StringBuilder, UInt8Array, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use hashbrown::HashTable;
+use herd_core::MAX_GROUP_TYPES;
+use herd_core::schema::{events_col, stored_events_schema};
+
+use crate::{Error, Result};
+
+/// Numbered columns: `distinct_id`, then `$group_0` … `$group_4`.
+pub const NUMBERED: usize = 1 + MAX_GROUP_TYPES;
+
+/// The events column numbered by dictionary `column` (0 = `distinct_id`, 1 + N = `$group_N`).
+fn source_column(column: usize) -> usize {
+    match column {
+        0 => events_col::DISTINCT_ID,
+        n => events_col::GROUP_0 + n - 1,
+    }
+}
+
+/// A number given by a write that is not in a numbers file yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberRow {
+    /// 0 = `distinct_id`, 1 + N = `$group_N`.
+    pub column: u8,
+    /// The number.
+    pub number: u32,
+    /// The value it stands for.
+    pub value: String,
+}
+
+fn hasher() -> foldhash::fast::FixedState {
+    foldhash::fast::FixedState::with_seed(0x6e75_6d73)
+}
+
+fn hash(value: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    hasher().hash_one(value)
+}
+
+/// One column's values, numbered 1, 2, … in order of arrival.
+#[derive(Debug, Default)]
+struct Dictionary {
+    /// Numbers, found by the hash of their value.
+    table: HashTable<u32>,
+    /// Values, end to end.
+    bytes: Vec<u8>,
+    /// `ends[n - 1]`: where the value of number `n` ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Dictionary {
+    /// Numbers given so far (not counting 0).
+    fn len(&self) -> u32 {
+        self.ends.len() as u32
+    }
+
+    fn value(&self, number: u32) -> &[u8] {
+        let i = number as usize - 1;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    fn find(&self, value: &[u8], h: u64) -> Option<u32> {
+        self.table.find(h, |&n| self.value(n) == value).copied()
+    }
+
+    /// The number of `value`, giving the next one when it is new (`true`).
+    fn number(&mut self, value: &[u8]) -> (u32, bool) {
+        if value.is_empty() {
+            return (0, false);
+        }
+        let h = hash(value);
+        if let Some(n) = self.find(value, h) {
+            return (n, false);
+        }
+        self.bytes.extend_from_slice(value);
+        self.ends.push(self.bytes.len());
+        let n = self.len();
+        let (bytes, ends) = (&self.bytes, &self.ends);
+        let value_of = |n: u32| {
+            let i = n as usize - 1;
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            &bytes[start..ends[i]]
+        };
+        self.table.insert_unique(h, n, |&m| hash(value_of(m)));
+        (n, true)
+    }
+
+    /// Forgets the numbers after the first `len`.
+    fn truncate(&mut self, len: u32) {
+        while self.len() > len {
+            let n = self.len();
+            let h = hash(self.value(n));
+            if let Ok(entry) = self.table.find_entry(h, |&m| m == n) {
+                entry.remove();
+            }
+            self.ends.pop();
+            self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.table.capacity() * 5 + self.bytes.capacity() + self.ends.capacity() * 8
+    }
+}
+
+/// A project's numbers of every numbered column.
+#[derive(Debug, Default)]
+pub struct ActorNumbers {
+    columns: [Dictionary; NUMBERED],
+}
+
+/// How many numbers each column had: what [`ActorNumbers::truncate`] goes back to.
+pub type Mark = [u32; NUMBERED];
+
+impl ActorNumbers {
+    /// Numbers given so far, per column.
+    pub fn mark(&self) -> Mark {
+        std::array::from_fn(|c| self.columns[c].len())
+    }
+
+    /// Forgets every number given after `mark` (a write that failed before it was stored).
+    pub fn truncate(&mut self, mark: &Mark) {
+        for (d, &len) in self.columns.iter_mut().zip(mark) {
+            d.truncate(len);
+        }
+    }
+
+    /// Approximate heap bytes.
+    pub fn size(&self) -> usize {
+        self.columns.iter().map(Dictionary::size).sum()
+    }
+
+    /// The number of `value` in `column`, if it has one (`Some(0)` for the empty string).
+    pub fn get(&self, column: usize, value: &str) -> Option<u32> {
+        if value.is_empty() {
+            return Some(0);
+        }
+        let d = self.columns.get(column)?;
+        d.find(value.as_bytes(), hash(value.as_bytes()))
+    }
+
+    /// Takes numbers from a numbers file. They must continue each column's numbers in order
+    /// (files are written that way); anything else is a corrupt file.
+    pub fn load(&mut self, batch: &RecordBatch, path: &str) -> Result<()> {
+        let corrupt = |reason: String| Error::corrupt(path, reason);
+        let columns = column_as::<UInt8Array>(batch, 0, path)?;
+        let numbers = column_as::<UInt32Array>(batch, 1, path)?;
+        let values = column_as::<StringArray>(batch, 2, path)?;
+        for row in 0..batch.num_rows() {
+            let c = columns.value(row) as usize;
+            let Some(d) = self.columns.get_mut(c) else {
+                return Err(corrupt(format!("numbered column {c} out of range")));
+            };
+            let want = d.len() + 1;
+            let number = numbers.value(row);
+            if number != want {
+                return Err(corrupt(format!(
+                    "column {c}: number {number} where {want} was expected"
+                )));
+            }
+            let (given, new) = d.number(values.value(row).as_bytes());
+            if !new || given != number {
+                return Err(corrupt(format!(
+                    "column {c}: value of number {number} is empty or numbered twice"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `batch` (ingested events, [`herd_core::schema::events_schema`]) with its numbers
+    /// appended ([`stored_events_schema`]); numbers given to new values are added to `new`.
+    /// On error nothing was numbered.
+    pub fn number(&mut self, batch: &RecordBatch, new: &mut Vec<NumberRow>) -> Result<RecordBatch> {
+        let sources = (0..NUMBERED)
+            .map(|c| column_as::<StringArray>(batch, source_column(c), "events batch"))
+            .collect::<Result<Vec<_>>>()?;
+        if batch.num_columns() != events_col::INGESTED {
+            return Err(Error::corrupt(
+                "events batch",
+                format!(
+                    "{} columns, not {}",
+                    batch.num_columns(),
+                    events_col::INGESTED
+                ),
+            ));
+        }
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        for (c, values) in sources.iter().enumerate() {
+            let d = &mut self.columns[c];
+            let mut out = Vec::with_capacity(values.len());
+            // Rows of one actor often follow each other: the previous row's number is reused.
+            let mut last: Option<(&str, u32)> = None;
+            for row in 0..values.len() {
+                let v = if values.is_null(row) {
+                    ""
+                } else {
+                    values.value(row)
+                };
+                if let Some((prev, n)) = last
+                    && prev == v
+                {
+                    out.push(n);
+                    continue;
+                }
+                let (n, is_new) = d.number(v.as_bytes());
+                if is_new {
+                    new.push(NumberRow {
+                        column: c as u8,
+                        number: n,
+                        value: v.to_string(),
+                    });
+                }
+                out.push(n);
+                last = Some((v, n));
+            }
+            columns.push(Arc::new(UInt32Array::from(out)));
+        }
+        Ok(RecordBatch::try_new(stored_events_schema(), columns)?)
+    }
+}
+
+fn column_as<'a, A: Array + 'static>(
+    batch: &'a RecordBatch,
+    i: usize,
+    what: &str,
+) -> Result<&'a A> {
+    batch
+        .columns()
+        .get(i)
+        .and_then(|c| c.as_any().downcast_ref::<A>())
+        .ok_or_else(|| Error::corrupt(what, format!("column {i} has the wrong type")))
+}
+
+/// The numbers files' schema: `column` (0 = `distinct_id`, 1 + N = `$group_N`), `number`,
+/// `value`.
+pub fn numbers_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("column", DataType::UInt8, false),
+        Field::new("number", DataType::UInt32, false),
+        Field::new("value", DataType::Utf8, false),
+    ]))
+}
+
+/// New numbers as a numbers-file batch.
+pub fn numbers_batch(rows: &[NumberRow]) -> Result<RecordBatch> {
+    let mut values = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
+    for r in rows {
+        values.append_value(&r.value);
+    }
+    Ok(RecordBatch::try_new(
+        numbers_schema(),
+        vec![
+            Arc::new(UInt8Array::from_iter_values(rows.iter().map(|r| r.column))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.number))),
+            Arc::new(values.finish()),
+        ],
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_core::{Event, EventBatchBuilder};
+
+    fn batch(rows: &[(&str, &str)]) -> RecordBatch {
+        let mut b = EventBatchBuilder::with_capacity(rows.len());
+        for (n, (person, company)) in rows.iter().enumerate() {
+            let mut groups: [String; MAX_GROUP_TYPES] = Default::default();
+            groups[0] = company.to_string();
+            b.push(&Event {
+                uuid: uuid::Uuid::from_u128(n as u128 + 1),
+                event: "e".into(),
+                distinct_id: person.to_string(),
+                timestamp: 0,
+                properties: "{}".into(),
+                groups,
+                created_at: 0,
+            });
+        }
+        b.finish()
+    }
+
+    fn numbers(b: &RecordBatch, column: usize) -> Vec<u32> {
+        b.column(column)
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .expect("u32")
+            .values()
+            .to_vec()
+    }
+
+    #[test]
+    fn values_are_numbered_in_order_of_arrival_and_empty_is_zero() {
+        let mut n = ActorNumbers::default();
+        let mut new = Vec::new();
+        let b = n
+            .number(
+                &batch(&[("u1", "c1"), ("u2", ""), ("u1", "c2"), ("u3", "c1")]),
+                &mut new,
+            )
+            .expect("number");
+        assert_eq!(b.schema(), stored_events_schema());
+        assert_eq!(numbers(&b, events_col::DISTINCT_ID_NUM), vec![1, 2, 1, 3]);
+        assert_eq!(numbers(&b, events_col::GROUP_0_NUM), vec![1, 0, 2, 1]);
+        assert_eq!(numbers(&b, events_col::GROUP_0_NUM + 1), vec![0; 4]);
+        assert_eq!(new.len(), 5);
+        let again = n
+            .number(&batch(&[("u3", "c2"), ("u4", "c1")]), &mut new)
+            .expect("number");
+        assert_eq!(numbers(&again, events_col::DISTINCT_ID_NUM), vec![3, 4]);
+        assert_eq!(numbers(&again, events_col::GROUP_0_NUM), vec![2, 1]);
+        assert_eq!(new.len(), 6);
+        assert_eq!(n.get(0, "u4"), Some(4));
+        assert_eq!(n.get(1, ""), Some(0));
+    }
+
+    #[test]
+    fn truncate_forgets_later_numbers_and_gives_them_again() {
+        let mut n = ActorNumbers::default();
+        let mut new = Vec::new();
+        n.number(&batch(&[("a", "x")]), &mut new).expect("number");
+        let mark = n.mark();
+        n.number(&batch(&[("b", "y"), ("c", "x")]), &mut new)
+            .expect("number");
+        n.truncate(&mark);
+        assert_eq!(n.get(0, "b"), None);
+        assert_eq!(n.get(0, "c"), None);
+        assert_eq!(n.get(1, "y"), None);
+        let b = n
+            .number(&batch(&[("c", "y")]), &mut Vec::new())
+            .expect("number");
+        assert_eq!(numbers(&b, events_col::DISTINCT_ID_NUM), vec![2]);
+        assert_eq!(numbers(&b, events_col::GROUP_0_NUM), vec![2]);
+    }
+
+    #[test]
+    fn a_numbers_file_reloads_the_same_numbers_and_gaps_are_corrupt() {
+        let mut n = ActorNumbers::default();
+        let mut new = Vec::new();
+        // Enough values to make the table grow a few times.
+        let rows: Vec<(String, String)> = (0..5000)
+            .map(|i| (format!("user-{i}"), format!("company-{}", i % 70)))
+            .collect();
+        let refs: Vec<(&str, &str)> = rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        n.number(&batch(&refs), &mut new).expect("number");
+        let file = numbers_batch(&new).expect("batch");
+        let mut back = ActorNumbers::default();
+        back.load(&file, "numbers.parquet").expect("load");
+        assert_eq!(back.mark(), n.mark());
+        for (person, company) in &rows {
+            assert_eq!(back.get(0, person), n.get(0, person));
+            assert_eq!(back.get(1, company), n.get(1, company));
+        }
+        let gap = numbers_batch(&new[1..]).expect("batch");
+        let err = ActorNumbers::default()
+            .load(&gap, "numbers.parquet")
+            .expect_err("gap");
+        assert!(err.to_string().contains("numbers.parquet"), "{err}");
+    }
+}
