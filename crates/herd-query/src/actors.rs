@@ -13,6 +13,18 @@ use hashbrown::HashTable;
 /// No id yet (in [`ActorIds`]'s number index).
 const NO_ID: u32 = u32::MAX;
 
+/// The direct number index grows while it has at most this many slots per actor seen (4
+/// bytes each, against ~10 in the sparse table)...
+const DIRECT_SLOTS_PER_ACTOR: usize = 4;
+/// ...or this many slots in all.
+const DIRECT_SLOTS_MIN: usize = 4096;
+
+fn number_hash(slot: u32) -> u64 {
+    u64::from(slot)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(32)
+}
+
 /// Actor keys of one shard, numbered densely from 0 in order of arrival.
 #[derive(Default)]
 pub(crate) struct ActorIds {
@@ -24,8 +36,11 @@ pub(crate) struct ActorIds {
     null: Option<u32>,
     /// Actor numbers (`$distinct_id_num`, `$group_N_num`), for funnels over numbered
     /// events: `by_number[slot]` is the id of the number in `slot` ([`ActorIds::number_id`]),
-    /// [`NO_ID`] if not seen. A direct index, no hashing.
+    /// [`NO_ID`] if not seen. A direct index, no hashing; it grows only while it stays
+    /// within a few slots per actor seen, so a funnel over few of a project's actors does not
+    /// pay for all of them: slots past it go to `sparse_numbers`.
     by_number: Vec<u32>,
+    sparse_numbers: HashTable<(u32, u32)>,
     /// Actors numbered so far.
     pub(crate) count: u32,
 }
@@ -126,16 +141,48 @@ impl ActorIds {
 
     /// The id of the actor number in `slot` (callers shard numbers as `n % shards` and pass
     /// `n / shards`, so slots are dense per shard).
-    pub(crate) fn number_id(&mut self, slot: usize) -> u32 {
-        if slot >= self.by_number.len() {
-            let len = (slot + 1).max(self.by_number.len() * 2);
+    pub(crate) fn number_id(&mut self, slot: u32) -> u32 {
+        let index = slot as usize;
+        if let Some(&id) = self.by_number.get(index)
+            && id != NO_ID
+        {
+            return id;
+        }
+        if index >= self.by_number.len() {
+            let len = (index + 1).max(self.by_number.len() * 2);
+            if len > DIRECT_SLOTS_PER_ACTOR * (self.count as usize) + DIRECT_SLOTS_MIN {
+                return self.sparse_number_id(slot);
+            }
             self.by_number.resize(len, NO_ID);
+            // Numbers seen while their slots were past the index move into it.
+            if !self.sparse_numbers.is_empty() {
+                let by_number = &mut self.by_number;
+                self.sparse_numbers
+                    .retain(|(s, id)| match by_number.get_mut(*s as usize) {
+                        Some(e) => {
+                            *e = *id;
+                            false
+                        }
+                        None => true,
+                    });
+            }
+            if self.by_number[index] != NO_ID {
+                return self.by_number[index];
+            }
         }
-        if self.by_number[slot] == NO_ID {
-            self.by_number[slot] = self.count;
-            self.count += 1;
+        self.by_number[index] = self.next();
+        self.by_number[index]
+    }
+
+    fn sparse_number_id(&mut self, slot: u32) -> u32 {
+        let hash = number_hash(slot);
+        if let Some((_, id)) = self.sparse_numbers.find(hash, |(s, _)| *s == slot) {
+            return *id;
         }
-        self.by_number[slot]
+        let id = self.next();
+        self.sparse_numbers
+            .insert_unique(hash, (slot, id), |(s, _)| number_hash(*s));
+        id
     }
 
     /// For each id of `other`, its id here (new actors are added).
@@ -143,8 +190,11 @@ impl ActorIds {
         let mut map = vec![0u32; other.count as usize];
         for (slot, &id) in other.by_number.iter().enumerate() {
             if id != NO_ID {
-                map[id as usize] = self.number_id(slot);
+                map[id as usize] = self.number_id(slot as u32);
             }
+        }
+        for &(slot, id) in &other.sparse_numbers {
+            map[id as usize] = self.number_id(slot);
         }
         for e in &other.short {
             let key = Key::Short(unpack(e.key));
@@ -228,6 +278,46 @@ mod tests {
         // Right's ids in left: "twelve bytes" → 4, "u2" new → 5, long → 1, null → 2.
         assert_eq!(left.absorb(&right), vec![4, 5, 1, 2]);
         assert_eq!(left.count, 6);
+    }
+
+    #[test]
+    fn numbers_get_one_id_each_directly_or_sparse_and_merge_by_number() {
+        let mut left = ActorIds::default();
+        // Small slots go to the direct index; a far one (few actors seen) to the table.
+        let slots = [3u32, 7, 3, 0, 5_000_000, 7, 5_000_000, 9];
+        let ids: Vec<u32> = slots.iter().map(|&s| left.number_id(s)).collect();
+        assert_eq!(ids, vec![0, 1, 0, 2, 3, 1, 3, 4]);
+        assert!(
+            left.by_number.len() < 10_000,
+            "the far slot is not indexed directly"
+        );
+        assert_eq!(left.sparse_numbers.len(), 1);
+        let mut right = ActorIds::default();
+        let ids: Vec<u32> = [9u32, 5_000_000, 11]
+            .iter()
+            .map(|&s| right.number_id(s))
+            .collect();
+        assert_eq!(ids, vec![0, 1, 2]);
+        // Right's ids in left: 9 → 4, 5,000,000 → 3, 11 new → 5.
+        assert_eq!(left.absorb(&right), vec![4, 3, 5]);
+        assert_eq!(left.count, 6);
+        // Numbers first seen past the index keep their ids when it grows over them.
+        let mut ids = ActorIds::default();
+        let far: Vec<u32> = (0..100).map(|i| 100_000 + i * 7).collect();
+        let first: Vec<u32> = far.iter().map(|&s| ids.number_id(s)).collect();
+        assert!(!ids.sparse_numbers.is_empty());
+        for s in 0..40_000 {
+            ids.number_id(s);
+        }
+        ids.number_id(110_000);
+        assert!(
+            ids.by_number.len() > 110_000,
+            "the index grew over the far slots"
+        );
+        assert!(ids.sparse_numbers.is_empty());
+        let again: Vec<u32> = far.iter().map(|&s| ids.number_id(s)).collect();
+        assert_eq!(again, first);
+        assert_eq!(ids.count, 40_101);
     }
 
     #[test]

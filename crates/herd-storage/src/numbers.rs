@@ -205,6 +205,7 @@ impl ActorNumbers {
                 ),
             ));
         }
+        let (mark, before) = (self.mark(), new.len());
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         for (c, values) in sources.iter().enumerate() {
             let d = &mut self.columns[c];
@@ -236,7 +237,12 @@ impl ActorNumbers {
             }
             columns.push(Arc::new(UInt32Array::from(out)));
         }
-        Ok(RecordBatch::try_new(stored_events_schema(), columns)?)
+        RecordBatch::try_new(stored_events_schema(), columns).map_err(|e| {
+            // Nothing numbered after all.
+            self.truncate(&mark);
+            new.truncate(before);
+            Error::from(e)
+        })
     }
 }
 

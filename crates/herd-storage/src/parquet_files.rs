@@ -9,7 +9,9 @@ use std::sync::Arc;
 use arrow::array::{Array, FixedSizeBinaryArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use herd_core::schema::{events_col, events_schema, stored_events_schema};
+use herd_core::schema::{
+    DISTINCT_ID_NUM, GROUP_NUM_COLUMNS, events_col, events_schema, stored_events_schema,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -212,7 +214,8 @@ fn writer_props(
 
 /// Writer settings of events files: sorting columns recorded, no dictionary and no
 /// statistics for `uuid` and `properties` (unique per row, never pruned on; min/max of the
-/// properties text cost a comparison of every value), no dictionary for `timestamp`.
+/// properties text cost a comparison of every value), no dictionary for `timestamp`, actor
+/// numbers uncompressed.
 fn events_props() -> WriterProperties {
     let sorting = EVENTS_SORT
         .iter()
@@ -222,13 +225,26 @@ fn events_props() -> WriterProperties {
             nulls_first: false,
         })
         .collect();
-    writer_props(
+    let props = writer_props(
         Some(sorting),
         &["uuid", "properties"],
         // Times are nearly unique: a dictionary saves nothing and costs a hash per row.
         &["timestamp"],
         Some(EVENTS_PAGE_ROWS),
-    )
+    );
+    // Actor numbers are read whole by unique counts and funnels: stored so that decoding
+    // is a copy. `$distinct_id_num` is nearly unique per row within a (event, company) run
+    // and zstd saved ~20 % of it while taking a third of a distinct count's time: plain and
+    // uncompressed. The group numbers follow the sort (long runs): dictionary/RLE, which is
+    // small already, uncompressed.
+    let mut b = props
+        .into_builder()
+        .set_column_dictionary_enabled(ColumnPath::from(DISTINCT_ID_NUM), false)
+        .set_column_compression(ColumnPath::from(DISTINCT_ID_NUM), Compression::UNCOMPRESSED);
+    for name in GROUP_NUM_COLUMNS {
+        b = b.set_column_compression(ColumnPath::from(name), Compression::UNCOMPRESSED);
+    }
+    b.build()
 }
 
 /// Encodes a groups or warnings batch.
@@ -385,6 +401,10 @@ mod tests {
         let rg = meta.row_group(0);
         assert_eq!(rg.sorting_columns().map(|s| s.len()), Some(4));
         assert!(matches!(rg.column(0).compression(), Compression::ZSTD(_)));
+        // Actor numbers are stored uncompressed (decoding them is a copy).
+        let numbers = rg.column(events_col::DISTINCT_ID_NUM);
+        assert_eq!(numbers.column_path().string(), DISTINCT_ID_NUM);
+        assert_eq!(numbers.compression(), Compression::UNCOMPRESSED);
         let uuid_col = meta.file_metadata().schema_descr().column(0);
         assert_eq!(uuid_col.logical_type_ref(), Some(&LogicalType::Uuid));
 

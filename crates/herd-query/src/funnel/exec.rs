@@ -184,7 +184,7 @@ fn number_numbers(numbers: &UInt32Array, shards: &mut [Shard]) {
             continue;
         }
         let s = n as usize % count;
-        let id = shards[s].ids.number_id(n as usize / count);
+        let id = shards[s].ids.number_id((n as usize / count) as u32);
         shards[s].rows.push((i, id));
         last = Some((n, s, id));
     }
