@@ -51,20 +51,58 @@ fn hasher() -> foldhash::fast::FixedState {
     foldhash::fast::FixedState::with_seed(0x6e75_6d73)
 }
 
-fn hash(value: &[u8]) -> u64 {
+/// The longest value kept whole in its table entry.
+const INLINE: usize = 12;
+
+/// A value's length and its first [`INLINE`] bytes: the whole value when it is that short
+/// (most ids are), so finding it needs no look at the stored bytes.
+fn key_of(value: &[u8]) -> [u32; 4] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    let n = value.len().min(INLINE);
+    b[4..4 + n].copy_from_slice(&value[..n]);
+    std::array::from_fn(|i| {
+        u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+    })
+}
+
+fn is_inline(key: &[u32; 4]) -> bool {
+    key[0] as usize <= INLINE
+}
+
+/// Short values hash by their key, longer ones by their bytes.
+fn hash(key: &[u32; 4], value: &[u8]) -> u64 {
     use std::hash::BuildHasher;
-    hasher().hash_one(value)
+    if is_inline(key) {
+        hasher().hash_one(key)
+    } else {
+        hasher().hash_one(value)
+    }
+}
+
+/// A table entry: a value's key and its number, in 20 bytes.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: [u32; 4],
+    number: u32,
 }
 
 /// One column's values, numbered 1, 2, … in order of arrival.
 #[derive(Debug, Default)]
 struct Dictionary {
     /// Numbers, found by the hash of their value.
-    table: HashTable<u32>,
+    table: HashTable<Entry>,
     /// Values, end to end.
     bytes: Vec<u8>,
     /// `ends[n - 1]`: where the value of number `n` ends in `bytes`.
     ends: Vec<usize>,
+}
+
+/// The value of `number` in `bytes` / `ends`.
+fn stored<'a>(bytes: &'a [u8], ends: &[usize], number: u32) -> &'a [u8] {
+    let i = number as usize - 1;
+    let start = if i == 0 { 0 } else { ends[i - 1] };
+    &bytes[start..ends[i]]
 }
 
 impl Dictionary {
@@ -74,13 +112,15 @@ impl Dictionary {
     }
 
     fn value(&self, number: u32) -> &[u8] {
-        let i = number as usize - 1;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.bytes[start..self.ends[i]]
+        stored(&self.bytes, &self.ends, number)
     }
 
-    fn find(&self, value: &[u8], h: u64) -> Option<u32> {
-        self.table.find(h, |&n| self.value(n) == value).copied()
+    fn find(&self, key: &[u32; 4], value: &[u8], h: u64) -> Option<u32> {
+        self.table
+            .find(h, |e| {
+                e.key == *key && (is_inline(key) || self.value(e.number) == value)
+            })
+            .map(|e| e.number)
     }
 
     /// The number of `value`, giving the next one when it is new (`true`).
@@ -88,29 +128,28 @@ impl Dictionary {
         if value.is_empty() {
             return (0, false);
         }
-        let h = hash(value);
-        if let Some(n) = self.find(value, h) {
+        let key = key_of(value);
+        let h = hash(&key, value);
+        if let Some(n) = self.find(&key, value, h) {
             return (n, false);
         }
         self.bytes.extend_from_slice(value);
         self.ends.push(self.bytes.len());
-        let n = self.len();
+        let number = self.len();
         let (bytes, ends) = (&self.bytes, &self.ends);
-        let value_of = |n: u32| {
-            let i = n as usize - 1;
-            let start = if i == 0 { 0 } else { ends[i - 1] };
-            &bytes[start..ends[i]]
-        };
-        self.table.insert_unique(h, n, |&m| hash(value_of(m)));
-        (n, true)
+        self.table.insert_unique(h, Entry { key, number }, |e| {
+            hash(&e.key, stored(bytes, ends, e.number))
+        });
+        (number, true)
     }
 
     /// Forgets the numbers after the first `len`.
     fn truncate(&mut self, len: u32) {
         while self.len() > len {
             let n = self.len();
-            let h = hash(self.value(n));
-            if let Ok(entry) = self.table.find_entry(h, |&m| m == n) {
+            let value = self.value(n);
+            let h = hash(&key_of(value), value);
+            if let Ok(entry) = self.table.find_entry(h, |e| e.number == n) {
                 entry.remove();
             }
             self.ends.pop();
@@ -119,7 +158,9 @@ impl Dictionary {
     }
 
     fn size(&self) -> usize {
-        self.table.capacity() * 5 + self.bytes.capacity() + self.ends.capacity() * 8
+        self.table.capacity() * (std::mem::size_of::<Entry>() + 1)
+            + self.bytes.capacity()
+            + self.ends.capacity() * 8
     }
 }
 
@@ -156,7 +197,8 @@ impl ActorNumbers {
             return Some(0);
         }
         let d = self.columns.get(column)?;
-        d.find(value.as_bytes(), hash(value.as_bytes()))
+        let key = key_of(value.as_bytes());
+        d.find(&key, value.as_bytes(), hash(&key, value.as_bytes()))
     }
 
     /// Takes numbers from a numbers file. They must continue each column's numbers in order
@@ -366,7 +408,16 @@ mod tests {
         let mut new = Vec::new();
         // Enough values to make the table grow a few times.
         let rows: Vec<(String, String)> = (0..5000)
-            .map(|i| (format!("user-{i}"), format!("company-{}", i % 70)))
+            .map(|i| match i % 3 {
+                // Short ids sit whole in their table entry; longer ones (and ones that share
+                // their first 12 bytes) are compared with the stored bytes.
+                0 => (format!("u{i}"), format!("c{}", i % 70)),
+                1 => (
+                    format!("user-with-a-long-id-{i}"),
+                    format!("company-{}", i % 70),
+                ),
+                _ => (format!("abcdefghijkl{i}"), format!("company-{}", i % 70)),
+            })
             .collect();
         let refs: Vec<(&str, &str)> = rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         n.number(&batch(&refs), &mut new).expect("number");
