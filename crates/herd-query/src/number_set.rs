@@ -421,16 +421,16 @@ mod tests {
                 for chunk in part.chunks(97) {
                     let groups: Vec<usize> = chunk.iter().map(|r| r.0).collect();
                     let values: Vec<Option<u32>> = chunk.iter().map(|r| r.1).collect();
-                    acc.update_batch(&[column(&values)], &groups, None, 6).unwrap();
+                    acc.update_batch(&[column(&values)], &groups, None, 6).expect("accumulator");
                 }
             }
             let mut fin = NumberGroups::default();
             for acc in &mut partials {
                 acc.resize(6);
-                let state = acc.state(EmitTo::All).unwrap();
-                fin.merge_batch(&state, &[0, 1, 2, 3, 4, 5], 6).unwrap();
+                let state = acc.state(EmitTo::All).expect("accumulator");
+                fin.merge_batch(&state, &[0, 1, 2, 3, 4, 5], 6).expect("accumulator");
             }
-            let counts = fin.evaluate(EmitTo::All).unwrap();
+            let counts = fin.evaluate(EmitTo::All).expect("accumulator");
             let counts = counts.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
             for g in 0..6 {
                 let n = want.get(&g).map_or(0, BTreeSet::len);
@@ -439,15 +439,15 @@ mod tests {
             // Without grouping, the same rows in one set.
             let mut one = NumberUnique::default();
             let all: Vec<Option<u32>> = rows.iter().map(|r| r.1).collect();
-            one.update_batch(&[column(&all[..cut])]).unwrap();
+            one.update_batch(&[column(&all[..cut])]).expect("accumulator");
             let mut other = NumberUnique::default();
-            other.update_batch(&[column(&all[cut..])]).unwrap();
-            let ScalarValue::List(state) = other.state().unwrap().remove(0) else {
+            other.update_batch(&[column(&all[cut..])]).expect("accumulator");
+            let ScalarValue::List(state) = other.state().expect("accumulator").remove(0) else {
                 panic!("list state");
             };
-            one.merge_batch(&[state as ArrayRef]).unwrap();
+            one.merge_batch(&[state as ArrayRef]).expect("accumulator");
             let distinct: BTreeSet<u32> = all.iter().flatten().copied().collect();
-            prop_assert_eq!(one.evaluate().unwrap(), ScalarValue::Int64(Some(distinct.len() as i64)));
+            prop_assert_eq!(one.evaluate().expect("accumulator"), ScalarValue::Int64(Some(distinct.len() as i64)));
         }
     }
 }

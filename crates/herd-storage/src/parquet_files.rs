@@ -108,9 +108,9 @@ fn sort_order(batches: &[RecordBatch]) -> Result<Vec<(usize, usize)>> {
             number(events_col::GROUP_0_NUM)?,
             number(events_col::DISTINCT_ID_NUM)?,
         );
-        for row in 0..b.num_rows() {
+        for (row, &event) in events[bi].iter().enumerate() {
             keys.push((
-                events[bi][row],
+                event,
                 groups.value(row),
                 persons.value(row),
                 ts.value(row),
