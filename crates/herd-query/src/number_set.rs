@@ -257,10 +257,10 @@ impl GroupsAccumulator for NumberGroups {
             return Err(internal("one group index per row"));
         }
         self.resize(total_num_groups);
+        let keep = crate::unique::keep_row(opt_filter);
         let mut last = None;
         for (row, &g) in group_indices.iter().enumerate() {
-            if array.is_null(row) || opt_filter.is_some_and(|f| !(f.is_valid(row) && f.value(row)))
-            {
+            if array.is_null(row) || !keep(row) {
                 continue;
             }
             let n = array.value(row);
@@ -314,24 +314,8 @@ impl GroupsAccumulator for NumberGroups {
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
-        // Each row its own group: a list of its number, empty where null or filtered out.
         let array = numbers(values.first().ok_or_else(|| internal("takes 1 argument"))?)?;
-        let mask: BooleanArray = (0..array.len())
-            .map(|row| {
-                Some(
-                    array.is_valid(row)
-                        && opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row)),
-                )
-            })
-            .collect();
-        let lengths: Vec<usize> = mask.values().iter().map(usize::from).collect();
-        let kept = datafusion::arrow::compute::filter(array, &mask)?;
-        Ok(vec![Arc::new(ListArray::try_new(
-            Arc::new(Field::new("item", DataType::UInt32, true)),
-            OffsetBuffer::from_lengths(lengths),
-            kept,
-            None,
-        )?)])
+        Ok(vec![crate::unique::one_row_lists(array, opt_filter)?])
     }
 
     fn size(&self) -> usize {
@@ -384,6 +368,19 @@ mod tests {
             b.sort_unstable();
             assert_eq!(a, b);
         }
+    }
+
+    #[test]
+    fn rows_convert_to_one_number_states() {
+        let acc = NumberGroups::default();
+        let filter = BooleanArray::from(vec![true, true, false, true]);
+        let state = acc
+            .convert_to_state(&[column(&[Some(4), None, Some(5), Some(4)])], Some(&filter))
+            .expect("state");
+        let lists = state[0].as_list::<i32>();
+        let lens: Vec<usize> = (0..lists.len()).map(|i| lists.value(i).len()).collect();
+        assert_eq!(lens, vec![1, 0, 0, 1]);
+        assert_eq!(lists.value_type(), DataType::UInt32);
     }
 
     #[test]

@@ -526,8 +526,28 @@ impl UniqueGroups {
     }
 }
 
-fn keep_row(opt_filter: Option<&BooleanArray>) -> impl Fn(usize) -> bool + '_ {
+pub(crate) fn keep_row(opt_filter: Option<&BooleanArray>) -> impl Fn(usize) -> bool + '_ {
     move |row| opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row))
+}
+
+/// Each row of `array` its own group's state: a list of its value, empty where null or
+/// filtered out (`convert_to_state` of the string and number accumulators).
+pub(crate) fn one_row_lists(
+    array: &dyn Array,
+    opt_filter: Option<&BooleanArray>,
+) -> Result<ArrayRef> {
+    let keep = keep_row(opt_filter);
+    let mask: BooleanArray = (0..array.len())
+        .map(|row| Some(array.is_valid(row) && keep(row)))
+        .collect();
+    let lengths: Vec<usize> = mask.values().iter().map(usize::from).collect();
+    let kept = datafusion::arrow::compute::filter(array, &mask)?;
+    Ok(Arc::new(ListArray::try_new(
+        Arc::new(Field::new("item", array.data_type().clone(), true)),
+        OffsetBuffer::from_lengths(lengths),
+        kept,
+        None,
+    )?))
 }
 
 impl GroupsAccumulator for UniqueGroups {
@@ -649,20 +669,8 @@ impl GroupsAccumulator for UniqueGroups {
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
-        // Each row its own group: a list of its value, empty where null or filtered out.
         let array = views(values.first().ok_or_else(|| internal("takes 1 argument"))?)?;
-        let keep = keep_row(opt_filter);
-        let mask: BooleanArray = (0..array.len())
-            .map(|row| Some(array.is_valid(row) && keep(row)))
-            .collect();
-        let lengths: Vec<usize> = mask.values().iter().map(usize::from).collect();
-        let kept = datafusion::arrow::compute::filter(&array, &mask)?;
-        Ok(vec![Arc::new(ListArray::try_new(
-            Arc::new(Field::new("item", DataType::Utf8View, true)),
-            OffsetBuffer::from_lengths(lengths),
-            kept,
-            None,
-        )?)])
+        Ok(vec![one_row_lists(&array, opt_filter)?])
     }
 
     fn size(&self) -> usize {
