@@ -114,11 +114,19 @@ impl NumberSet {
         self.len += added;
     }
 
+    #[cfg(test)]
     pub(crate) fn values(&self) -> Vec<u32> {
-        if self.bits.is_empty() {
-            return self.small.iter().copied().collect();
-        }
         let mut out = Vec::with_capacity(self.len);
+        self.append_to(&mut out);
+        out
+    }
+
+    /// Appends the set's numbers to `out`.
+    pub(crate) fn append_to(&self, out: &mut Vec<u32>) {
+        if self.bits.is_empty() {
+            out.extend(self.small.iter().copied());
+            return;
+        }
         for (w, &word) in self.bits.iter().enumerate() {
             let mut rest = word;
             while rest != 0 {
@@ -127,7 +135,6 @@ impl NumberSet {
                 rest &= rest - 1;
             }
         }
-        out
     }
 
     pub(crate) fn size(&self) -> usize {
@@ -154,9 +161,8 @@ fn to_lists<'a>(sets: impl Iterator<Item = &'a NumberSet>) -> Result<ListArray> 
     let mut values = Vec::new();
     let mut lengths = Vec::new();
     for set in sets {
-        let v = set.values();
-        lengths.push(v.len());
-        values.extend(v);
+        lengths.push(set.len());
+        set.append_to(&mut values);
     }
     Ok(ListArray::try_new(
         Arc::new(Field::new("item", DataType::UInt32, true)),

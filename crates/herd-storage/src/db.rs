@@ -919,14 +919,10 @@ impl Db {
             stats.files += 1;
             next.events.push(entry);
         }
-        let numbers: Vec<NumberRow> = frozen
-            .iter()
-            .flat_map(|b| b.numbers.iter().cloned())
-            .collect();
-        if !numbers.is_empty() {
+        if frozen.iter().any(|b| !b.numbers.is_empty()) {
+            let numbers = numbers_batch(frozen.iter().flat_map(|b| &b.numbers))?;
             let path = layout::new_numbers_file(project);
-            next.numbers
-                .push(self.write_plain(path, &numbers_batch(&numbers)?).await?);
+            next.numbers.push(self.write_plain(path, &numbers).await?);
             stats.files += 1;
         }
         let groups: Vec<GroupRow> = frozen

@@ -310,17 +310,20 @@ pub fn numbers_schema() -> SchemaRef {
     ]))
 }
 
-/// New numbers as a numbers-file batch.
-pub fn numbers_batch(rows: &[NumberRow]) -> Result<RecordBatch> {
-    let mut values = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
+/// New numbers as a numbers-file batch (read once, not copied first).
+pub fn numbers_batch<'a>(rows: impl IntoIterator<Item = &'a NumberRow>) -> Result<RecordBatch> {
+    let (mut columns, mut numbers) = (Vec::new(), Vec::new());
+    let mut values = StringBuilder::new();
     for r in rows {
+        columns.push(r.column);
+        numbers.push(r.number);
         values.append_value(&r.value);
     }
     Ok(RecordBatch::try_new(
         numbers_schema(),
         vec![
-            Arc::new(UInt8Array::from_iter_values(rows.iter().map(|r| r.column))),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.number))),
+            Arc::new(UInt8Array::from(columns)),
+            Arc::new(UInt32Array::from(numbers)),
             Arc::new(values.finish()),
         ],
     )?)
