@@ -22,8 +22,10 @@ use std::io::{BufWriter, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
-use datafusion::arrow::datatypes::{DataType, UInt32Type};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+};
+use datafusion::arrow::datatypes::{DataType, Int64Type, UInt32Type};
 use datafusion::common::DataFusionError;
 use datafusion::execution::disk_manager::DiskManager;
 use datafusion::execution::{SpillFile, SpillWriter, TaskContext};
@@ -204,26 +206,26 @@ fn source_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
 }
 
 /// Feeds one partition's stream into its shards, spilling them when all partitions together
-/// hold more than the budget.
+/// hold more than the budget. With `collect`, also returns `(actor number, time)` of every
+/// row (the later steps' rows of a split funnel, see [`Input::Split`]).
 async fn run_partition(
     plan: Arc<dyn ExecutionPlan>,
     partition: usize,
     task: Arc<TaskContext>,
     mut shards: Vec<Shard>,
     budget: Arc<Budget>,
-) -> Result<Vec<Shard>> {
+    collect: bool,
+) -> Result<(Vec<Shard>, Vec<(u32, i64)>)> {
     let mut stream = plan.execute(partition, task)?;
+    let mut times = Vec::new();
     // Row bytes this partition holds (its share of `budget.held`).
     let mut mine = 0usize;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        number(batch.column(0), &mut shards)?;
-        let values = &batch.columns()[1..];
-        for s in &mut shards {
-            if !s.rows.is_empty() {
-                s.acc.push(values, &s.rows, s.ids.count as usize)?;
-            }
+        if collect {
+            collect_times(batch.column(0), batch.column(1), &mut times)?;
         }
+        push_batch(batch.column(0), &batch.columns()[1..], &mut shards)?;
         let now: usize = shards.iter().map(|s| s.acc.row_bytes()).sum();
         let held = if now >= mine {
             budget.held.fetch_add(now - mine, Ordering::Relaxed) + (now - mine)
@@ -239,22 +241,223 @@ async fn run_partition(
             mine = 0;
         }
     }
-    Ok(shards)
+    Ok((shards, times))
 }
 
-/// Runs the funnel aggregate over `df`, whose columns are `(actor, ts Int64, steps UInt32,
-/// excl UInt32, breakdown Utf8, bucket Int32)`: one list of output structs per actor (see
+/// Appends `(actor number, time)` of the rows with both.
+fn collect_times(actor: &ArrayRef, ts: &ArrayRef, out: &mut Vec<(u32, i64)>) -> Result<()> {
+    let (Some(actor), Some(ts)) = (
+        actor.as_primitive_opt::<UInt32Type>(),
+        ts.as_primitive_opt::<Int64Type>(),
+    ) else {
+        return Err(Error::Internal(
+            "split funnel: actors are numbers and times Int64".into(),
+        ));
+    };
+    out.extend(
+        (0..actor.len())
+            .filter(|&i| actor.is_valid(i) && ts.is_valid(i))
+            .map(|i| (actor.value(i), ts.value(i))),
+    );
+    Ok(())
+}
+
+/// The times of the later steps' rows of each actor of a split funnel, sorted: actor `n`'s
+/// are `times[offsets[n]..offsets[n + 1]]`.
+struct LaterTimes {
+    offsets: Vec<usize>,
+    times: Vec<i64>,
+}
+
+impl LaterTimes {
+    fn new(mut pairs: Vec<(u32, i64)>) -> Self {
+        pairs.sort_unstable();
+        pairs.dedup();
+        let actors = pairs.last().map_or(0, |(n, _)| *n as usize + 1);
+        let mut offsets = vec![0usize; actors + 1];
+        for (n, _) in &pairs {
+            offsets[*n as usize + 1] += 1;
+        }
+        for n in 0..actors {
+            offsets[n + 1] += offsets[n];
+        }
+        Self {
+            offsets,
+            times: pairs.into_iter().map(|(_, t)| t).collect(),
+        }
+    }
+
+    /// Where actor `n`'s times start in `times`, and how many there are.
+    fn span(&self, n: usize) -> (usize, usize) {
+        match (self.offsets.get(n), self.offsets.get(n + 1)) {
+            (Some(&a), Some(&b)) => (a, b - a),
+            _ => (0, 0),
+        }
+    }
+}
+
+/// What a split funnel keeps of the rows that match only the first step: per actor its
+/// earliest such time, and for each of its later steps' times `T` the latest such time at or
+/// before `T` (after the previous one). The state machine (ordered, no exclusions, no
+/// breakdown) only ever starts the attempt that reaches a later step from the latest entry
+/// before it, and an actor that reaches no later step counts from its earliest entry: the
+/// answer from these rows (plus all later steps' rows) is the answer from all rows.
+struct Entries {
+    /// Earliest entry per actor number (`i64::MAX`: none).
+    first: Vec<i64>,
+    /// Latest entry per later time of [`LaterTimes::times`] (`i64::MIN`: none).
+    last: Vec<i64>,
+}
+
+impl Entries {
+    fn new(later: &LaterTimes) -> Self {
+        Self {
+            first: Vec::new(),
+            last: vec![i64::MIN; later.times.len()],
+        }
+    }
+
+    fn add(&mut self, later: &LaterTimes, n: u32, ts: i64) {
+        let n = n as usize;
+        if n >= self.first.len() {
+            let len = (n + 1).max(self.first.len() * 2).max(1024);
+            self.first.resize(len, i64::MAX);
+        }
+        self.first[n] = self.first[n].min(ts);
+        let (start, len) = later.span(n);
+        if len == 0 {
+            return;
+        }
+        let times = &later.times[start..start + len];
+        let j = times.partition_point(|&t| t < ts);
+        if j < len {
+            let slot = &mut self.last[start + j];
+            *slot = (*slot).max(ts);
+        }
+    }
+
+    /// Takes in another partition's entries.
+    fn merge(&mut self, other: Entries) {
+        if other.first.len() > self.first.len() {
+            self.first.resize(other.first.len(), i64::MAX);
+        }
+        for (a, b) in self.first.iter_mut().zip(other.first) {
+            *a = (*a).min(b);
+        }
+        for (a, b) in self.last.iter_mut().zip(other.last) {
+            *a = (*a).max(b);
+        }
+    }
+
+    /// The kept entries as `(actor number, time)`, in batches of at most `batch` rows.
+    fn rows(
+        &self,
+        later: &LaterTimes,
+        batch: usize,
+    ) -> impl Iterator<Item = (UInt32Array, ArrayRef)> {
+        let mut actors = Vec::new();
+        let mut times = Vec::new();
+        for (n, &first) in self.first.iter().enumerate() {
+            if first == i64::MAX {
+                continue;
+            }
+            actors.push(n as u32);
+            times.push(first);
+            let (start, len) = later.span(n);
+            for &t in &self.last[start..start + len] {
+                if t != i64::MIN && t != first {
+                    actors.push(n as u32);
+                    times.push(t);
+                }
+            }
+        }
+        let chunks: Vec<(UInt32Array, ArrayRef)> = actors
+            .chunks(batch.max(1))
+            .zip(times.chunks(batch.max(1)))
+            .map(|(a, t)| {
+                let ts: ArrayRef = Arc::new(Int64Array::from(t.to_vec()));
+                (UInt32Array::from(a.to_vec()), ts)
+            })
+            .collect();
+        chunks.into_iter()
+    }
+}
+
+/// Feeds one partition of a split funnel's first-step rows into its [`Entries`]; batches
+/// whose actors are not all numbers are returned whole, to be fed like any other rows.
+async fn run_entries(
+    plan: Arc<dyn ExecutionPlan>,
+    partition: usize,
+    task: Arc<TaskContext>,
+    later: Arc<LaterTimes>,
+) -> Result<(Entries, Vec<RecordBatch>)> {
+    let mut stream = plan.execute(partition, task)?;
+    let mut entries = Entries::new(&later);
+    let mut whole = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let actor = batch.column(0).as_primitive_opt::<UInt32Type>();
+        let ts = batch.column(1).as_primitive_opt::<Int64Type>();
+        match (actor, ts) {
+            (Some(actor), Some(ts)) if actor.null_count() == 0 => {
+                for (i, &n) in actor.values().iter().enumerate() {
+                    if ts.is_valid(i) {
+                        entries.add(&later, n, ts.value(i));
+                    }
+                }
+            }
+            _ => whole.push(batch),
+        }
+    }
+    Ok((entries, whole))
+}
+
+/// Pushes rows `values` (the aggregate's five argument columns) of actors `actor` into
+/// `shards`.
+fn push_batch(actor: &ArrayRef, values: &[ArrayRef], shards: &mut [Shard]) -> Result<()> {
+    number(actor, shards)?;
+    for s in shards.iter_mut() {
+        if !s.rows.is_empty() {
+            s.acc.push(values, &s.rows, s.ids.count as usize)?;
+        }
+    }
+    Ok(())
+}
+
+/// The rows of a funnel's aggregate.
+pub(crate) enum Input {
+    /// All rows, columns `(actor, ts Int64, steps UInt32, excl UInt32, breakdown Utf8,
+    /// bucket Int32)`.
+    All(DataFrame),
+    /// An ordered funnel without exclusions or breakdown, over actor numbers, as two parts
+    /// with the same columns: `later` holds the rows matching a step after the first,
+    /// `entries` those matching only the first step (steps = 1, excl = 0, no breakdown,
+    /// bucket 0). Only the entries that can matter are kept (see [`Entries`]): a first step
+    /// that is most events (page views) is then neither stored nor sorted.
+    Split {
+        /// Rows matching a later step.
+        later: DataFrame,
+        /// Rows matching the first step only.
+        entries: DataFrame,
+    },
+}
+
+/// Runs the funnel aggregate over `input`: one list of output structs per actor (see
 /// [`super::udaf::FunnelUdaf`]), in arrays of any length. Rows beyond `memory` bytes spill to
-/// disk; `parallel` buckets are evaluated at a time. The guard prints the input plan's
+/// disk; `parallel` buckets are evaluated at a time. The guards print the input plans'
 /// metrics when [`crate::EXPLAIN_ENV`] is set.
 pub(crate) async fn run(
-    df: DataFrame,
+    input: Input,
     params: Params,
     mode: Mode,
     parallel: usize,
     memory: usize,
-) -> Result<(Vec<ArrayRef>, Explain)> {
+) -> Result<(Vec<ArrayRef>, Vec<Explain>)> {
     let parallel = parallel.max(1);
+    let (df, entries) = match input {
+        Input::All(df) => (df, None),
+        Input::Split { later, entries } => (later, Some(entries)),
+    };
     let task = Arc::new(df.task_ctx());
     let budget = Arc::new(Budget {
         held: AtomicUsize::new(0),
@@ -262,11 +465,20 @@ pub(crate) async fn run(
         disk: task.runtime_env().disk_manager.clone(),
     });
     let plan = df.create_physical_plan().await?;
-    let explain = Explain::new(plan.clone());
+    let entries = match entries {
+        Some(e) => Some(e.create_physical_plan().await?),
+        None => None,
+    };
+    let mut explain = vec![Explain::new(plan.clone())];
+    explain.extend(entries.iter().map(|e| Explain::new(e.clone())));
     let partitions = plan.output_partitioning().partition_count();
     // Evaluation reads `parallel` buckets back at a time and copies each while sorting it:
     // enough buckets that those fit the budget even if every source row were kept.
-    let buckets = match source_rows(&plan) {
+    let rows = match &entries {
+        Some(e) => source_rows(&plan).zip(source_rows(e)).map(|(a, b)| a + b),
+        None => source_rows(&plan),
+    };
+    let buckets = match rows {
         Some(rows) => {
             let worst = rows.saturating_mul(ROW_BYTES).saturating_mul(2 * parallel);
             (worst / memory.max(1)).saturating_add(1)
@@ -276,18 +488,25 @@ pub(crate) async fn run(
     .clamp(parallel, BUCKETS.max(parallel));
     // A JoinSet aborts the partition tasks if this future is dropped (a cancelled request).
     let mut tasks = tokio::task::JoinSet::new();
+    let collect = entries.is_some();
     for p in 0..partitions {
         let own = (0..buckets).map(|_| Shard::new(&params, &mode)).collect();
         let (plan, task, budget) = (plan.clone(), task.clone(), budget.clone());
-        tasks.spawn(async move { (p, run_partition(plan, p, task, own, budget).await) });
+        tasks.spawn(async move { (p, run_partition(plan, p, task, own, budget, collect).await) });
     }
     let mut done = Vec::with_capacity(partitions);
+    let mut times = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let (p, shards) = joined.map_err(|e| Error::Internal(format!("funnel partition: {e}")))?;
-        done.push((p, shards?));
+        let (p, fed) = joined.map_err(|e| Error::Internal(format!("funnel partition: {e}")))?;
+        let (shards, mut t) = fed?;
+        times.append(&mut t);
+        done.push((p, shards));
     }
     // Partition order, so that merging does not depend on which finished first.
     done.sort_by_key(|(p, _)| *p);
+    if let (Some(plan), Some((_, shards))) = (entries, done.first_mut()) {
+        feed_entries(plan, task, LaterTimes::new(times), shards).await?;
+    }
     // per_bucket[b] = bucket b of every partition.
     let mut per_bucket: Vec<Vec<Shard>> = (0..buckets).map(|_| Vec::new()).collect();
     for (_, partition) in done {
@@ -316,4 +535,183 @@ pub(crate) async fn run(
     .buffered(parallel);
     let out: Vec<ArrayRef> = evaluations.try_collect().await?;
     Ok((out, explain))
+}
+
+/// Runs a split funnel's first-step rows (`plan`) into per-partition [`Entries`] and pushes
+/// the kept ones into `shards`.
+async fn feed_entries(
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    later: LaterTimes,
+    shards: &mut [Shard],
+) -> Result<()> {
+    let later = Arc::new(later);
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..plan.output_partitioning().partition_count() {
+        let (plan, task, later) = (plan.clone(), task.clone(), later.clone());
+        tasks.spawn(async move { run_entries(plan, p, task, later).await });
+    }
+    let mut all: Option<Entries> = None;
+    let mut whole = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (entries, mut batches) =
+            joined.map_err(|e| Error::Internal(format!("funnel partition: {e}")))??;
+        whole.append(&mut batches);
+        match &mut all {
+            Some(a) => a.merge(entries),
+            None => all = Some(entries),
+        }
+    }
+    if let Some(all) = all {
+        const BATCH: usize = 8192;
+        let steps: ArrayRef = Arc::new(UInt32Array::from(vec![1u32; BATCH]));
+        let excl: ArrayRef = Arc::new(UInt32Array::from(vec![0u32; BATCH]));
+        let bd: ArrayRef = Arc::new(StringArray::new_null(BATCH));
+        let bucket: ArrayRef = Arc::new(Int32Array::from(vec![0i32; BATCH]));
+        for (actor, ts) in all.rows(&later, BATCH) {
+            let len = actor.len();
+            let values = [
+                ts,
+                steps.slice(0, len),
+                excl.slice(0, len),
+                bd.slice(0, len),
+                bucket.slice(0, len),
+            ];
+            let actor: ArrayRef = Arc::new(actor);
+            push_batch(&actor, &values, shards)?;
+        }
+    }
+    // Unnumbered batches (not expected): every row, as an unsplit funnel would.
+    for batch in whole {
+        push_batch(batch.column(0), &batch.columns()[1..], shards)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::machine::{self, Ev, NO_VALUE, Order};
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn ev(ts: i64, steps: u32) -> Ev {
+        Ev {
+            ts,
+            steps,
+            excl: 0,
+            bd: NO_VALUE,
+            bucket: 0,
+        }
+    }
+
+    /// The kept entries of `events` (all actors), per actor, with the later steps' rows.
+    fn reduced(events: &[(u32, Ev)]) -> BTreeMap<u32, Vec<Ev>> {
+        let later = LaterTimes::new(
+            events
+                .iter()
+                .filter(|(_, e)| e.steps >= 2)
+                .map(|(n, e)| (*n, e.ts))
+                .collect(),
+        );
+        // Two partitions, merged.
+        let (mut a, mut b) = (Entries::new(&later), Entries::new(&later));
+        for (i, (n, e)) in events.iter().enumerate() {
+            if e.steps == 1 {
+                let part = if i % 2 == 0 { &mut a } else { &mut b };
+                part.add(&later, *n, e.ts);
+            }
+        }
+        a.merge(b);
+        let mut out: BTreeMap<u32, Vec<Ev>> = BTreeMap::new();
+        for (n, e) in events.iter().filter(|(_, e)| e.steps >= 2) {
+            out.entry(*n).or_default().push(*e);
+        }
+        for (actors, ts) in a.rows(&later, 3) {
+            let ts = ts.as_primitive::<Int64Type>().clone();
+            for (n, t) in actors.values().iter().zip(ts.values()) {
+                out.entry(*n).or_default().push(ev(*t, 1));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn entries_keep_the_first_and_the_last_before_each_later_step() {
+        // Actor 0: entries at 1, 2, 5 (later step at 5), 7, later step at 9, entries at 10, 11.
+        // Actor 2: entries only. Actor 1: nothing.
+        let events = [
+            (0, ev(1, 1)),
+            (0, ev(2, 1)),
+            (0, ev(5, 1)),
+            (0, ev(5, 2)),
+            (0, ev(7, 1)),
+            (0, ev(9, 4)),
+            (0, ev(10, 1)),
+            (0, ev(11, 1)),
+            (2, ev(4, 1)),
+            (2, ev(3, 1)),
+        ];
+        let mut got = reduced(&events);
+        for evs in got.values_mut() {
+            evs.sort_unstable();
+        }
+        let want: BTreeMap<u32, Vec<Ev>> = [
+            (0, vec![ev(1, 1), ev(5, 1), ev(5, 2), ev(7, 1), ev(9, 4)]),
+            (2, vec![ev(3, 1)]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    fn params() -> impl Strategy<Value = machine::Params> {
+        (
+            2usize..=4,
+            1i64..40,
+            0u32..16,
+            proptest::collection::vec(proptest::option::of(1i64..20), 4),
+        )
+            .prop_map(|(steps, window, optional, windows)| machine::Params {
+                steps,
+                order: Order::Ordered,
+                window,
+                step_windows: std::iter::once(None)
+                    .chain(windows.into_iter().skip(1))
+                    .take(steps)
+                    .collect(),
+                // Never the first step.
+                optional: optional & !1 & ((1 << steps) - 1),
+                attribution: None,
+            })
+    }
+
+    proptest! {
+        /// The split funnel's claim: the machine gives every actor the same outcome from the
+        /// kept entries (plus all later steps' rows) as from all of its rows.
+        #[test]
+        fn the_kept_entries_give_the_same_outcomes(
+            p in params(),
+            rows in proptest::collection::vec((0u32..3, 0i64..60, 1u32..16), 0..60),
+        ) {
+            let mask = (1u32 << p.steps) - 1;
+            let events: Vec<(u32, Ev)> = rows
+                .into_iter()
+                .filter(|(_, _, s)| s & mask != 0)
+                .map(|(n, t, s)| (n, ev(t, s & mask)))
+                .collect();
+            let mut all: BTreeMap<u32, Vec<Ev>> = BTreeMap::new();
+            for (n, e) in &events {
+                all.entry(*n).or_default().push(*e);
+            }
+            let mut kept = reduced(&events);
+            prop_assert_eq!(all.keys().collect::<Vec<_>>(), kept.keys().collect::<Vec<_>>());
+            for (n, evs) in &mut all {
+                evs.sort_unstable();
+                let k = kept.get_mut(n).expect("same actors");
+                k.sort_unstable();
+                prop_assert_eq!(machine::run(&p, evs), machine::run(&p, k), "actor {}", n);
+            }
+        }
+    }
 }

@@ -23,7 +23,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, JoinType, Operator, cast as cast_expr, lit, when,
 };
-use datafusion::prelude::col;
+use datafusion::prelude::{DataFrame, col};
 use herd_core::GroupTypeMapping;
 use herd_core::schema::{DISTINCT_ID, DISTINCT_ID_NUM, EVENT, TIMESTAMP};
 
@@ -414,25 +414,58 @@ impl QueryEngine {
             Some(b) => BucketUdf::expr(b, col(TIMESTAMP)),
             None => lit(0i32),
         };
-        df = df.select(vec![
+        let columns = vec![
             actor.alias(ACTOR),
             cast_expr(col(TIMESTAMP), DataType::Int64).alias("__ts"),
             steps_mask.alias("__steps"),
             excl_mask.alias("__excl"),
             bd.alias("__bd"),
             bucket.alias("__bucket"),
-        ])?;
-        if query.order != Order::Strict && !exact {
-            // Events of the funnel's names that pass none of the step or exclusion filters.
-            df = df.filter(
-                col("__steps")
-                    .not_eq(lit(ScalarValue::UInt32(Some(0))))
-                    .or(col("__excl").not_eq(lit(ScalarValue::UInt32(Some(0))))),
-            )?;
-        }
+        ];
+        let steps_col = || col("__steps");
+        let u32_lit = |v: u32| lit(ScalarValue::UInt32(Some(v)));
+        // An ordered funnel without exclusions or breakdown over actor numbers keeps only the
+        // first-step rows that can start a counted attempt (`exec::Input::Split`); each part
+        // is first narrowed by its steps' event names, so that files sorted by event are
+        // read only where those are.
+        let split = numbered
+            && query.order == Order::Ordered
+            && mode == Mode::Steps
+            && r.breakdown.is_none()
+            && query.exclusions.is_empty();
+        let input = if split {
+            let named = |steps: &[FunnelStep]| -> Option<Expr> {
+                let names: Option<Vec<Expr>> =
+                    steps.iter().map(|s| s.event.as_deref().map(lit)).collect();
+                names.map(|n| col(EVENT).in_list(n, false))
+            };
+            let narrow = |df: DataFrame, e: Option<Expr>| match e {
+                Some(e) => df.filter(e),
+                None => Ok(df),
+            };
+            let later = narrow(df.clone(), named(&query.steps[1..]))?
+                .select(columns.clone())?
+                .filter(steps_col().gt_eq(u32_lit(2)))?;
+            let entries = narrow(df, named(&query.steps[..1]))?
+                .select(columns)?
+                .filter(steps_col().eq(u32_lit(1)))?;
+            exec::Input::Split { later, entries }
+        } else {
+            df = df.select(columns)?;
+            if query.order != Order::Strict && !exact {
+                // Events of the funnel's names that pass none of the step or exclusion
+                // filters.
+                df = df.filter(
+                    steps_col()
+                        .not_eq(u32_lit(0))
+                        .or(col("__excl").not_eq(u32_lit(0))),
+                )?;
+            }
+            exec::Input::All(df)
+        };
         let parallel = self.context().state().config().target_partitions();
         let (lists, _explain) =
-            exec::run(df, r.params.clone(), mode, parallel, self.funnel_memory).await?;
+            exec::run(input, r.params.clone(), mode, parallel, self.funnel_memory).await?;
 
         let mut result = FunnelResult {
             date_from: r.range.from,
