@@ -38,6 +38,8 @@ enum Command {
     Backfill(commands::backfill::BackfillArgs),
     /// Generate a deterministic PostHog-like dataset (through the backfill path).
     Generate(commands::generate::GenerateArgs),
+    /// Merge each day partition's events files into one (bulk loads do this at the end).
+    Compact(commands::compact::CompactArgs),
     /// Run the benchmark queries in-process on a data folder.
     Bench(commands::bench::BenchArgs),
     /// Ask a running server (gRPC): trends, groups, group types.
@@ -154,6 +156,10 @@ async fn run() -> anyhow::Result<()> {
         Command::Generate(args) => {
             init_logs(false);
             commands::generate::run(args).await
+        }
+        Command::Compact(args) => {
+            init_logs(false);
+            commands::compact::run(args).await
         }
         Command::Bench(args) => {
             init_logs(false);

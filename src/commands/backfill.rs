@@ -27,6 +27,8 @@ pub(crate) struct BackfillArgs {
     /// Write Parquet (and a checkpoint) every this many events.
     #[arg(long, default_value_t = 250_000)]
     pub(crate) flush_rows: usize,
+    #[command(flatten)]
+    pub(crate) compact: super::compact::CompactAfterLoad,
     /// Parquet files, folders, globs, or object-store URLs (s3://bucket/prefix/, file://…).
     #[arg(required = true)]
     pub(crate) sources: Vec<String>,
@@ -58,7 +60,14 @@ pub(crate) async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let summary = backfill::run(&db, &opts, &|p| progress.update(p.read, p.total)).await;
     progress.finish();
     let summary = summary?;
+    // An interrupted (resumable) backfill is compacted when it completes.
+    let compacted = match args.compact.no_compact || !summary.complete {
+        true => serde_json::Value::Null,
+        false => super::compact::compact(&db, project, 2).await?,
+    };
     db.close().await?;
-    println!("{}", serde_json::to_string(&summary)?);
+    let mut out = serde_json::to_value(&summary)?;
+    out["compacted"] = compacted;
+    println!("{out}");
     Ok(())
 }

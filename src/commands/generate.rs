@@ -37,6 +37,8 @@ pub(crate) struct GenerateArgs {
     /// Write Parquet every this many events.
     #[arg(long, default_value_t = 250_000)]
     pub(crate) flush_rows: usize,
+    #[command(flatten)]
+    pub(crate) compact: super::compact::CompactAfterLoad,
 }
 
 /// Runs `herd generate` and prints the summary line.
@@ -84,6 +86,10 @@ pub(crate) async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         groups.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         e.finish(&groups)?;
     }
+    let compacted = match args.compact.no_compact {
+        true => serde_json::Value::Null,
+        false => super::compact::compact(&db, project, 2).await?,
+    };
     db.close().await?;
     let stats = loader.stats();
     println!(
@@ -95,6 +101,7 @@ pub(crate) async fn run(args: GenerateArgs) -> anyhow::Result<()> {
             "groups": stats.groups,
             "warnings": stats.warnings,
             "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            "compacted": compacted,
         })
     );
     Ok(())

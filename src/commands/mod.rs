@@ -3,6 +3,7 @@
 
 pub(crate) mod backfill;
 pub(crate) mod bench;
+pub(crate) mod compact;
 pub(crate) mod flags;
 pub(crate) mod generate;
 pub(crate) mod progress;

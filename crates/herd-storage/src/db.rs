@@ -40,6 +40,9 @@ use crate::store::Storage;
 use crate::wal::Wal;
 use crate::{Error, Result, layout};
 
+mod compact;
+pub use compact::CompactStats;
+
 /// Tunables of the store.
 #[derive(Debug, Clone)]
 pub struct DbConfig {
@@ -392,6 +395,9 @@ pub struct Db {
     /// the WAL: every record in an old segment is then in a frozen buffer.
     gate: AsyncRwLock<()>,
     flush_lock: AsyncMutex<()>,
+    /// Events files compaction took out of the catalog, with when, to delete once no query
+    /// can still be reading them ([`Db::delete_retired`]).
+    retired: parking_lot::Mutex<Vec<(Instant, String)>>,
     last_reload: parking_lot::Mutex<Option<Instant>>,
     /// Exclusive lock on `<wal_dir>/LOCK`: one writing process per data folder.
     _lock: std::fs::File,
@@ -423,6 +429,7 @@ impl Db {
             projects: Default::default(),
             gate: AsyncRwLock::new(()),
             flush_lock: AsyncMutex::new(()),
+            retired: Default::default(),
             last_reload: Default::default(),
             _lock: lock,
         });

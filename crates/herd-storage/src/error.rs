@@ -52,6 +52,9 @@ pub enum Error {
     /// A project id or token is already in use.
     #[error("project {0}")]
     ProjectExists(String),
+    /// No project with this id.
+    #[error("unknown project {0}")]
+    UnknownProject(herd_core::ProjectId),
     /// Another process holds the data folder's write lock.
     #[error("{0} is in use by another herd process (serve or backfill): stop it first")]
     Locked(String),

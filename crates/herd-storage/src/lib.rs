@@ -20,7 +20,7 @@ pub mod record;
 pub mod store;
 pub mod wal;
 
-pub use db::{Db, DbConfig, ProjectGuard, TableSnapshot};
+pub use db::{CompactStats, Db, DbConfig, ProjectGuard, TableSnapshot};
 pub use error::{Error, Result};
 pub use projects::Project;
 pub use store::Storage;

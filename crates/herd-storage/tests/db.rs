@@ -458,3 +458,150 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Compaction merges each day's files into one, in the events order, with the same rows
+/// and numbers; the new catalog survives a restart; the merged files are deleted only when
+/// retired long enough (a query may still read them), or at the next open.
+#[tokio::test]
+async fn compaction_merges_each_days_files_into_one_with_the_same_rows() {
+    use arrow::array::{AsArray, RecordBatch};
+    use arrow::datatypes::UInt32Type;
+    use herd_core::schema::{events_col, stored_events_schema};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Three flushes over days 0..3: three files on each day, one left alone on day 3.
+    let events: Vec<Event> = (0..90)
+        .map(|n| event(n, (n as i64 % 3) * DAY + n as i64))
+        .collect();
+    let db = open(dir.path(), 1_000_000).await;
+    let p = new_project(&db).await;
+    for part in events.chunks(30) {
+        ingest(&db, p, part, vec![]).await;
+        db.flush().await.expect("flush");
+    }
+    ingest(&db, p, &[event(500, 3 * DAY)], vec![]).await;
+    db.flush().await.expect("flush");
+    let before = stored(&db, p).await;
+    let numbers_before = stored_numbers(&db, p).await;
+    let files_before: Vec<String> = db
+        .snapshot(p)
+        .expect("snapshot")
+        .catalog
+        .events
+        .iter()
+        .map(|f| f.path.clone())
+        .collect();
+    assert_eq!(files_before.len(), 10);
+
+    let stats = db.compact_events(p, 2).await.expect("compact");
+    assert_eq!(
+        (
+            stats.days,
+            stats.files_merged,
+            stats.files_written,
+            stats.rows
+        ),
+        (3, 9, 3, 90)
+    );
+    let snap = db.snapshot(p).expect("snapshot");
+    assert_eq!(snap.catalog.events.len(), 4);
+    let mut days: Vec<_> = snap
+        .catalog
+        .events
+        .iter()
+        .filter_map(|f| f.day.clone())
+        .collect();
+    days.sort();
+    days.dedup();
+    assert_eq!(days.len(), 4, "one file per day");
+    for f in snap.catalog.events.iter().filter(|f| f.rows == 30) {
+        let want_min = (0..90i64)
+            .filter(|n| n % 3 == f.min_ts.expect("min") / DAY)
+            .min();
+        assert_eq!(f.min_ts, want_min.map(|n| (n % 3) * DAY + n));
+        // Rows in the events order: event, then company number, then user number.
+        let bytes = db
+            .storage()
+            .get(&f.path.as_str().into())
+            .await
+            .expect("get");
+        let batches: Vec<RecordBatch> =
+            parquet_files::decode(bytes, &f.path, &stored_events_schema()).expect("decode");
+        let mut keys = Vec::new();
+        for b in &batches {
+            let ev = b.column(events_col::EVENT).as_string::<i32>();
+            let g = b
+                .column(events_col::GROUP_0_NUM)
+                .as_primitive::<UInt32Type>();
+            let d = b
+                .column(events_col::DISTINCT_ID_NUM)
+                .as_primitive::<UInt32Type>();
+            for r in 0..b.num_rows() {
+                keys.push((ev.value(r).to_string(), g.value(r), d.value(r)));
+            }
+        }
+        assert!(keys.is_sorted(), "{keys:?}");
+    }
+    assert_eq!(stored(&db, p).await, before);
+    let mut numbers_after = stored_numbers(&db, p).await;
+    let mut numbers_before = numbers_before;
+    numbers_after.sort();
+    numbers_before.sort();
+    assert_eq!(numbers_after, numbers_before);
+    // Nothing more to merge.
+    assert_eq!(db.compact_events(p, 2).await.expect("again").days, 0);
+
+    // Retired files stay until old enough.
+    let exists = |path: &str| dir.path().join("data").join(path).exists();
+    let merged: Vec<&String> = files_before
+        .iter()
+        .filter(|f| !snap.catalog.events.iter().any(|e| &e.path == *f))
+        .collect();
+    assert_eq!(merged.len(), 9);
+    assert_eq!(
+        db.delete_retired(Duration::from_secs(3600))
+            .await
+            .expect("keep"),
+        0
+    );
+    assert!(merged.iter().all(|f| exists(f)));
+    db.close().await.expect("close");
+    drop(db);
+
+    // Reopened: the compacted catalog, the same rows, and the merged files gone.
+    let db = open(dir.path(), 1_000_000).await;
+    assert_eq!(db.snapshot(p).expect("snapshot").catalog.events.len(), 4);
+    assert_eq!(stored(&db, p).await, before);
+    assert!(merged.iter().all(|f| !exists(f)));
+    // Retired files are deleted by `delete_retired` when due.
+    for part in events.chunks(45) {
+        let moved: Vec<Event> = part
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e.uuid = uuid::Uuid::from_u128(e.uuid.as_u128() + 10_000);
+                e
+            })
+            .collect();
+        ingest(&db, p, &moved, vec![]).await;
+        db.flush().await.expect("flush");
+    }
+    let stats = db.compact_events(p, 2).await.expect("compact");
+    assert_eq!(stats.days, 3);
+    assert_eq!(
+        db.delete_retired(Duration::ZERO).await.expect("delete"),
+        stats.files_merged
+    );
+    let snap = db.snapshot(p).expect("snapshot");
+    let live: std::collections::HashSet<String> =
+        snap.catalog.all_paths().map(str::to_string).collect();
+    for f in walk(&dir.path().join("data")) {
+        let rel = f.strip_prefix(dir.path().join("data")).expect("prefix");
+        let rel = rel.to_str().expect("utf8");
+        if rel.ends_with(".parquet") {
+            assert!(live.contains(rel), "{rel} is named by the catalog");
+        }
+    }
+    assert_eq!(stored(&db, p).await.len(), 181);
+    db.close().await.expect("close");
+}

@@ -1,0 +1,172 @@
+//! Compaction: the events files of one day partition merged into one.
+//!
+//! Every flush writes one file per day it holds rows of, so a day gets a file per flush that
+//! touched it (a bulk load of 250k-row flushes splits each day of a large dataset over
+//! several files; a server flushing every few seconds, over thousands). A query pays for
+//! every file it opens (metadata, pruning, one reader per column chunk), so compaction
+//! rewrites a day's files as one, rows in the events order. The new file is written and made
+//! durable before the catalog version that swaps it in for the old ones is committed (under
+//! the flush lock, the only other writer of the catalog); the old files are then retired:
+//! queries that started from an older snapshot may still be reading them, so they are deleted
+//! only by [`Db::delete_retired`] once old enough, or at the next open as files no catalog
+//! names.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herd_core::ProjectId;
+use herd_core::schema::stored_events_schema;
+
+use super::{Db, ProjectHandle};
+use crate::catalog::{self, FileEntry};
+use crate::parquet_files;
+use crate::{Error, Result, layout};
+
+/// What a compaction did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CompactStats {
+    /// Day partitions rewritten.
+    pub days: usize,
+    /// Files merged away.
+    pub files_merged: usize,
+    /// Files written.
+    pub files_written: usize,
+    /// Rows rewritten.
+    pub rows: u64,
+}
+
+impl Db {
+    /// Merges the events files of every day partition of `project` that has at least
+    /// `min_files` of them (at least 2) into one file per day. Days holding a file without
+    /// actor numbers (written before herd numbered actors) are left as they are. The merged
+    /// files are retired, not deleted (see the module documentation).
+    pub async fn compact_events(
+        &self,
+        project: ProjectId,
+        min_files: usize,
+    ) -> Result<CompactStats> {
+        let handle = self
+            .project(project)
+            .ok_or(Error::UnknownProject(project))?;
+        let min_files = min_files.max(2);
+        let days = {
+            let t = handle.tables.lock();
+            let mut per_day: std::collections::BTreeMap<&str, (usize, bool)> = Default::default();
+            for f in &t.catalog.events {
+                if let Some(day) = f.day.as_deref() {
+                    let e = per_day.entry(day).or_insert((0, true));
+                    e.0 += 1;
+                    e.1 &= f.numbered;
+                }
+            }
+            per_day
+                .into_iter()
+                .filter(|(_, (n, numbered))| *n >= min_files && *numbered)
+                .map(|(day, _)| day.to_string())
+                .collect::<Vec<_>>()
+        };
+        let mut stats = CompactStats::default();
+        for day in days {
+            let (merged, rows) = self.compact_day(&handle, &day, min_files).await?;
+            if merged > 0 {
+                stats.days += 1;
+                stats.files_merged += merged;
+                stats.files_written += 1;
+                stats.rows += rows;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Merges the files of one day; returns how many it merged and their rows.
+    async fn compact_day(
+        &self,
+        handle: &ProjectHandle,
+        day: &str,
+        min_files: usize,
+    ) -> Result<(usize, u64)> {
+        // The catalog changes only under this lock: the files read below are still the
+        // day's files when the new version is committed.
+        let _one_writer = self.flush_lock.lock().await;
+        let project = handle.project.id;
+        let files: Vec<FileEntry> = handle
+            .tables
+            .lock()
+            .catalog
+            .events_of_day(day)
+            .cloned()
+            .collect();
+        if files.len() < min_files || !files.iter().all(|f| f.numbered) {
+            return Ok((0, 0));
+        }
+        let schema = stored_events_schema();
+        let mut batches = Vec::new();
+        for f in &files {
+            let bytes = self.storage.get(&f.path.as_str().into()).await?;
+            batches.extend(parquet_files::decode(bytes, &f.path, &schema)?);
+        }
+        let path = layout::new_events_file(project, day);
+        let encode_path = path.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            parquet_files::encode_sorted_events(&batches, encode_path.as_ref())
+        })
+        .await
+        .map_err(|e| Error::io("compaction task", std::io::Error::other(e)))??;
+        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        let entry = FileEntry {
+            path: path.to_string(),
+            rows,
+            bytes: bytes.len() as u64,
+            day: Some(day.to_string()),
+            min_ts: files.iter().filter_map(|f| f.min_ts).min(),
+            max_ts: files.iter().filter_map(|f| f.max_ts).max(),
+            numbered: true,
+        };
+        self.storage.put_durable(&path, bytes).await?;
+        let base = handle.tables.lock().catalog.clone();
+        let mut next = (*base).clone();
+        next.version += 1;
+        let gone: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        // In place of the first merged file, so the files keep their order.
+        let at = next
+            .events
+            .iter()
+            .position(|f| gone.contains(f.path.as_str()))
+            .unwrap_or(next.events.len());
+        next.events.retain(|f| !gone.contains(f.path.as_str()));
+        next.events.insert(at.min(next.events.len()), entry);
+        catalog::commit(&self.storage, project, &next).await?;
+        handle.tables.lock().catalog = Arc::new(next);
+        let merged = gone.len();
+        let now = Instant::now();
+        self.retired
+            .lock()
+            .extend(files.into_iter().map(|f| (now, f.path)));
+        Ok((merged, rows))
+    }
+
+    /// Deletes the files retired by compaction at least `older_than` ago (queries started
+    /// before the compaction may still be reading younger ones); returns how many.
+    pub async fn delete_retired(&self, older_than: Duration) -> Result<usize> {
+        let due: Vec<String> = {
+            let mut retired = self.retired.lock();
+            let (due, keep) = retired
+                .drain(..)
+                .partition(|(at, _)| at.elapsed() >= older_than);
+            *retired = keep;
+            due.into_iter().map(|(_, path)| path).collect()
+        };
+        for (i, path) in due.iter().enumerate() {
+            if let Err(e) = self.storage.delete(&path.as_str().into()).await {
+                // Keep the rest for a later try; the next open removes them in any case.
+                let now = Instant::now();
+                self.retired
+                    .lock()
+                    .extend(due[i..].iter().map(|p| (now, p.clone())));
+                return Err(e);
+            }
+        }
+        Ok(due.len())
+    }
+}
