@@ -100,6 +100,8 @@ async fn backfill_of_an_export_resumes_after_interruptions_and_is_idempotent() {
         (s["read"].as_u64(), s["complete"].as_bool()),
         (Some(15_000), Some(false))
     );
+    // An interrupted backfill is not compacted (it is when it completes).
+    assert!(s["compacted"].is_null(), "{s}");
 
     // 2. Killed with SIGKILL once it has checkpointed more.
     let mut child = backfill(&target, &export, &[])
@@ -490,4 +492,60 @@ async fn mixed_rows_keep_their_own_groups() {
         groups.get(&(1, "p1".to_string())).map(|g| g.1.as_str()),
         Some(r#"{"name":"P"}"#)
     );
+}
+
+/// Events files per day partition of project 1 of a data folder.
+fn files_per_day(data: &Path) -> Vec<usize> {
+    let mut days: Vec<_> = std::fs::read_dir(data.join("projects/1/events"))
+        .expect("days")
+        .map(|d| d.expect("day").path())
+        .collect();
+    days.sort();
+    days.iter()
+        .map(|d| std::fs::read_dir(d).expect("files").count())
+        .collect()
+}
+
+/// 150k events over 2 days in 64k-row batches with 50k-row flushes: days split over files.
+/// `herd generate` merges each day's into one at the end; with `--no-compact` it does not,
+/// and `herd compact` does it later.
+#[test]
+fn bulk_loads_end_with_one_file_per_day_and_herd_compact_merges_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generate = |data: &Path, extra: &[&str]| {
+        let out = run_json(
+            herd()
+                .args(["generate", "--data"])
+                .arg(data)
+                .args(["--events", "150000", "--days", "2", "--flush-rows", "50000"])
+                .args(extra)
+                .env("HERD_LOG", "warn"),
+        );
+        out.last().expect("summary").clone()
+    };
+    let (plain, compacted) = (dir.path().join("plain"), dir.path().join("compacted"));
+    let s = generate(&plain, &["--no-compact"]);
+    assert!(s["compacted"].is_null(), "{s}");
+    let split = files_per_day(&plain);
+    assert_eq!(split.len(), 2);
+    assert!(split.iter().sum::<usize>() > 2, "{split:?}");
+
+    let s = generate(&compacted, &[]);
+    assert_eq!(s["compacted"]["days"], 2, "{s}");
+    assert_eq!(s["compacted"]["rows"], 150_000, "{s}");
+    assert_eq!(files_per_day(&compacted), vec![1, 1]);
+
+    let out = run_json(
+        herd()
+            .args(["compact", "--data"])
+            .arg(&plain)
+            .env("HERD_LOG", "warn"),
+    );
+    let s = out.last().expect("summary");
+    assert_eq!(
+        s["compacted"]["files_merged"].as_u64(),
+        Some(split.iter().sum::<usize>() as u64),
+        "{s}"
+    );
+    assert_eq!(files_per_day(&plain), vec![1, 1]);
 }

@@ -61,9 +61,9 @@ pub(crate) async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     progress.finish();
     let summary = summary?;
     // An interrupted (resumable) backfill is compacted when it completes.
-    let compacted = match args.compact.no_compact || !summary.complete {
-        true => serde_json::Value::Null,
-        false => super::compact::compact(&db, project, 2).await?,
+    let compacted = match summary.complete {
+        true => args.compact.run(&db, project).await?,
+        false => serde_json::Value::Null,
     };
     db.close().await?;
     let mut out = serde_json::to_value(&summary)?;

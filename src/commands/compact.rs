@@ -27,6 +27,21 @@ pub(crate) struct CompactAfterLoad {
     pub(crate) no_compact: bool,
 }
 
+impl CompactAfterLoad {
+    /// The compaction that ends a bulk load into `project`, unless `--no-compact`: its
+    /// summary, or null.
+    pub(crate) async fn run(
+        &self,
+        db: &Arc<Db>,
+        project: ProjectId,
+    ) -> anyhow::Result<serde_json::Value> {
+        match self.no_compact {
+            true => Ok(serde_json::Value::Null),
+            false => compact(db, project, 2).await,
+        }
+    }
+}
+
 /// Compacts `project` and deletes the merged files at once (no query runs in this
 /// process); returns the summary to print.
 pub(crate) async fn compact(

@@ -86,10 +86,7 @@ pub(crate) async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         groups.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         e.finish(&groups)?;
     }
-    let compacted = match args.compact.no_compact {
-        true => serde_json::Value::Null,
-        false => super::compact::compact(&db, project, 2).await?,
-    };
+    let compacted = args.compact.run(&db, project).await?;
     db.close().await?;
     let stats = loader.stats();
     println!(

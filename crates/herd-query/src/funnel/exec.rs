@@ -349,12 +349,8 @@ impl Entries {
         }
     }
 
-    /// The kept entries as `(actor number, time)`, in batches of at most `batch` rows.
-    fn rows(
-        &self,
-        later: &LaterTimes,
-        batch: usize,
-    ) -> impl Iterator<Item = (UInt32Array, ArrayRef)> {
+    /// The kept entries: actor numbers and their times.
+    fn rows(&self, later: &LaterTimes) -> (UInt32Array, Int64Array) {
         let mut actors = Vec::new();
         let mut times = Vec::new();
         for (n, &first) in self.first.iter().enumerate() {
@@ -371,15 +367,7 @@ impl Entries {
                 }
             }
         }
-        let chunks: Vec<(UInt32Array, ArrayRef)> = actors
-            .chunks(batch.max(1))
-            .zip(times.chunks(batch.max(1)))
-            .map(|(a, t)| {
-                let ts: ArrayRef = Arc::new(Int64Array::from(t.to_vec()));
-                (UInt32Array::from(a.to_vec()), ts)
-            })
-            .collect();
-        chunks.into_iter()
+        (UInt32Array::from(actors), Int64Array::from(times))
     }
 }
 
@@ -568,17 +556,18 @@ async fn feed_entries(
         let excl: ArrayRef = Arc::new(UInt32Array::from(vec![0u32; BATCH]));
         let bd: ArrayRef = Arc::new(StringArray::new_null(BATCH));
         let bucket: ArrayRef = Arc::new(Int32Array::from(vec![0i32; BATCH]));
-        for (actor, ts) in all.rows(&later, BATCH) {
-            let len = actor.len();
+        let (actors, times) = all.rows(&later);
+        let (actors, times): (ArrayRef, ArrayRef) = (Arc::new(actors), Arc::new(times));
+        for offset in (0..actors.len()).step_by(BATCH) {
+            let len = BATCH.min(actors.len() - offset);
             let values = [
-                ts,
+                times.slice(offset, len),
                 steps.slice(0, len),
                 excl.slice(0, len),
                 bd.slice(0, len),
                 bucket.slice(0, len),
             ];
-            let actor: ArrayRef = Arc::new(actor);
-            push_batch(&actor, &values, shards)?;
+            push_batch(&actors.slice(offset, len), &values, shards)?;
         }
     }
     // Unnumbered batches (not expected): every row, as an unsplit funnel would.
@@ -627,11 +616,9 @@ mod tests {
         for (n, e) in events.iter().filter(|(_, e)| e.steps >= 2) {
             out.entry(*n).or_default().push(*e);
         }
-        for (actors, ts) in a.rows(&later, 3) {
-            let ts = ts.as_primitive::<Int64Type>().clone();
-            for (n, t) in actors.values().iter().zip(ts.values()) {
-                out.entry(*n).or_default().push(ev(*t, 1));
-            }
+        let (actors, times) = a.rows(&later);
+        for (n, t) in actors.values().iter().zip(times.values()) {
+            out.entry(*n).or_default().push(ev(*t, 1));
         }
         out
     }

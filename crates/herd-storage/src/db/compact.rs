@@ -135,7 +135,8 @@ impl Db {
             .position(|f| gone.contains(f.path.as_str()))
             .unwrap_or(next.events.len());
         next.events.retain(|f| !gone.contains(f.path.as_str()));
-        next.events.insert(at.min(next.events.len()), entry);
+        // Every file before `at` stays, so `at` is still in bounds.
+        next.events.insert(at, entry);
         catalog::commit(&self.storage, project, &next).await?;
         handle.tables.lock().catalog = Arc::new(next);
         let merged = gone.len();
