@@ -395,6 +395,8 @@ pub struct Db {
     /// the WAL: every record in an old segment is then in a frozen buffer.
     gate: AsyncRwLock<()>,
     flush_lock: AsyncMutex<()>,
+    /// One compaction at a time ([`Db::compact_events`]).
+    compact_lock: AsyncMutex<()>,
     /// Events files compaction took out of the catalog, with when, to delete once no query
     /// can still be reading them ([`Db::delete_retired`]).
     retired: parking_lot::Mutex<Vec<(Instant, String)>>,
@@ -429,6 +431,7 @@ impl Db {
             projects: Default::default(),
             gate: AsyncRwLock::new(()),
             flush_lock: AsyncMutex::new(()),
+            compact_lock: AsyncMutex::new(()),
             retired: Default::default(),
             last_reload: Default::default(),
             _lock: lock,

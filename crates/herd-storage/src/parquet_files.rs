@@ -22,6 +22,9 @@ use parquet::schema::types::ColumnPath;
 
 use crate::{Error, Result};
 
+mod merge;
+pub use merge::{MERGE_BUFFER_ROWS, merge_sorted_events};
+
 /// Rows per row group.
 pub const ROW_GROUP_ROWS: usize = 1 << 20;
 
@@ -268,26 +271,27 @@ pub fn decode(bytes: Bytes, path: &str, expected: &SchemaRef) -> Result<Vec<Reco
         .with_batch_size(64 * 1024)
         .build()
         .map_err(parquet_err(path))?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch?;
-        // Files may store a column as another Arrow type of the same values (events files'
-        // actor columns are dictionaries).
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(expected.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c.clone())
-                } else {
-                    arrow::compute::cast(c, f.data_type())
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        out.push(RecordBatch::try_new(expected.clone(), columns)?);
-    }
-    Ok(out)
+    reader
+        .map(|batch| cast_to(batch?, expected))
+        .collect::<Result<Vec<_>>>()
+}
+
+/// A decoded batch with the columns of the expected schema. Files may store a column as
+/// another Arrow type of the same values (events files' actor columns are dictionaries).
+fn cast_to(batch: RecordBatch, expected: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(expected.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(expected.clone(), columns)?)
 }
 
 /// Reads only the `uuid` column of an events file, as u128s.
@@ -472,6 +476,95 @@ mod tests {
         assert_eq!(stats("properties"), Some(false));
         assert_eq!(stats("uuid"), Some(false));
         assert_eq!(stats("event"), Some(true));
+    }
+
+    /// Events with keys drawn from small ranges (many ties), numbered in one numbering.
+    fn random_events(seed: u64, n: usize) -> Vec<Event> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|i| {
+                let mut e = ev(
+                    (seed as u128) << 32 | i as u128,
+                    ["a", "bb", "b", "$pageview"][rng.random_range(0..4)],
+                    rng.random_range(0..50),
+                );
+                e.groups[0] = format!("g{}", rng.random_range(0..4));
+                e.distinct_id = format!("u{}", rng.random_range(0..6));
+                e
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Merging sorted files gives what sorting all their rows gives, row for row (ties
+        /// in the order of the files), whatever the batch and gather sizes.
+        #[test]
+        fn merging_sorted_files_equals_sorting_their_rows(
+            sizes in proptest::collection::vec(0usize..300, 1..7),
+            seed in 0u64..1_000_000,
+            batch_rows in 1usize..64,
+            gather_rows in 1usize..200,
+        ) {
+            let mut numbers = crate::numbers::ActorNumbers::default();
+            let batches: Vec<RecordBatch> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let mut b = EventBatchBuilder::with_capacity(n);
+                    for e in random_events(seed + i as u64, n) {
+                        b.push(&e);
+                    }
+                    numbers.number(&b.finish(), &mut Vec::new()).expect("number")
+                })
+                .collect();
+            let files: Vec<(Bytes, String)> = batches
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let path = format!("f{i}");
+                    (encode_sorted_events(std::slice::from_ref(b), &path).expect("encode"), path)
+                })
+                .collect();
+            // The files' rows, in file order, sorted stably: what the merge must give.
+            let file_rows: Vec<RecordBatch> = files
+                .iter()
+                .flat_map(|(b, p)| decode(b.clone(), p, &stored_events_schema()).expect("decode"))
+                .collect();
+            let expected = encode_sorted_events(&file_rows, "all").expect("sort");
+            let merged = merge::merge_in_slices(files, "m", batch_rows, gather_rows)
+                .expect("merge")
+                .expect("inputs are sorted");
+            let back = |b: Bytes| -> Vec<RecordBatch> {
+                decode(b, "x", &stored_events_schema()).expect("decode")
+            };
+            let (want, got) = (back(expected), back(merged));
+            let rows = |bs: &[RecordBatch]| -> Vec<RecordBatch> {
+                bs.iter().filter(|b| b.num_rows() > 0).cloned().collect()
+            };
+            let concat = |bs: Vec<RecordBatch>| {
+                arrow::compute::concat_batches(&stored_events_schema(), &bs).expect("concat")
+            };
+            proptest::prop_assert_eq!(concat(rows(&want)), concat(rows(&got)));
+        }
+    }
+
+    #[test]
+    fn merging_a_file_out_of_the_events_order_is_refused() {
+        // Written without sorting: event "b" before "a".
+        let mut b = EventBatchBuilder::with_capacity(2);
+        b.push(&ev(1, "b", 1));
+        b.push(&ev(2, "a", 2));
+        let unsorted = numbered(b.finish());
+        let props = events_props();
+        let bytes = encode(&unsorted, "u", props).expect("encode");
+        let mut s = EventBatchBuilder::with_capacity(1);
+        s.push(&ev(3, "a", 3));
+        let sorted = encode_sorted_events(&[numbered(s.finish())], "s").expect("encode");
+        let inputs = vec![(sorted, "s".to_string()), (bytes, "u".to_string())];
+        assert_eq!(merge::merge_in_slices(inputs, "m", 1, 8).expect("merge"), None);
     }
 }
 

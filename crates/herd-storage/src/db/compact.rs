@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use herd_core::ProjectId;
 use herd_core::schema::stored_events_schema;
 
+use bytes::Bytes;
+use futures::StreamExt;
+
 use super::{Db, ProjectHandle};
 use crate::catalog::{self, FileEntry};
 use crate::parquet_files;
@@ -66,9 +69,19 @@ impl Db {
                 .map(|(day, _)| day.to_string())
                 .collect::<Vec<_>>()
         };
+        // One compaction at a time (two could merge the same files); days in parallel, each
+        // merge on a blocking thread.
+        let _one_compaction = self.compact_lock.lock().await;
+        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let mut merged_days = futures::stream::iter(days)
+            .map(|day| {
+                let handle = &handle;
+                async move { self.compact_day(handle, &day, min_files).await }
+            })
+            .buffer_unordered(parallel);
         let mut stats = CompactStats::default();
-        for day in days {
-            let (merged, rows) = self.compact_day(&handle, &day, min_files).await?;
+        while let Some(day) = merged_days.next().await {
+            let (merged, rows) = day?;
             if merged > 0 {
                 stats.days += 1;
                 stats.files_merged += merged;
@@ -86,10 +99,10 @@ impl Db {
         day: &str,
         min_files: usize,
     ) -> Result<(usize, u64)> {
-        // The catalog changes only under this lock: the files read below are still the
-        // day's files when the new version is committed.
-        let _one_writer = self.flush_lock.lock().await;
         let project = handle.project.id;
+        // Only compaction removes files from the catalog (and one runs at a time): the files
+        // listed here are still the day's files when the new version is committed, although
+        // flushes may add others meanwhile.
         let files: Vec<FileEntry> = handle
             .tables
             .lock()
@@ -100,19 +113,15 @@ impl Db {
         if files.len() < min_files || !files.iter().all(|f| f.numbered) {
             return Ok((0, 0));
         }
-        let schema = stored_events_schema();
-        let mut batches = Vec::new();
+        let mut inputs = Vec::with_capacity(files.len());
         for f in &files {
-            let bytes = self.storage.get(&f.path.as_str().into()).await?;
-            batches.extend(parquet_files::decode(bytes, &f.path, &schema)?);
+            inputs.push((self.storage.get(&f.path.as_str().into()).await?, f.path.clone()));
         }
         let path = layout::new_events_file(project, day);
         let encode_path = path.clone();
-        let bytes = tokio::task::spawn_blocking(move || {
-            parquet_files::encode_sorted_events(&batches, encode_path.as_ref())
-        })
-        .await
-        .map_err(|e| Error::io("compaction task", std::io::Error::other(e)))??;
+        let bytes = tokio::task::spawn_blocking(move || merge_or_sort(inputs, encode_path.as_ref()))
+            .await
+            .map_err(|e| Error::io("compaction task", std::io::Error::other(e)))??;
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let entry = FileEntry {
             path: path.to_string(),
@@ -124,10 +133,24 @@ impl Db {
             numbered: true,
         };
         self.storage.put_durable(&path, bytes).await?;
+        // The catalog's other writer is the flush.
+        let _one_writer = self.flush_lock.lock().await;
         let base = handle.tables.lock().catalog.clone();
         let mut next = (*base).clone();
         next.version += 1;
         let gone: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        if next
+            .events
+            .iter()
+            .filter(|f| gone.contains(f.path.as_str()))
+            .count()
+            != gone.len()
+        {
+            return Err(Error::corrupt(
+                "compaction",
+                format!("the files of {day} changed while they were merged"),
+            ));
+        }
         // In place of the first merged file, so the files keep their order.
         let at = next
             .events
@@ -170,4 +193,19 @@ impl Db {
         }
         Ok(due.len())
     }
+}
+
+/// The day's files merged into one in the events order; if one of them is not in that order
+/// after all, all their rows decoded and sorted instead.
+fn merge_or_sort(inputs: Vec<(Bytes, String)>, path: &str) -> Result<Bytes> {
+    if let Some(bytes) = parquet_files::merge_sorted_events(inputs.clone(), path)? {
+        return Ok(bytes);
+    }
+    tracing::warn!(path, "compaction: an input is not in the events order; sorting instead");
+    let schema = stored_events_schema();
+    let mut batches = Vec::new();
+    for (bytes, file) in inputs {
+        batches.extend(parquet_files::decode(bytes, &file, &schema)?);
+    }
+    parquet_files::encode_sorted_events(&batches, path)
 }
