@@ -180,6 +180,27 @@ async fn example_c_order_types() {
     assert_eq!(r.lines[0].steps[1].name, "Completed 2 steps");
 }
 
+/// A first step whose event a later step names too: its rows are not only entries.
+#[tokio::test]
+async fn a_first_step_repeated_later_counts_its_events_as_both() {
+    let f = Fixture::new(&[]).await;
+    f.events(&[
+        ("2024-01-02T10:00:00Z", "p", "A", ["", ""], "{}"),
+        ("2024-01-02T11:00:00Z", "p", "B", ["", ""], "{}"),
+        ("2024-01-02T12:00:00Z", "p", "A", ["", ""], "{}"),
+        // One A only: enters, never converts.
+        ("2024-01-02T10:00:00Z", "q", "A", ["", ""], "{}"),
+        // B before A: enters at A, nothing after it.
+        ("2024-01-02T10:00:00Z", "r", "B", ["", ""], "{}"),
+        ("2024-01-02T11:00:00Z", "r", "A", ["", ""], "{}"),
+    ])
+    .await;
+    assert_eq!(
+        counts(&run(&f, &funnel(&["A", "B", "A"], days(14))).await),
+        [3, 1, 1]
+    );
+}
+
 /// Spec §8 example E: funnel trends, an actor counts once per bucket it entered.
 #[tokio::test]
 async fn example_e_funnel_trends() {

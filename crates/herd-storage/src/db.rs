@@ -649,6 +649,18 @@ impl Db {
         self.projects.read().get(&id).cloned()
     }
 
+    /// Forgets the uuids the dedup index holds for `project` (up to
+    /// [`DbConfig::dedup_max_uuids`]; a write reloads the days it needs from the files), giving
+    /// their memory back: what a bulk load does before it compacts. Returns how many.
+    pub async fn release_dedup(&self, project: ProjectId) -> usize {
+        let Some(handle) = self.project(project) else {
+            return 0;
+        };
+        let mut state = handle.state.lock().await;
+        let dedup = std::mem::take(&mut state.dedup);
+        dedup.total
+    }
+
     /// The project a public token belongs to. An unknown token re-reads the registry (at most
     /// once a second), so projects created by `herd project create` are picked up.
     pub async fn project_by_token(&self, token: &str) -> Result<Option<Arc<ProjectHandle>>> {

@@ -417,10 +417,10 @@ pub(crate) enum Input {
     /// All rows, columns `(actor, ts Int64, steps UInt32, excl UInt32, breakdown Utf8,
     /// bucket Int32)`.
     All(DataFrame),
-    /// An ordered funnel without exclusions or breakdown, over actor numbers, as two parts
-    /// with the same columns: `later` holds the rows matching a step after the first,
-    /// `entries` those matching only the first step (steps = 1, excl = 0, no breakdown,
-    /// bucket 0). Only the entries that can matter are kept (see [`Entries`]): a first step
+    /// An ordered funnel without exclusions or breakdown, over actor numbers, as two parts:
+    /// `later` holds the rows matching a step after the first (columns as [`Input::All`]),
+    /// `entries` the `(actor, ts Int64)` of those matching only the first step (their other
+    /// columns are known: steps = 1, excl = 0, no breakdown, bucket 0). Only the entries that can matter are kept (see [`Entries`]): a first step
     /// that is most events (page views) is then neither stored nor sorted.
     Split {
         /// Rows matching a later step.
@@ -550,14 +550,13 @@ async fn feed_entries(
             None => all = Some(entries),
         }
     }
-    if let Some(all) = all {
-        const BATCH: usize = 8192;
-        let steps: ArrayRef = Arc::new(UInt32Array::from(vec![1u32; BATCH]));
-        let excl: ArrayRef = Arc::new(UInt32Array::from(vec![0u32; BATCH]));
-        let bd: ArrayRef = Arc::new(StringArray::new_null(BATCH));
-        let bucket: ArrayRef = Arc::new(Int32Array::from(vec![0i32; BATCH]));
-        let (actors, times) = all.rows(&later);
-        let (actors, times): (ArrayRef, ArrayRef) = (Arc::new(actors), Arc::new(times));
+    const BATCH: usize = 8192;
+    let steps: ArrayRef = Arc::new(UInt32Array::from(vec![1u32; BATCH]));
+    let excl: ArrayRef = Arc::new(UInt32Array::from(vec![0u32; BATCH]));
+    let bd: ArrayRef = Arc::new(StringArray::new_null(BATCH));
+    let bucket: ArrayRef = Arc::new(Int32Array::from(vec![0i32; BATCH]));
+    // Entry rows `(actors, times)` with their known columns, a batch at a time.
+    let mut push = |actors: &ArrayRef, times: &ArrayRef| -> Result<()> {
         for offset in (0..actors.len()).step_by(BATCH) {
             let len = BATCH.min(actors.len() - offset);
             let values = [
@@ -569,10 +568,16 @@ async fn feed_entries(
             ];
             push_batch(&actors.slice(offset, len), &values, shards)?;
         }
+        Ok(())
+    };
+    if let Some(all) = all {
+        let (actors, times) = all.rows(&later);
+        push(&(Arc::new(actors) as ArrayRef), &(Arc::new(times) as ArrayRef))?;
     }
-    // Unnumbered batches (not expected): every row, as an unsplit funnel would.
+    // Batches with actors that are not all numbers (not expected): every row, as an
+    // unsplit funnel would.
     for batch in whole {
-        push_batch(batch.column(0), &batch.columns()[1..], shards)?;
+        push(batch.column(0), batch.column(1))?;
     }
     Ok(())
 }

@@ -360,6 +360,8 @@ impl QueryEngine {
                     .otherwise(lit(ScalarValue::UInt32(Some(0))))?,
             );
         }
+        // Whether the first step is a plain event name (matched by name alone).
+        let first_by_name = step_names.iter().any(|(_, bit)| *bit == 1);
         if !step_names.is_empty() {
             steps_mask = bit_or(steps_mask, EventMaskUdf::expr(step_names, col(EVENT)));
         }
@@ -446,9 +448,25 @@ impl QueryEngine {
             let later = narrow(df.clone(), named(&query.steps[1..]))?
                 .select(columns.clone())?
                 .filter(steps_col().gt_eq(u32_lit(2)))?;
-            let entries = narrow(df, named(&query.steps[..1]))?
-                .select(columns)?
-                .filter(steps_col().eq(u32_lit(1)))?;
+            // Only the entries' actors and times are used (their other columns are known).
+            // When the first step is a plain event name that no later step can match, its
+            // rows are exactly the events of that name: no step mask to compute per row.
+            let first = &query.steps[0];
+            let plain_first = first.event.as_ref().filter(|name| {
+                first_by_name
+                    && query.steps[1..]
+                        .iter()
+                        .all(|s| s.event.as_ref().is_some_and(|later| later != *name))
+            });
+            let entries = match plain_first {
+                Some(name) => df
+                    .filter(col(EVENT).eq(lit(name.as_str())))?
+                    .select(columns[..2].to_vec())?,
+                None => narrow(df, named(&query.steps[..1]))?
+                    .select(columns)?
+                    .filter(steps_col().eq(u32_lit(1)))?
+                    .select_columns(&[ACTOR, "__ts"])?,
+            };
             exec::Input::Split { later, entries }
         } else {
             df = df.select(columns)?;
