@@ -301,13 +301,22 @@ impl QueryEngine {
                 Some("UTC".into()),
             ))
         };
+        // Actors by their numbers when every row has them (no strings to hash).
+        let numbered = events.numbered();
+        // An ordered funnel without exclusions or breakdown over actor numbers keeps only the
+        // first-step rows that can start a counted attempt (`exec::Input::Split`).
+        let split = numbered
+            && query.order == Order::Ordered
+            && !matches!(query.viz, FunnelViz::Trends)
+            && r.breakdown.is_none()
+            && query.exclusions.is_empty();
         let mut pred = Vec::new();
-        if let Some(names) = &r.event_names {
+        // A split funnel's parts are each narrowed by their own steps' names (below): the
+        // list of all names would be one more string lookup per row.
+        if let Some(names) = r.event_names.as_ref().filter(|_| !split) {
             let list = names.iter().map(|n| lit(n.as_str())).collect();
             pred.push(col(EVENT).in_list(list, false));
         }
-        // Actors by their numbers when every row has them (no strings to hash).
-        let numbered = events.numbered();
         if let Some(n) = r.actor_group {
             pred.push(match numbered {
                 true => col(group_number_column(n)).not_eq(lit(0u32)),
@@ -426,15 +435,9 @@ impl QueryEngine {
         ];
         let steps_col = || col("__steps");
         let u32_lit = |v: u32| lit(ScalarValue::UInt32(Some(v)));
-        // An ordered funnel without exclusions or breakdown over actor numbers keeps only the
-        // first-step rows that can start a counted attempt (`exec::Input::Split`); each part
-        // is first narrowed by its steps' event names, so that files sorted by event are
-        // read only where those are.
-        let split = numbered
-            && query.order == Order::Ordered
-            && mode == Mode::Steps
-            && r.breakdown.is_none()
-            && query.exclusions.is_empty();
+        // A split funnel's parts are each narrowed by their steps' event names, so that files
+        // sorted by event are read only where those are.
+        debug_assert!(!split || mode == Mode::Steps);
         let input = if split {
             let named = |steps: &[FunnelStep]| -> Option<Expr> {
                 let names: Option<Vec<Expr>> =
