@@ -564,7 +564,10 @@ mod tests {
         s.push(&ev(3, "a", 3));
         let sorted = encode_sorted_events(&[numbered(s.finish())], "s").expect("encode");
         let inputs = vec![(sorted, "s".to_string()), (bytes, "u".to_string())];
-        assert_eq!(merge::merge_in_slices(inputs, "m", 1, 8).expect("merge"), None);
+        assert_eq!(
+            merge::merge_in_slices(inputs, "m", 1, 8).expect("merge"),
+            None
+        );
     }
 }
 

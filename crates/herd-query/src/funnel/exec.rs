@@ -572,7 +572,10 @@ async fn feed_entries(
     };
     if let Some(all) = all {
         let (actors, times) = all.rows(&later);
-        push(&(Arc::new(actors) as ArrayRef), &(Arc::new(times) as ArrayRef))?;
+        push(
+            &(Arc::new(actors) as ArrayRef),
+            &(Arc::new(times) as ArrayRef),
+        )?;
     }
     // Batches with actors that are not all numbers (not expected): every row, as an
     // unsplit funnel would.

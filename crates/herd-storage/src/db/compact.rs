@@ -132,13 +132,17 @@ impl Db {
             .map_err(|e| Error::io("compaction", std::io::Error::other(e)))?;
         let mut inputs = Vec::with_capacity(files.len());
         for f in &files {
-            inputs.push((self.storage.get(&f.path.as_str().into()).await?, f.path.clone()));
+            inputs.push((
+                self.storage.get(&f.path.as_str().into()).await?,
+                f.path.clone(),
+            ));
         }
         let path = layout::new_events_file(project, day);
         let encode_path = path.clone();
-        let bytes = tokio::task::spawn_blocking(move || merge_or_sort(inputs, encode_path.as_ref()))
-            .await
-            .map_err(|e| Error::io("compaction task", std::io::Error::other(e)))??;
+        let bytes =
+            tokio::task::spawn_blocking(move || merge_or_sort(inputs, encode_path.as_ref()))
+                .await
+                .map_err(|e| Error::io("compaction task", std::io::Error::other(e)))??;
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let entry = FileEntry {
             path: path.to_string(),
@@ -218,7 +222,10 @@ fn merge_or_sort(inputs: Vec<(Bytes, String)>, path: &str) -> Result<Bytes> {
     if let Some(bytes) = parquet_files::merge_sorted_events(inputs.clone(), path)? {
         return Ok(bytes);
     }
-    tracing::warn!(path, "compaction: an input is not in the events order; sorting instead");
+    tracing::warn!(
+        path,
+        "compaction: an input is not in the events order; sorting instead"
+    );
     let schema = stored_events_schema();
     let mut batches = Vec::new();
     for (bytes, file) in inputs {
