@@ -236,25 +236,50 @@ pub(super) fn merge_in_slices(
     for at in (0..merge.heap.len() / 2).rev() {
         merge.sift_down(at);
     }
-    let mut buf = Vec::with_capacity(input_bytes + 1024);
-    let mut writer = ArrowWriter::try_new(&mut buf, Arc::clone(&schema), Some(events_props()))
-        .map_err(parquet_err(path))?;
-    let mut rows = Vec::with_capacity(gather_rows);
-    while let Some(&top) = merge.heap.first() {
-        let c = &merge.cursors[top];
-        rows.push((c.slot, c.row));
-        if !merge.advance_top()? {
-            return Ok(None);
+    // Encoding (zstd, dictionaries) runs on a second thread while this one merges; a few
+    // gathered slices wait between them.
+    std::thread::scope(|scope| {
+        let (slices, merged) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+        let encoder = scope.spawn(move || -> Result<Bytes> {
+            let mut buf = Vec::with_capacity(input_bytes + 1024);
+            let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(events_props()))
+                .map_err(parquet_err(path))?;
+            for batch in merged {
+                writer.write(&batch).map_err(parquet_err(path))?;
+            }
+            writer.close().map_err(parquet_err(path))?;
+            Ok(Bytes::from(buf))
+        });
+        // Ok(false): an input out of order; a failed send: the encoder stopped (its error
+        // comes from the join below).
+        let sorted = (|| -> Result<bool> {
+            let mut rows = Vec::with_capacity(gather_rows);
+            while let Some(&top) = merge.heap.first() {
+                let c = &merge.cursors[top];
+                rows.push((c.slot, c.row));
+                if !merge.advance_top()? {
+                    return Ok(false);
+                }
+                if rows.len() == gather_rows && slices.send(merge.gather(&mut rows)?).is_err() {
+                    return Ok(true);
+                }
+            }
+            if !rows.is_empty() {
+                // A failed send shows as the encoder's error below.
+                let _ = slices.send(merge.gather(&mut rows)?);
+            }
+            Ok(true)
+        })();
+        drop(slices);
+        let encoded = encoder.join().map_err(|_| {
+            Error::io(
+                path,
+                std::io::Error::other("the merge's encoder thread panicked"),
+            )
+        })?;
+        match sorted? {
+            true => encoded.map(Some),
+            false => Ok(None),
         }
-        if rows.len() == gather_rows {
-            let batch = merge.gather(&mut rows)?;
-            writer.write(&batch).map_err(parquet_err(path))?;
-        }
-    }
-    if !rows.is_empty() {
-        let batch = merge.gather(&mut rows)?;
-        writer.write(&batch).map_err(parquet_err(path))?;
-    }
-    writer.close().map_err(parquet_err(path))?;
-    Ok(Some(Bytes::from(buf)))
+    })
 }
