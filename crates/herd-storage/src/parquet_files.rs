@@ -23,7 +23,7 @@ use parquet::schema::types::ColumnPath;
 use crate::{Error, Result};
 
 mod merge;
-pub use merge::{MERGE_BUFFER_ROWS, merge_sorted_events};
+pub use merge::merge_sorted_events;
 
 /// Rows per row group.
 pub const ROW_GROUP_ROWS: usize = 1 << 20;

@@ -372,7 +372,7 @@ impl Entries {
 }
 
 /// Feeds one partition of a split funnel's first-step rows into its [`Entries`]; batches
-/// whose actors are not all numbers are returned whole, to be fed like any other rows.
+/// whose actors are not all numbers are returned whole, to be pushed row for row.
 async fn run_entries(
     plan: Arc<dyn ExecutionPlan>,
     partition: usize,

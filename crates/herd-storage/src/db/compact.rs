@@ -130,13 +130,11 @@ impl Db {
             .acquire_many(mib)
             .await
             .map_err(|e| Error::io("compaction", std::io::Error::other(e)))?;
-        let mut inputs = Vec::with_capacity(files.len());
-        for f in &files {
-            inputs.push((
-                self.storage.get(&f.path.as_str().into()).await?,
-                f.path.clone(),
-            ));
-        }
+        let inputs = futures::future::try_join_all(files.iter().map(|f| async move {
+            let bytes = self.storage.get(&f.path.as_str().into()).await?;
+            Ok::<_, Error>((bytes, f.path.clone()))
+        }))
+        .await?;
         let path = layout::new_events_file(project, day);
         let encode_path = path.clone();
         let bytes =
@@ -167,6 +165,8 @@ impl Db {
             .count()
             != gone.len()
         {
+            // Not while one compaction runs at a time; the new file is named by no catalog.
+            let _ = self.storage.delete(&path).await;
             return Err(Error::corrupt(
                 "compaction",
                 format!("the files of {day} changed while they were merged"),

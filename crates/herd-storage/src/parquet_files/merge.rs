@@ -22,7 +22,7 @@ use crate::{Error, Result};
 
 /// Decoded rows held by all inputs together (each reads batches of this divided by the
 /// number of inputs, at least [`MIN_BATCH_ROWS`]).
-pub const MERGE_BUFFER_ROWS: usize = 256 * 1024;
+const MERGE_BUFFER_ROWS: usize = 256 * 1024;
 /// The smallest batch an input reads.
 const MIN_BATCH_ROWS: usize = 256;
 /// The largest batch an input reads.
