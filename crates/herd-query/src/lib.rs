@@ -12,6 +12,7 @@ mod actors;
 pub mod bucket;
 pub mod calendar;
 pub mod event_mask;
+pub mod files;
 pub mod filters;
 pub mod funnel;
 mod number_set;
@@ -34,10 +35,6 @@ pub use trends::{
 
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use herd_core::ProjectId;
@@ -94,6 +91,8 @@ pub struct QueryEngine {
     /// Bytes of funnel rows held in memory before they spill to disk.
     funnel_memory: usize,
     actor_numbers: bool,
+    /// Per-file indexes of the events files read so far (see [`files`]).
+    indexes: Arc<files::FileIndexes>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -127,6 +126,7 @@ impl QueryEngine {
             db,
             funnel_memory: funnel::DEFAULT_FUNNEL_MEMORY,
             actor_numbers: true,
+            indexes: Arc::default(),
         })
     }
 
@@ -225,15 +225,11 @@ impl QueryEngine {
         &self,
         files: impl Iterator<Item = &'a FileEntry>,
     ) -> Result<Arc<dyn TableProvider>> {
-        let urls = files
-            .map(|f| ListingTableUrl::parse(format!("{STORE_URL}{}", f.path)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(query_events_schema());
-        Ok(Arc::new(ListingTable::try_new(config)?))
+        Ok(Arc::new(files::EventFiles::new(
+            files.cloned().collect(),
+            query_events_schema(),
+            self.indexes.clone(),
+        )))
     }
 
     /// The project's events (one snapshot), to be read by time range with
