@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
 use datafusion::common::{ScalarValue, Statistics};
@@ -97,7 +97,8 @@ impl FileIndex {
         let file_schema =
             parquet_to_arrow_schema(file_meta.schema_descr(), file_meta.key_value_metadata())?;
         let schema = Arc::new(
-            apply_file_schema_type_coercions(table_schema, &file_schema).unwrap_or(file_schema),
+            apply_file_schema_type_coercions(table_schema, &file_schema)
+                .unwrap_or_else(|| file_schema.clone()),
         );
         let event_leaf = file_meta
             .schema_descr()
@@ -107,7 +108,21 @@ impl FileIndex {
             .ok_or_else(|| {
                 DataFusionError::Execution(format!("{}: no `{EVENT}` column", file.path))
             })?;
-        let reader_meta = ArrowReaderMetadata::try_new(metadata.clone(), Default::default())?;
+        // Read as a dictionary: the names of a column chunk are its dictionary's, and a run
+        // ends where the key changes, so no string is built or compared per row.
+        let hint = Schema::new_with_metadata(
+            file_schema
+                .fields()
+                .iter()
+                .map(|f| match f.name() == EVENT {
+                    true => Field::new(EVENT, dictionary(), f.is_nullable()),
+                    false => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+            file_schema.metadata().clone(),
+        );
+        let options = ArrowReaderOptions::new().with_schema(Arc::new(hint));
+        let reader_meta = ArrowReaderMetadata::try_new(metadata.clone(), options)?;
         let mask = ProjectionMask::leaves(file_meta.schema_descr(), [event_leaf]);
         let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, reader_meta)
             .with_projection(mask)
@@ -115,10 +130,25 @@ impl FileIndex {
             .build()?;
         let mut runs = EventRuns::default();
         while let Some(batch) = stream.try_next().await? {
-            let column = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
-            let names = column.as_string::<i32>();
-            for i in 0..names.len() {
-                runs.push(names.is_valid(i).then(|| names.value(i)));
+            let Some(column) = batch.column(0).as_dictionary_opt::<Int32Type>() else {
+                return Err(DataFusionError::Execution(format!(
+                    "{}: `{EVENT}` not read as a dictionary",
+                    file.path
+                )));
+            };
+            let names = column.values().as_string::<i32>();
+            let keys = column.keys();
+            let mut i = 0;
+            while i < keys.len() {
+                let (valid, key) = (keys.is_valid(i), keys.value(i));
+                let mut j = i + 1;
+                while j < keys.len() && keys.is_valid(j) == valid && keys.value(j) == key {
+                    j += 1;
+                }
+                let name =
+                    (valid && (key as usize) < names.len()).then(|| names.value(key as usize));
+                runs.push(name, (j - i) as u64);
+                i = j;
             }
         }
         let events = runs.finish();
@@ -196,6 +226,11 @@ impl FileIndex {
     }
 }
 
+/// The Arrow type the `event` column is read as to index it.
+fn dictionary() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
 /// Builds the rows of each event name from the column's values in file order.
 #[derive(Default)]
 struct EventRuns {
@@ -205,13 +240,14 @@ struct EventRuns {
 }
 
 impl EventRuns {
-    fn push(&mut self, name: Option<&str>) {
+    /// The next `rows` rows are all `name` (`None`: null).
+    fn push(&mut self, name: Option<&str>, rows: u64) {
         let same = matches!((&self.current, name), (Some((c, _)), Some(n)) if c == n);
         if !same {
             self.close();
             self.current = name.map(|n| (n.to_string(), self.row));
         }
-        self.row += 1;
+        self.row += rows;
     }
 
     fn close(&mut self) {
@@ -611,9 +647,10 @@ mod tests {
     #[test]
     fn runs_collect_each_names_rows() {
         let mut runs = EventRuns::default();
-        for n in [Some("a"), Some("a"), None, Some("b"), Some("a"), Some("a")] {
-            runs.push(n);
+        for n in [Some("a"), Some("a"), None, Some("b"), Some("a")] {
+            runs.push(n, 1);
         }
+        runs.push(Some("a"), 1);
         let events = runs.finish();
         assert_eq!(events["a"], vec![0..2, 4..6]);
         assert_eq!(events["b"], vec![3..4]);
