@@ -59,7 +59,7 @@ use crate::STORE_URL;
 
 /// Bytes of file indexes kept in memory (metadata with page index, event runs). Beyond it
 /// the least recently used files' indexes are dropped and read again when next needed.
-pub const FILE_INDEX_BUDGET: usize = 256 << 20;
+pub const FILE_INDEX_BUDGET: usize = 128 << 20;
 
 /// How many files' indexes are read at once.
 const INDEX_LOAD_CONCURRENCY: usize = 8;
