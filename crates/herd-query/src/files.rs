@@ -11,8 +11,9 @@
 //! `event` column is not read unless the query uses it, and no pruning predicate is
 //! evaluated against statistics, bloom filters or the page index. Those filters are
 //! reported to DataFusion as exact, so nothing re-checks them. Other filters stay with
-//! DataFusion (a `FilterExec` above the scan, and row-group / page pruning when no event
-//! selection applies).
+//! DataFusion: a `FilterExec` above the scan, whose predicate DataFusion's physical filter
+//! pushdown hands to the Parquet source for row-group / page pruning (switched off when an
+//! event selection applies).
 //!
 //! The reader gets each file's metadata from the index (no footer read, no Arrow schema
 //! decoded per query) and its size from the catalog (no `HEAD` per file).
@@ -75,6 +76,9 @@ pub(crate) struct FileIndex {
     events: HashMap<String, Vec<Range<u64>>>,
     /// Estimated bytes held.
     size: usize,
+    /// Size of the file the index was read from (a cached index is used only for a file of
+    /// the same path and size).
+    file_bytes: u64,
 }
 
 impl FileIndex {
@@ -136,7 +140,9 @@ impl FileIndex {
                     file.path
                 )));
             };
-            let names = column.values().as_string::<i32>();
+            let Some(names) = column.values().as_string_opt::<i32>() else {
+                return Err(bad_event_column(file, "its dictionary is not text"));
+            };
             let keys = column.keys();
             let mut i = 0;
             while i < keys.len() {
@@ -145,8 +151,13 @@ impl FileIndex {
                 while j < keys.len() && keys.is_valid(j) == valid && keys.value(j) == key {
                     j += 1;
                 }
-                let name =
-                    (valid && (key as usize) < names.len()).then(|| names.value(key as usize));
+                let name = match valid {
+                    false => None,
+                    true => match usize::try_from(key) {
+                        Ok(k) if k < names.len() && names.is_valid(k) => Some(names.value(k)),
+                        _ => return Err(bad_event_column(file, "a key outside its dictionary")),
+                    },
+                };
                 runs.push(name, (j - i) as u64);
                 i = j;
             }
@@ -162,6 +173,7 @@ impl FileIndex {
             schema,
             events,
             size,
+            file_bytes: file.bytes,
         })
     }
 
@@ -224,6 +236,11 @@ impl FileIndex {
         }
         plan
     }
+}
+
+/// The error for an `event` column that cannot be indexed.
+fn bad_event_column(file: &FileEntry, reason: &str) -> DataFusionError {
+    DataFusionError::Execution(format!("{}: `{EVENT}` column: {reason}", file.path))
 }
 
 /// The Arrow type the `event` column is read as to index it.
@@ -291,10 +308,13 @@ impl FileIndexes {
             files
                 .iter()
                 .map(|f| {
-                    entries.get_mut(&f.path).map(|(index, used)| {
-                        *used = tick;
-                        index.clone()
-                    })
+                    entries
+                        .get_mut(&f.path)
+                        .filter(|(index, _)| index.file_bytes == f.bytes)
+                        .map(|(index, used)| {
+                            *used = tick;
+                            index.clone()
+                        })
                 })
                 .collect()
         };
@@ -467,19 +487,22 @@ impl datafusion::catalog::TableProvider for EventFiles {
             let rows = match &wanted {
                 Some(names) => {
                     let rows = index.rows_of(names);
-                    let n: u64 = rows.iter().map(|r| r.end - r.start).sum();
+                    let n: u64 = rows.iter().map(|r| r.end.saturating_sub(r.start)).sum();
                     if n == 0 {
                         continue;
                     }
                     part = part.with_extension(index.access_plan(&rows));
                     n
                 }
-                None => file.rows,
+                None => u64::try_from(index.metadata.file_metadata().num_rows()).unwrap_or(0),
             };
             let mut stats = Statistics::new_unknown(&self.schema);
             stats.num_rows = Precision::Exact(rows as usize);
             part = part.with_statistics(Arc::new(stats));
-            metadata.insert(file.path.clone(), index.metadata.clone());
+            metadata.insert(
+                part.object_meta.location.to_string(),
+                index.metadata.clone(),
+            );
             chosen.push((part, rows));
         }
         if chosen.is_empty() {
@@ -567,7 +590,7 @@ struct StoreReader {
 impl AsyncFileReader for StoreReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         if let Some(c) = &self.bytes_scanned {
-            c.add((range.end - range.start) as usize);
+            c.add(range.end.saturating_sub(range.start) as usize);
         }
         async move {
             self.store
@@ -583,7 +606,12 @@ impl AsyncFileReader for StoreReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         if let Some(c) = &self.bytes_scanned {
-            c.add(ranges.iter().map(|r| (r.end - r.start) as usize).sum());
+            c.add(
+                ranges
+                    .iter()
+                    .map(|r| r.end.saturating_sub(r.start) as usize)
+                    .sum(),
+            );
         }
         async move {
             self.store
@@ -684,6 +712,7 @@ mod tests {
             schema,
             events: HashMap::new(),
             size: 0,
+            file_bytes: 0,
         }
     }
 
