@@ -342,6 +342,11 @@ impl FileIndexes {
             found[i] = Some(index);
         }
         evict(&mut entries, tick);
+        tracing::debug!(
+            files = entries.len(),
+            bytes = entries.values().map(|(i, _)| i.size).sum::<usize>(),
+            "file indexes held"
+        );
         Ok(found.into_iter().flatten().collect())
     }
 
