@@ -79,6 +79,12 @@ struct ServeArgs {
     /// Flush the write buffer when it holds this many events.
     #[arg(long, env = "HERD_FLUSH_ROWS", default_value_t = 500_000)]
     flush_rows: usize,
+    /// How often, in milliseconds, to look for day partitions to compact.
+    #[arg(long, env = "HERD_COMPACT_INTERVAL_MS", default_value_t = 60_000)]
+    compact_interval_ms: u64,
+    /// Merge a day partition's events files into one once it has this many (0: never).
+    #[arg(long, env = "HERD_COMPACT_MIN_FILES", default_value_t = 8)]
+    compact_min_files: usize,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "HERD_LOG_JSON")]
     log_json: bool,
@@ -216,6 +222,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         grpc: args.grpc,
         flush_interval: Duration::from_millis(args.flush_interval_ms),
         flush_rows: args.flush_rows,
+        compact_interval: Duration::from_millis(args.compact_interval_ms),
+        compact_min_files: args.compact_min_files,
     };
     // Handlers first: a SIGTERM that arrives right after the listening line must shut down
     // gracefully, not kill the process.

@@ -303,3 +303,75 @@ async fn groups_service_lists_searches_pages_and_gets_groups() {
     drop(groups);
     server.terminate();
 }
+
+/// A server flushing often collects a file per flush in today's partition; the background
+/// compactor merges them into one while capture goes on, losing and duplicating nothing.
+#[tokio::test]
+async fn the_server_compacts_a_day_of_many_flushes_into_one_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = create_project(dir.path())["id"].as_u64().expect("id");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--flush-interval-ms",
+            "50",
+            "--compact-interval-ms",
+            "300",
+            "--compact-min-files",
+            "2",
+        ],
+    );
+    let client = reqwest::Client::new();
+    let mut sent = Vec::new();
+    for batch in 0..6 {
+        let events: Vec<_> = (0..20)
+            .map(|i| {
+                let uuid = uuid::Uuid::from_u128(1000 * batch + i);
+                sent.push(uuid);
+                serde_json::json!({
+                    "event": if i % 2 == 0 { "signed_up" } else { "$pageview" },
+                    "distinct_id": format!("u{i}"),
+                    "uuid": uuid.to_string(),
+                    "timestamp": "2024-01-10T12:00:00Z",
+                    "properties": {"$groups": {"company": format!("c{}", i % 3)}},
+                })
+            })
+            .collect();
+        let r = client
+            .post(server.url("/batch/"))
+            .json(&serde_json::json!({"api_key": TOKEN, "batch": events}))
+            .send()
+            .await
+            .expect("capture");
+        assert_eq!(r.status(), 200);
+        // Past the flush interval, so each batch lands in a file of its own.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+
+    let storage = herd_storage::Storage::open(dir.path().to_str().expect("utf8")).expect("open");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let catalog = herd_storage::catalog::load_latest(&storage, id)
+            .await
+            .expect("catalog");
+        let rows: u64 = catalog.events.iter().map(|f| f.rows).sum();
+        if catalog.events.len() == 1 && rows == sent.len() as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not compacted to one file within 30 s: {} files, {rows} rows",
+            catalog.events.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut stored: Vec<_> = read_events(dir.path(), id)
+        .await
+        .into_iter()
+        .map(|e| e.uuid)
+        .collect();
+    stored.sort();
+    sent.sort();
+    assert_eq!(stored, sent, "every event exactly once after compaction");
+    server.terminate();
+}

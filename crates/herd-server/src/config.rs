@@ -23,6 +23,10 @@ pub struct ServeConfig {
     pub flush_interval: Duration,
     /// Flush the write buffer when it holds this many events.
     pub flush_rows: usize,
+    /// How often the server looks for day partitions to compact.
+    pub compact_interval: Duration,
+    /// Files a day partition collects before the server merges them into one (0: never).
+    pub compact_min_files: usize,
 }
 
 impl Default for ServeConfig {
@@ -34,6 +38,8 @@ impl Default for ServeConfig {
             grpc: "127.0.0.1:50051".into(),
             flush_interval: Duration::from_secs(5),
             flush_rows: 500_000,
+            compact_interval: Duration::from_secs(60),
+            compact_min_files: 8,
         }
     }
 }

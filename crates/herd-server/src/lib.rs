@@ -168,7 +168,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
             grpc::serve(grpc_listener, db.clone(), flags, stopped(stop_rx.clone())),
             stopped(stop_rx.clone()),
         )),
-        tokio::spawn(flusher(db.clone(), stopped(stop_rx))),
+        tokio::spawn(flusher(db.clone(), stopped(stop_rx.clone()))),
+        tokio::spawn(compactor(
+            db.clone(),
+            config.compact_interval,
+            config.compact_min_files,
+            stopped(stop_rx),
+        )),
     ];
     tracing::info!(%http_addr, %grpc_addr, data = db.storage().location(), "herd serving");
     Ok(RunningServer {
@@ -206,6 +212,57 @@ async fn with_grace(
 /// Resolves when `true` is sent (or the sender is dropped).
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// How long files merged away by compaction stay on disk: queries that started from an
+/// older snapshot may still be reading them.
+const RETIRED_GRACE: Duration = Duration::from_secs(300);
+
+/// Every `every`, merges the events files of each day partition that has `min_files` or
+/// more (every flush writes a file per day it holds rows of, so today's partition collects
+/// one every few seconds, and each query opens them all), then deletes the files retired
+/// more than [`RETIRED_GRACE`] ago. `min_files == 0` turns it off. A compaction that has
+/// started finishes before the task stops.
+async fn compactor(
+    db: Arc<Db>,
+    every: Duration,
+    min_files: usize,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(stop);
+    if min_files == 0 {
+        stop.await;
+        return Ok(());
+    }
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tick.tick() => {
+                for project in db.projects() {
+                    match db.compact_events(project.id, min_files).await {
+                        Ok(s) if s.days > 0 => tracing::info!(
+                            project = project.id,
+                            days = s.days,
+                            files_merged = s.files_merged,
+                            rows = s.rows,
+                            "compacted"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(
+                            project = project.id,
+                            error = %e,
+                            "background compaction failed; will retry"
+                        ),
+                    }
+                }
+                if let Err(e) = db.delete_retired(RETIRED_GRACE).await {
+                    tracing::warn!(error = %e, "deleting compacted files failed; will retry");
+                }
+            }
+        }
+    }
 }
 
 async fn flusher(db: Arc<Db>, stop: impl std::future::Future<Output = ()>) -> Result<()> {
