@@ -49,6 +49,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use herd_core::schema::EVENT;
 use herd_storage::catalog::FileEntry;
+use herd_storage::parquet_files::EVENT_ROWS_KEY;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelector};
@@ -82,7 +83,8 @@ pub(crate) struct FileIndex {
 }
 
 impl FileIndex {
-    /// Reads `file`'s footer and `event` column.
+    /// Reads `file`'s footer, and its `event` column when the footer does not list the rows
+    /// of each event ([`EVENT_ROWS_KEY`], written by herd since session 12).
     async fn load(
         store: Arc<dyn ObjectStore>,
         file: &FileEntry,
@@ -104,65 +106,10 @@ impl FileIndex {
             apply_file_schema_type_coercions(table_schema, &file_schema)
                 .unwrap_or_else(|| file_schema.clone()),
         );
-        let event_leaf = file_meta
-            .schema_descr()
-            .columns()
-            .iter()
-            .position(|c| c.path().parts() == [EVENT])
-            .ok_or_else(|| {
-                DataFusionError::Execution(format!("{}: no `{EVENT}` column", file.path))
-            })?;
-        // Read as a dictionary: the names of a column chunk are its dictionary's, and a run
-        // ends where the key changes, so no string is built or compared per row.
-        let hint = Schema::new_with_metadata(
-            file_schema
-                .fields()
-                .iter()
-                .map(|f| match f.name() == EVENT {
-                    true => Field::new(EVENT, dictionary(), f.is_nullable()),
-                    false => f.as_ref().clone(),
-                })
-                .collect::<Vec<_>>(),
-            file_schema.metadata().clone(),
-        );
-        let options = ArrowReaderOptions::new().with_schema(Arc::new(hint));
-        let reader_meta = ArrowReaderMetadata::try_new(metadata.clone(), options)?;
-        let mask = ProjectionMask::leaves(file_meta.schema_descr(), [event_leaf]);
-        let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, reader_meta)
-            .with_projection(mask)
-            .with_batch_size(64 * 1024)
-            .build()?;
-        let mut runs = EventRuns::default();
-        while let Some(batch) = stream.try_next().await? {
-            let Some(column) = batch.column(0).as_dictionary_opt::<Int32Type>() else {
-                return Err(DataFusionError::Execution(format!(
-                    "{}: `{EVENT}` not read as a dictionary",
-                    file.path
-                )));
-            };
-            let Some(names) = column.values().as_string_opt::<i32>() else {
-                return Err(bad_event_column(file, "its dictionary is not text"));
-            };
-            let keys = column.keys();
-            let mut i = 0;
-            while i < keys.len() {
-                let (valid, key) = (keys.is_valid(i), keys.value(i));
-                let mut j = i + 1;
-                while j < keys.len() && keys.is_valid(j) == valid && keys.value(j) == key {
-                    j += 1;
-                }
-                let name = match valid {
-                    false => None,
-                    true => match usize::try_from(key) {
-                        Ok(k) if k < names.len() && names.is_valid(k) => Some(names.value(k)),
-                        _ => return Err(bad_event_column(file, "a key outside its dictionary")),
-                    },
-                };
-                runs.push(name, (j - i) as u64);
-                i = j;
-            }
-        }
-        let events = runs.finish();
+        let events = match footer_event_rows(&metadata) {
+            Some(events) => events,
+            None => read_event_rows(reader, &metadata, &file_schema, file).await?,
+        };
         let size = metadata.memory_size()
             + events
                 .iter()
@@ -236,6 +183,98 @@ impl FileIndex {
         }
         plan
     }
+}
+
+/// The rows of each event name as the writer listed them in the footer
+/// ([`EVENT_ROWS_KEY`]), when present and consistent with the file.
+fn footer_event_rows(metadata: &ParquetMetaData) -> Option<HashMap<String, Vec<Range<u64>>>> {
+    let file_meta = metadata.file_metadata();
+    let value = file_meta
+        .key_value_metadata()?
+        .iter()
+        .find(|kv| kv.key == EVENT_ROWS_KEY)?
+        .value
+        .as_deref()?;
+    let runs: Vec<(String, u64, u64)> = serde_json::from_str(value).ok()?;
+    let mut events: HashMap<String, Vec<Range<u64>>> = HashMap::new();
+    let mut next = 0u64;
+    for (name, start, rows) in runs {
+        // Runs must tile the file in order.
+        if start != next {
+            return None;
+        }
+        next = start.checked_add(rows)?;
+        events.entry(name).or_default().push(start..next);
+    }
+    (i64::try_from(next).ok()? == file_meta.num_rows()).then_some(events)
+}
+
+/// The rows of each event name read from the file's `event` column (files written before
+/// the footer listed them).
+async fn read_event_rows(
+    reader: StoreReader,
+    metadata: &Arc<ParquetMetaData>,
+    file_schema: &Schema,
+    file: &FileEntry,
+) -> DfResult<HashMap<String, Vec<Range<u64>>>> {
+    let file_meta = metadata.file_metadata();
+    let event_leaf = file_meta
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [EVENT])
+        .ok_or_else(|| DataFusionError::Execution(format!("{}: no `{EVENT}` column", file.path)))?;
+    // Read as a dictionary: the names of a column chunk are its dictionary's, and a run
+    // ends where the key changes, so no string is built or compared per row.
+    let hint = Schema::new_with_metadata(
+        file_schema
+            .fields()
+            .iter()
+            .map(|f| match f.name() == EVENT {
+                true => Field::new(EVENT, dictionary(), f.is_nullable()),
+                false => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+        file_schema.metadata().clone(),
+    );
+    let options = ArrowReaderOptions::new().with_schema(Arc::new(hint));
+    let reader_meta = ArrowReaderMetadata::try_new(metadata.clone(), options)?;
+    let mask = ProjectionMask::leaves(file_meta.schema_descr(), [event_leaf]);
+    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, reader_meta)
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()?;
+    let mut runs = EventRuns::default();
+    while let Some(batch) = stream.try_next().await? {
+        let Some(column) = batch.column(0).as_dictionary_opt::<Int32Type>() else {
+            return Err(DataFusionError::Execution(format!(
+                "{}: `{EVENT}` not read as a dictionary",
+                file.path
+            )));
+        };
+        let Some(names) = column.values().as_string_opt::<i32>() else {
+            return Err(bad_event_column(file, "its dictionary is not text"));
+        };
+        let keys = column.keys();
+        let mut i = 0;
+        while i < keys.len() {
+            let (valid, key) = (keys.is_valid(i), keys.value(i));
+            let mut j = i + 1;
+            while j < keys.len() && keys.is_valid(j) == valid && keys.value(j) == key {
+                j += 1;
+            }
+            let name = match valid {
+                false => None,
+                true => match usize::try_from(key) {
+                    Ok(k) if k < names.len() && names.is_valid(k) => Some(names.value(k)),
+                    _ => return Err(bad_event_column(file, "a key outside its dictionary")),
+                },
+            };
+            runs.push(name, (j - i) as u64);
+            i = j;
+        }
+    }
+    Ok(runs.finish())
 }
 
 /// The error for an `event` column that cannot be indexed.
@@ -733,6 +772,77 @@ mod tests {
         assert_eq!(index.rows_of(&names(&["a", "b"])), vec![0..6, 8..9]);
         assert_eq!(index.rows_of(&names(&["c", "x"])), vec![6..8]);
         assert!(index.rows_of(&names(&["x"])).is_empty());
+    }
+
+    /// `events` as a Parquet file in an in-memory store, row groups of two rows, with
+    /// `footer` as its [`EVENT_ROWS_KEY`] entry when given.
+    async fn stored(events: &[&str], footer: Option<&str>) -> (Arc<dyn ObjectStore>, FileEntry) {
+        use datafusion::arrow::array::StringArray;
+        use datafusion::arrow::record_batch::RecordBatch;
+        use parquet::arrow::ArrowWriter;
+        use parquet::file::metadata::KeyValue;
+        use parquet::file::properties::WriterProperties;
+        let schema = Arc::new(Schema::new(vec![Field::new(EVENT, DataType::Utf8, false)]));
+        let column = StringArray::from_iter_values(events.iter().copied());
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(column)]).expect("a valid batch");
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(2))
+            .build();
+        let mut buf = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props)).expect("a writer");
+        writer.write(&batch).expect("written");
+        if let Some(v) = footer {
+            writer.append_key_value_metadata(KeyValue::new(EVENT_ROWS_KEY.into(), v.to_string()));
+        }
+        writer.close().expect("closed");
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let entry = FileEntry {
+            path: "f.parquet".into(),
+            rows: events.len() as u64,
+            bytes: buf.len() as u64,
+            day: None,
+            min_ts: None,
+            max_ts: None,
+            numbered: false,
+        };
+        store
+            .put(&Path::from("f.parquet"), buf.into())
+            .await
+            .expect("put");
+        (store, entry)
+    }
+
+    /// The index from a footer that lists the rows, from the `event` column without one, and
+    /// from the column when the footer's list does not fit the file: the same runs.
+    #[tokio::test]
+    async fn an_index_from_the_footer_or_the_column_is_the_same() {
+        let events = ["a", "a", "b", "c", "c", "c", "a"];
+        let want = HashMap::from([
+            ("a".to_string(), vec![0..2, 6..7]),
+            ("b".to_string(), vec![2..3]),
+            ("c".to_string(), vec![3..6]),
+        ]);
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            EVENT,
+            DataType::Utf8View,
+            false,
+        )]));
+        for footer in [
+            Some(r#"[["a",0,2],["b",2,1],["c",3,3],["a",6,1]]"#),
+            None,
+            Some(r#"[["a",0,2]]"#),
+            Some(r#"[["a",0,2],["b",3,1],["c",3,3],["a",6,1]]"#),
+            Some("not json"),
+        ] {
+            let (store, entry) = stored(&events, footer).await;
+            let index = FileIndex::load(store, &entry, &schema)
+                .await
+                .expect("index");
+            assert_eq!(index.events, want, "footer {footer:?}");
+            assert_eq!(index.metadata.num_row_groups(), 4);
+            assert!(index.metadata.offset_index().is_some(), "page index loaded");
+        }
     }
 
     proptest::proptest! {

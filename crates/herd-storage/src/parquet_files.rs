@@ -157,6 +157,60 @@ fn gather(arrays: &[&dyn Array], rows: &[(usize, usize)]) -> Result<arrow::array
     )?))
 }
 
+/// Key of an events file's footer metadata that lists the rows of each event name: a JSON
+/// array of `[name, first row, rows]` in file order (files are sorted by event, so a name
+/// has one run). Readers index a file from its footer instead of reading its `event` column;
+/// files written before it existed lack it.
+pub const EVENT_ROWS_KEY: &str = "herd.event_rows";
+
+/// Follows the event names of the rows written to an events file, for [`EVENT_ROWS_KEY`].
+#[derive(Debug, Default)]
+pub(crate) struct EventRows {
+    runs: Vec<(String, u64, u64)>,
+    rows: u64,
+    /// False once a row without a text event was seen (then no key is written).
+    valid: bool,
+    started: bool,
+}
+
+impl EventRows {
+    /// Follows the rows of `batch` (stored events schema), written next.
+    pub(crate) fn observe(&mut self, batch: &RecordBatch) {
+        use arrow::array::AsArray;
+        if !self.started {
+            self.started = true;
+            self.valid = true;
+        }
+        let Some(events) = batch.column(events_col::EVENT).as_string_opt::<i32>() else {
+            self.valid = false;
+            return;
+        };
+        if events.null_count() > 0 {
+            self.valid = false;
+        }
+        for i in 0..events.len() {
+            let name = events.value(i);
+            match self.runs.last_mut() {
+                Some((last, _, rows)) if last == name => *rows += 1,
+                _ => self.runs.push((name.to_string(), self.rows, 1)),
+            }
+            self.rows += 1;
+        }
+    }
+
+    /// The footer entry for the rows seen (none when they cannot be described).
+    pub(crate) fn key_value(&self) -> Option<parquet::file::metadata::KeyValue> {
+        if self.started && !self.valid {
+            return None;
+        }
+        let value = serde_json::to_string(&self.runs).ok()?;
+        Some(parquet::file::metadata::KeyValue::new(
+            EVENT_ROWS_KEY.to_string(),
+            value,
+        ))
+    }
+}
+
 /// Rows gathered into sorted order at a time while encoding: the sorted copy of a flush never
 /// exists whole, only a slice of it, and its buffers are reused by the allocator.
 const SORT_GATHER_ROWS: usize = 32 * 1024;
@@ -171,6 +225,7 @@ pub fn encode_sorted_events(batches: &[RecordBatch], path: &str) -> Result<Bytes
     let schema = stored_events_schema();
     let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(events_props()))
         .map_err(parquet_err(path))?;
+    let mut event_rows = EventRows::default();
     for part in order.chunks(SORT_GATHER_ROWS) {
         let columns = (0..schema.fields().len())
             .map(|c| {
@@ -179,7 +234,11 @@ pub fn encode_sorted_events(batches: &[RecordBatch], path: &str) -> Result<Bytes
             })
             .collect::<Result<Vec<_>>>()?;
         let sorted = RecordBatch::try_new(schema.clone(), columns)?;
+        event_rows.observe(&sorted);
         writer.write(&sorted).map_err(parquet_err(path))?;
+    }
+    if let Some(kv) = event_rows.key_value() {
+        writer.append_key_value_metadata(kv);
     }
     writer.close().map_err(parquet_err(path))?;
     Ok(Bytes::from(buf))
@@ -417,6 +476,17 @@ mod tests {
         let numbers = rg.column(events_col::DISTINCT_ID_NUM);
         assert_eq!(numbers.column_path().string(), DISTINCT_ID_NUM);
         assert_eq!(numbers.compression(), Compression::UNCOMPRESSED);
+        // The footer lists each event's rows (sorted: a, a, a, b).
+        let kv = meta
+            .file_metadata()
+            .key_value_metadata()
+            .expect("footer metadata");
+        let rows = kv
+            .iter()
+            .find(|k| k.key == EVENT_ROWS_KEY)
+            .and_then(|k| k.value.clone())
+            .expect("event rows");
+        assert_eq!(rows, r#"[["a",0,3],["b",3,1]]"#);
         // Statistics for what queries prune on (event, time, actor numbers), none for the
         // actor strings (files are not sorted by them).
         for c in [
@@ -560,6 +630,16 @@ mod tests {
             let back = |b: Bytes| -> Vec<RecordBatch> {
                 decode(b, "x", &stored_events_schema()).expect("decode")
             };
+            let footer = |b: &Bytes| -> Option<String> {
+                use parquet::file::reader::{FileReader, SerializedFileReader};
+                let r = SerializedFileReader::new(b.clone()).expect("open");
+                r.metadata()
+                    .file_metadata()
+                    .key_value_metadata()
+                    .and_then(|kv| kv.iter().find(|k| k.key == EVENT_ROWS_KEY).cloned())
+                    .and_then(|k| k.value)
+            };
+            proptest::prop_assert_eq!(footer(&expected), footer(&merged));
             let (want, got) = (back(expected), back(merged));
             let rows = |bs: &[RecordBatch]| -> Vec<RecordBatch> {
                 bs.iter().filter(|b| b.num_rows() > 0).cloned().collect()

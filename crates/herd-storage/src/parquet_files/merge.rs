@@ -244,8 +244,13 @@ pub(super) fn merge_in_slices(
             let mut buf = Vec::with_capacity(input_bytes + 1024);
             let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(events_props()))
                 .map_err(parquet_err(path))?;
+            let mut event_rows = super::EventRows::default();
             for batch in merged {
+                event_rows.observe(&batch);
                 writer.write(&batch).map_err(parquet_err(path))?;
+            }
+            if let Some(kv) = event_rows.key_value() {
+                writer.append_key_value_metadata(kv);
             }
             writer.close().map_err(parquet_err(path))?;
             Ok(Bytes::from(buf))
