@@ -3,7 +3,8 @@
 //!
 //! Events files are immutable and sorted by event name first, so each name occupies one run
 //! of rows per file. The first scan that touches a file reads its footer (with the page
-//! index) and its `event` column once and keeps both in [`FileIndexes`]: the rows of every
+//! index), which lists those runs ([`EVENT_ROWS_KEY`]; for files written before it did, the
+//! `event` column is read once instead), and keeps in [`FileIndexes`] the rows of every
 //! event name, the Parquet metadata and the file's Arrow schema. A scan whose filters name
 //! the events it wants (`event = 'x'`, `event IN (…)`, or an `OR` of those) then hands the
 //! Parquet reader an exact row selection per file ([`ParquetAccessPlan`]): files without
@@ -49,7 +50,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use herd_core::schema::EVENT;
 use herd_storage::catalog::FileEntry;
-use herd_storage::parquet_files::EVENT_ROWS_KEY;
+use herd_storage::parquet_files::{EVENT_ROWS_KEY, EventRuns};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelector};
@@ -196,17 +197,15 @@ fn footer_event_rows(metadata: &ParquetMetaData) -> Option<HashMap<String, Vec<R
         .value
         .as_deref()?;
     let runs: Vec<(String, u64, u64)> = serde_json::from_str(value).ok()?;
-    let mut events: HashMap<String, Vec<Range<u64>>> = HashMap::new();
+    // The runs must tile the file, in order.
     let mut next = 0u64;
-    for (name, start, rows) in runs {
-        // Runs must tile the file in order.
-        if start != next {
+    for (_, start, rows) in &runs {
+        if *start != next {
             return None;
         }
-        next = start.checked_add(rows)?;
-        events.entry(name).or_default().push(start..next);
+        next = start.checked_add(*rows)?;
     }
-    (i64::try_from(next).ok()? == file_meta.num_rows()).then_some(events)
+    (i64::try_from(next).ok()? == file_meta.num_rows()).then(|| by_name(runs))
 }
 
 /// The rows of each event name read from the file's `event` column (files written before
@@ -223,7 +222,7 @@ async fn read_event_rows(
         .columns()
         .iter()
         .position(|c| c.path().parts() == [EVENT])
-        .ok_or_else(|| DataFusionError::Execution(format!("{}: no `{EVENT}` column", file.path)))?;
+        .ok_or_else(|| bad_event_column(file, "missing"))?;
     // Read as a dictionary: the names of a column chunk are its dictionary's, and a run
     // ends where the key changes, so no string is built or compared per row.
     let hint = Schema::new_with_metadata(
@@ -247,10 +246,7 @@ async fn read_event_rows(
     let mut runs = EventRuns::default();
     while let Some(batch) = stream.try_next().await? {
         let Some(column) = batch.column(0).as_dictionary_opt::<Int32Type>() else {
-            return Err(DataFusionError::Execution(format!(
-                "{}: `{EVENT}` not read as a dictionary",
-                file.path
-            )));
+            return Err(bad_event_column(file, "not read as a dictionary"));
         };
         let Some(names) = column.values().as_string_opt::<i32>() else {
             return Err(bad_event_column(file, "its dictionary is not text"));
@@ -274,7 +270,7 @@ async fn read_event_rows(
             i = j;
         }
     }
-    Ok(runs.finish())
+    Ok(by_name(runs.into_runs()))
 }
 
 /// The error for an `event` column that cannot be indexed.
@@ -287,35 +283,16 @@ fn dictionary() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 
-/// Builds the rows of each event name from the column's values in file order.
-#[derive(Default)]
-struct EventRuns {
-    events: HashMap<String, Vec<Range<u64>>>,
-    current: Option<(String, u64)>,
-    row: u64,
-}
-
-impl EventRuns {
-    /// The next `rows` rows are all `name` (`None`: null).
-    fn push(&mut self, name: Option<&str>, rows: u64) {
-        let same = matches!((&self.current, name), (Some((c, _)), Some(n)) if c == n);
-        if !same {
-            self.close();
-            self.current = name.map(|n| (n.to_string(), self.row));
-        }
-        self.row += rows;
+/// Runs as `(name, first row, rows)` grouped by name.
+fn by_name(runs: Vec<(String, u64, u64)>) -> HashMap<String, Vec<Range<u64>>> {
+    let mut events: HashMap<String, Vec<Range<u64>>> = HashMap::new();
+    for (name, start, rows) in runs {
+        events
+            .entry(name)
+            .or_default()
+            .push(start..start.saturating_add(rows));
     }
-
-    fn close(&mut self) {
-        if let Some((name, start)) = self.current.take() {
-            self.events.entry(name).or_default().push(start..self.row);
-        }
-    }
-
-    fn finish(mut self) -> HashMap<String, Vec<Range<u64>>> {
-        self.close();
-        self.events
-    }
+    events
 }
 
 /// The indexes of the files queries have read, shared by a [`crate::QueryEngine`]'s
@@ -723,7 +700,7 @@ mod tests {
             runs.push(n, 1);
         }
         runs.push(Some("a"), 1);
-        let events = runs.finish();
+        let events = by_name(runs.into_runs());
         assert_eq!(events["a"], vec![0..2, 4..6]);
         assert_eq!(events["b"], vec![3..4]);
         assert_eq!(events.len(), 2);

@@ -163,44 +163,51 @@ fn gather(arrays: &[&dyn Array], rows: &[(usize, usize)]) -> Result<arrow::array
 /// files written before it existed lack it.
 pub const EVENT_ROWS_KEY: &str = "herd.event_rows";
 
-/// Follows the event names of the rows written to an events file, for [`EVENT_ROWS_KEY`].
+/// The runs of event names down a file's rows, as `(name, first row, rows)` in file order:
+/// what the writer lists under [`EVENT_ROWS_KEY`], and what a reader builds from the `event`
+/// column of a file written without it.
 #[derive(Debug, Default)]
-pub(crate) struct EventRows {
+pub struct EventRuns {
     runs: Vec<(String, u64, u64)>,
     rows: u64,
-    /// False once a row without a text event was seen (then no key is written).
-    valid: bool,
-    started: bool,
+    /// Whether rows without an event were seen (they are in no run).
+    gaps: bool,
 }
 
-impl EventRows {
-    /// Follows the rows of `batch` (stored events schema), written next.
-    pub(crate) fn observe(&mut self, batch: &RecordBatch) {
-        use arrow::array::AsArray;
-        if !self.started {
-            self.started = true;
-            self.valid = true;
-        }
-        let Some(events) = batch.column(events_col::EVENT).as_string_opt::<i32>() else {
-            self.valid = false;
-            return;
-        };
-        if events.null_count() > 0 {
-            self.valid = false;
-        }
-        for i in 0..events.len() {
-            let name = events.value(i);
-            match self.runs.last_mut() {
-                Some((last, _, rows)) if last == name => *rows += 1,
-                _ => self.runs.push((name.to_string(), self.rows, 1)),
+impl EventRuns {
+    /// The next `rows` rows are all `name` (`None`: no event).
+    pub fn push(&mut self, name: Option<&str>, rows: u64) {
+        match (self.runs.last_mut(), name) {
+            (_, None) => self.gaps = true,
+            (Some((last, start, n)), Some(name)) if last == name && *start + *n == self.rows => {
+                *n += rows;
             }
-            self.rows += 1;
+            (_, Some(name)) => self.runs.push((name.to_string(), self.rows, rows)),
+        }
+        self.rows += rows;
+    }
+
+    /// The runs, in file order.
+    pub fn into_runs(self) -> Vec<(String, u64, u64)> {
+        self.runs
+    }
+
+    /// Follows the rows of `batch` (stored events schema), written next.
+    fn observe(&mut self, batch: &RecordBatch) {
+        use arrow::array::AsArray;
+        match batch.column(events_col::EVENT).as_string_opt::<i32>() {
+            Some(events) => {
+                for name in events {
+                    self.push(name, 1);
+                }
+            }
+            None => self.push(None, batch.num_rows() as u64),
         }
     }
 
-    /// The footer entry for the rows seen (none when they cannot be described).
-    pub(crate) fn key_value(&self) -> Option<parquet::file::metadata::KeyValue> {
-        if self.started && !self.valid {
+    /// The footer entry listing the runs; none when some rows are in no run.
+    fn key_value(&self) -> Option<parquet::file::metadata::KeyValue> {
+        if self.gaps {
             return None;
         }
         let value = serde_json::to_string(&self.runs).ok()?;
@@ -208,6 +215,46 @@ impl EventRows {
             EVENT_ROWS_KEY.to_string(),
             value,
         ))
+    }
+}
+
+/// Writes one events file: sorted batches in, the file's bytes out, with the runs of event
+/// names listed in its footer ([`EVENT_ROWS_KEY`]).
+pub(crate) struct EventsWriter<'p> {
+    writer: ArrowWriter<Vec<u8>>,
+    runs: EventRuns,
+    path: &'p str,
+}
+
+impl<'p> EventsWriter<'p> {
+    /// A writer for the file at `path` (for errors), its buffer sized for `capacity` bytes.
+    pub(crate) fn new(capacity: usize, path: &'p str) -> Result<Self> {
+        let writer = ArrowWriter::try_new(
+            Vec::with_capacity(capacity),
+            stored_events_schema(),
+            Some(events_props()),
+        )
+        .map_err(parquet_err(path))?;
+        Ok(Self {
+            writer,
+            runs: EventRuns::default(),
+            path,
+        })
+    }
+
+    /// Appends `batch`, whose rows follow the ones written so far in the events order.
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.runs.observe(batch);
+        self.writer.write(batch).map_err(parquet_err(self.path))
+    }
+
+    /// The whole file.
+    pub(crate) fn finish(mut self) -> Result<Bytes> {
+        if let Some(kv) = self.runs.key_value() {
+            self.writer.append_key_value_metadata(kv);
+        }
+        let buf = self.writer.into_inner().map_err(parquet_err(self.path))?;
+        Ok(Bytes::from(buf))
     }
 }
 
@@ -221,11 +268,8 @@ pub fn encode_sorted_events(batches: &[RecordBatch], path: &str) -> Result<Bytes
     let order = sort_order(batches)?;
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-    let mut buf = Vec::with_capacity(bytes / 4 + 1024);
     let schema = stored_events_schema();
-    let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(events_props()))
-        .map_err(parquet_err(path))?;
-    let mut event_rows = EventRows::default();
+    let mut writer = EventsWriter::new(bytes / 4 + 1024, path)?;
     for part in order.chunks(SORT_GATHER_ROWS) {
         let columns = (0..schema.fields().len())
             .map(|c| {
@@ -233,15 +277,9 @@ pub fn encode_sorted_events(batches: &[RecordBatch], path: &str) -> Result<Bytes
                 gather(&arrays, part)
             })
             .collect::<Result<Vec<_>>>()?;
-        let sorted = RecordBatch::try_new(schema.clone(), columns)?;
-        event_rows.observe(&sorted);
-        writer.write(&sorted).map_err(parquet_err(path))?;
+        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
     }
-    if let Some(kv) = event_rows.key_value() {
-        writer.append_key_value_metadata(kv);
-    }
-    writer.close().map_err(parquet_err(path))?;
-    Ok(Bytes::from(buf))
+    writer.finish()
 }
 
 /// Rows per data page of events files (Parquet's default is 20,000). A scan for a rare event

@@ -420,8 +420,9 @@ pub(crate) enum Input {
     /// An ordered funnel without exclusions or breakdown, over actor numbers, as two parts:
     /// `later` holds the rows matching a step after the first (columns as [`Input::All`]),
     /// `entries` the `(actor, ts Int64)` of those matching only the first step (their other
-    /// columns are known: steps = 1, excl = 0, no breakdown, bucket 0). Only the entries that can matter are kept (see [`Entries`]): a first step
-    /// that is most events (page views) is then neither stored nor sorted.
+    /// columns are known: steps = 1, excl = 0, no breakdown, bucket 0). Only the entries
+    /// that can matter are kept (see [`Entries`]): a first step that is most events (page
+    /// views) is then neither stored nor sorted.
     Split {
         /// Rows matching a later step.
         later: DataFrame,

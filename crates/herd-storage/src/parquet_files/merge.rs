@@ -14,10 +14,9 @@ use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use bytes::Bytes;
 use herd_core::schema::{events_col, stored_events_schema};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use super::{SORT_GATHER_ROWS, cast_to, events_props, gather, parquet_err};
+use super::{EventsWriter, SORT_GATHER_ROWS, cast_to, gather, parquet_err};
 use crate::{Error, Result};
 
 /// Decoded rows held by all inputs together (each reads batches of this divided by the
@@ -241,19 +240,11 @@ pub(super) fn merge_in_slices(
     std::thread::scope(|scope| {
         let (slices, merged) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
         let encoder = scope.spawn(move || -> Result<Bytes> {
-            let mut buf = Vec::with_capacity(input_bytes + 1024);
-            let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(events_props()))
-                .map_err(parquet_err(path))?;
-            let mut event_rows = super::EventRows::default();
+            let mut writer = EventsWriter::new(input_bytes + 1024, path)?;
             for batch in merged {
-                event_rows.observe(&batch);
-                writer.write(&batch).map_err(parquet_err(path))?;
+                writer.write(&batch)?;
             }
-            if let Some(kv) = event_rows.key_value() {
-                writer.append_key_value_metadata(kv);
-            }
-            writer.close().map_err(parquet_err(path))?;
-            Ok(Bytes::from(buf))
+            writer.finish()
         });
         // Ok(false): an input out of order; a failed send: the encoder stopped (its error
         // comes from the join below).
