@@ -233,7 +233,7 @@ pub async fn run(
                 continue;
             }
             let mut rows = if seen < skip {
-                slice_rows(&rows, (skip - seen) as usize, usize::MAX)
+                rows.slice((skip - seen) as usize, usize::MAX)
             } else {
                 rows
             };
@@ -241,13 +241,13 @@ pub async fn run(
             // Stop exactly at the limit.
             let room = limit.saturating_sub(read_this_run);
             if (rows.len() as u64) > room {
-                rows = slice_rows(&rows, 0, room as usize);
+                rows = rows.slice(0, room as usize);
             }
             // Load in chunks of at most flush_rows, so checkpoints follow the flushes closely.
             let chunk = opts.flush_rows.clamp(1, source::READ_BATCH_ROWS);
             let mut offset = 0;
             while offset < rows.len() {
-                let part = slice_rows(&rows, offset, chunk);
+                let part = rows.slice(offset, chunk);
                 offset += part.len();
                 read_this_run += part.len() as u64;
                 marks.push((read_this_run, name.clone(), first + offset as u64));
@@ -298,28 +298,6 @@ pub async fn run(
         complete,
         seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     })
-}
-
-fn slice_rows(
-    rows: &crate::bulk::SourceRows,
-    offset: usize,
-    max_len: usize,
-) -> crate::bulk::SourceRows {
-    let len = rows.len().saturating_sub(offset).min(max_len);
-    let s = |a: &arrow::array::StringArray| a.slice(offset, len);
-    crate::bulk::SourceRows {
-        uuid: rows.uuid.slice(offset, len),
-        event: s(&rows.event),
-        distinct_id: s(&rows.distinct_id),
-        timestamp: rows.timestamp.slice(offset, len),
-        properties: s(&rows.properties),
-        groups: rows
-            .groups
-            .as_ref()
-            .map(|(cols, m)| (cols.clone().map(|c| c.slice(offset, len)), m.clone())),
-        created_at: rows.created_at.as_ref().map(|c| c.slice(offset, len)),
-        prepared: rows.prepared.as_ref().map(|p| p.slice(offset)),
-    }
 }
 
 async fn load_groups(

@@ -21,7 +21,7 @@ use herd_core::schema::events_schema;
 use herd_core::{GroupTypeMapping, IngestWarning, MAX_GROUP_TYPES, ProjectId};
 use herd_storage::Db;
 use herd_storage::ProjectGuard;
-use herd_storage::db::ProjectHandle;
+use herd_storage::db::{FlushStats, ProjectHandle};
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -239,6 +239,25 @@ impl SourceRows {
     pub fn is_empty(&self) -> bool {
         self.event.is_empty()
     }
+
+    /// Rows `offset..` (at most `max_len` of them), sharing the buffers.
+    pub fn slice(&self, offset: usize, max_len: usize) -> Self {
+        let len = self.len().saturating_sub(offset).min(max_len);
+        let s = |a: &StringArray| a.slice(offset, len);
+        Self {
+            uuid: self.uuid.slice(offset, len),
+            event: s(&self.event),
+            distinct_id: s(&self.distinct_id),
+            timestamp: self.timestamp.slice(offset, len),
+            properties: s(&self.properties),
+            groups: self
+                .groups
+                .as_ref()
+                .map(|(cols, m)| (cols.clone().map(|c| c.slice(offset, len)), m.clone())),
+            created_at: self.created_at.as_ref().map(|c| c.slice(offset, len)),
+            prepared: self.prepared.as_ref().map(|p| p.slice(offset)),
+        }
+    }
 }
 
 /// Counts of a bulk load.
@@ -266,7 +285,14 @@ pub struct BulkLoader {
     flush_rows: usize,
     stats: LoadStats,
     /// The flush running in the background, and the caller's position it covers.
-    pending: Option<(tokio::task::JoinHandle<herd_storage::Result<()>>, u64)>,
+    pending: Option<(
+        tokio::task::JoinHandle<herd_storage::Result<FlushStats>>,
+        u64,
+    )>,
+    /// The latest day of the rows loaded: a due flush waits for the input to pass it.
+    latest_day: Option<i32>,
+    /// Events stored since the last flush started.
+    unflushed: usize,
 }
 
 impl BulkLoader {
@@ -281,6 +307,8 @@ impl BulkLoader {
             flush_rows: flush_rows.max(1),
             stats: LoadStats::default(),
             pending: None,
+            latest_day: None,
+            unflushed: 0,
         })
     }
 
@@ -299,6 +327,12 @@ impl BulkLoader {
     /// time) and loading goes on; the return value is the position that the previous flush
     /// made durable, when one completed during this call.
     ///
+    /// From half `flush_rows` buffered on, a flush starts where the input passes to a later
+    /// day (at `flush_rows` wherever it is): time-ordered input (exports, the generator) then
+    /// writes each day of up to half `flush_rows` events in one flush, to one file, instead of
+    /// splitting days across flushes for compaction to merge again. That flush covers the rows
+    /// loaded before the change, and `position` minus the rest of the batch is its mark.
+    ///
     /// Ordinary events are processed in input order, then `$groupidentify` rows, whose merges
     /// depend on order, in timestamp order. The batch's columns are stored as they are (filtered
     /// only when rows were dropped); only the uuids and the group slots are built.
@@ -308,6 +342,64 @@ impl BulkLoader {
         now: i64,
         position: u64,
     ) -> Result<Option<u64>> {
+        let n = rows.len();
+        let mut durable = None;
+        let mut start = 0;
+        while start < n {
+            let rest = if start == 0 {
+                rows.clone()
+            } else {
+                rows.slice(start, n)
+            };
+            let Some(cut) = self.day_change(&rest) else {
+                self.load_rows(&rest, now).await?;
+                break;
+            };
+            if cut > 0 {
+                self.load_rows(&rest.slice(0, cut), now).await?;
+            }
+            start += cut;
+            let previous = self.start_flush(position - (n - start) as u64).await?;
+            durable = durable.max(previous);
+        }
+        // No change of day in sight: the buffer is full.
+        if self.unflushed >= self.flush_rows {
+            let previous = self.start_flush(position).await?;
+            durable = durable.max(previous);
+        }
+        Ok(durable)
+    }
+
+    /// Where in `rows` a flush should start: the first row, once half `flush_rows` events would
+    /// be buffered before it, on a later day than every row before it (a late row of an
+    /// earlier day is no change: the day it interrupts goes on after it).
+    fn day_change(&self, rows: &SourceRows) -> Option<usize> {
+        let from = (self.flush_rows / 2).saturating_sub(self.unflushed);
+        let mut latest = self.latest_day;
+        for i in 0..rows.len() {
+            if rows.timestamp.is_null(i) {
+                continue;
+            }
+            let day = herd_core::time::day_of(rows.timestamp.value(i));
+            if i >= from && latest.is_some_and(|l| day > l) && self.unflushed + i > 0 {
+                return Some(i);
+            }
+            latest = latest.max(Some(day));
+        }
+        None
+    }
+
+    /// Starts a background flush of everything buffered, covering `position`, after waiting
+    /// for the previous one: the position that one made durable.
+    async fn start_flush(&mut self, position: u64) -> Result<Option<u64>> {
+        let durable = self.wait_pending().await?;
+        self.pending = Some((self.db.start_flush().await?, position));
+        self.unflushed = 0;
+        Ok(durable)
+    }
+
+    /// Processes `rows` into the write buffer.
+    async fn load_rows(&mut self, rows: &SourceRows, now: i64) -> Result<()> {
         let n = rows.len();
         self.stats.read += n as u64;
         let prepared = match &rows.prepared {
@@ -384,20 +476,15 @@ impl BulkLoader {
         let batch = stored_batch(rows, now, keep, uuids, slots_out, identify_slots)?;
         self.stats.groups += produced.groups.len() as u64;
         self.stats.warnings += produced.warnings.len() as u64;
+        let stored = batch.as_ref().map_or(0, RecordBatch::num_rows);
         guard.commit_unlogged(batch, produced.groups, produced.warnings)?;
         drop(guard);
-        // Loading goes on while a flush encodes: the next one is due when as many rows
-        // again have arrived, so at most two flushes' rows are held.
-        if self.db.active_rows(self.handle.project().id) < self.flush_rows {
-            return Ok(None);
+        self.unflushed += stored;
+        let latest = rows.timestamp.iter().flatten().max();
+        if let Some(day) = latest.map(herd_core::time::day_of) {
+            self.latest_day = self.latest_day.max(Some(day));
         }
-        let durable = self.wait_pending().await?;
-        let db = self.db.clone();
-        self.pending = Some((
-            tokio::spawn(async move { db.flush().await.map(|_| ()) }),
-            position,
-        ));
-        Ok(durable)
+        Ok(())
     }
 
     async fn wait_pending(&mut self) -> Result<Option<u64>> {
@@ -640,5 +727,111 @@ fn count_skip(stats: &mut LoadStats, d: &Disposition) {
     stats.skipped += 1;
     if *d == Disposition::Duplicate {
         stats.duplicates += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use herd_storage::DbConfig;
+    use herd_storage::projects::NewProject;
+
+    const DAY_US: i64 = 86_400_000_000;
+
+    /// One `e` event per entry of `days` (days since 1970, in input order), uuids counting
+    /// from `first`.
+    fn rows_on(days: &[i64], first: u128) -> SourceRows {
+        let n = days.len();
+        let uuids = (0..n).map(|i| (first + i as u128 + 1).to_be_bytes());
+        SourceRows {
+            uuid: FixedSizeBinaryArray::try_from_iter(uuids).expect("uuids"),
+            event: StringArray::from(vec!["e"; n]),
+            distinct_id: (0..n).map(|i| Some(format!("u{}", i % 7))).collect(),
+            timestamp: days
+                .iter()
+                .enumerate()
+                .map(|(i, d)| d * DAY_US + i as i64)
+                .collect::<Vec<_>>()
+                .into(),
+            properties: StringArray::from(vec!["{}"; n]),
+            groups: None,
+            created_at: None,
+            prepared: None,
+        }
+    }
+
+    /// Events rows per day in the project's files, file by file; their total; the flushes
+    /// (catalog versions) so far.
+    fn files_by_day(db: &Db, project: ProjectId) -> (BTreeMap<String, Vec<u64>>, u64, u64) {
+        let snapshot = db.snapshot(project).expect("snapshot");
+        let mut days: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for f in &snapshot.catalog.events {
+            let day = f.day.clone().expect("day");
+            days.entry(day).or_default().push(f.rows);
+        }
+        let total = snapshot.catalog.events.iter().map(|f| f.rows).sum();
+        (days, total, snapshot.catalog.version)
+    }
+
+    /// Time-ordered input is flushed where it passes to a later day, once half `flush_rows`
+    /// are buffered: each day small enough lands in one file, small days share a flush. A late
+    /// row of an earlier day does not cut its day short; a day larger than `flush_rows` is cut
+    /// where the buffer is full. Every position `load` reports durable is covered by the
+    /// files then committed.
+    #[tokio::test]
+    async fn flushes_start_where_the_input_passes_to_a_later_day() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = herd_storage::Storage::open(dir.path().join("data").to_str().expect("utf8"))
+            .expect("storage");
+        let db = Db::open(storage, DbConfig::new(dir.path().join("wal")))
+            .await
+            .expect("db");
+        let project = db
+            .create_project(NewProject::default())
+            .await
+            .expect("project")
+            .id;
+        let mut loader = BulkLoader::new(db.clone(), project, 100).expect("loader");
+        let d = 19_723; // 2024-01-01
+        let mut input: Vec<i64> = Vec::new();
+        input.extend([d; 60]);
+        input.extend([d + 1; 55]);
+        input.push(d); // late, with 50 or more rows buffered
+        input.extend([d + 1; 10]);
+        input.extend([d + 2; 20]);
+        input.extend([d + 3; 20]);
+        input.extend([d + 4; 20]);
+        input.extend([d + 5; 160]);
+        input.extend([d + 6; 20]);
+        let mut loaded = 0u64;
+        for batch in input.chunks(45) {
+            let rows = rows_on(batch, loaded as u128);
+            loaded += batch.len() as u64;
+            if let Some(durable) = loader.load(&rows, 0, loaded).await.expect("load") {
+                let (_, committed, _) = files_by_day(&db, project);
+                assert!(
+                    durable <= committed,
+                    "{durable} reported, {committed} in files"
+                );
+            }
+        }
+        loader.flush().await.expect("flush");
+        let (days, total, flushes) = files_by_day(&db, project);
+        assert_eq!(total, input.len() as u64);
+        let rows = |day: &str| days.get(day).cloned().unwrap_or_default();
+        // The first day, then its late row (written with the second day).
+        assert_eq!(rows("2024-01-01"), vec![60, 1]);
+        assert_eq!(rows("2024-01-02"), vec![65]);
+        // Three small days in one flush.
+        assert_eq!(rows("2024-01-03"), vec![20]);
+        assert_eq!(rows("2024-01-04"), vec![20]);
+        assert_eq!(rows("2024-01-05"), vec![20]);
+        // 160 rows: the buffer is full at the end of the batch that reaches 100 (row 315 of
+        // the input); the rest goes with the last day.
+        assert_eq!(rows("2024-01-06"), vec![129, 31]);
+        assert_eq!(rows("2024-01-07"), vec![20]);
+        assert_eq!(flushes, 5);
     }
 }

@@ -394,7 +394,7 @@ pub struct Db {
     /// Held shared by ingestion, exclusively by a flush while it freezes buffers and rotates
     /// the WAL: every record in an old segment is then in a frozen buffer.
     gate: AsyncRwLock<()>,
-    flush_lock: AsyncMutex<()>,
+    flush_lock: Arc<AsyncMutex<()>>,
     /// One compaction at a time ([`Db::compact_events`]).
     compact_lock: AsyncMutex<()>,
     /// Events files compaction took out of the catalog, with when, to delete once no query
@@ -430,7 +430,7 @@ impl Db {
             config,
             projects: Default::default(),
             gate: AsyncRwLock::new(()),
-            flush_lock: AsyncMutex::new(()),
+            flush_lock: Arc::new(AsyncMutex::new(())),
             compact_lock: AsyncMutex::new(()),
             retired: Default::default(),
             last_reload: Default::default(),
@@ -863,18 +863,48 @@ impl Db {
     /// segments that are now redundant.
     pub async fn flush(&self) -> Result<FlushStats> {
         let _one_at_a_time = self.flush_lock.lock().await;
+        let (handles, live_segment) = self.freeze().await?;
+        self.write_frozen(handles, live_segment).await
+    }
+
+    /// Starts a flush of every row buffered now and writes them in a background task, whose
+    /// handle is returned: rows added after this returns go to the next flush (a bulk load
+    /// chooses where its flushes cut the input).
+    pub async fn start_flush(
+        self: &Arc<Self>,
+    ) -> Result<tokio::task::JoinHandle<Result<FlushStats>>> {
+        let one_at_a_time = self.flush_lock.clone().lock_owned().await;
+        let (handles, live_segment) = self.freeze().await?;
+        let db = self.clone();
+        Ok(tokio::spawn(async move {
+            let _one_at_a_time = one_at_a_time;
+            db.write_frozen(handles, live_segment).await
+        }))
+    }
+
+    /// Moves every project's active buffer to its frozen ones and starts a new WAL segment:
+    /// the projects and the first segment that a flush of the frozen buffers leaves needed.
+    async fn freeze(&self) -> Result<(Vec<Arc<ProjectHandle>>, u64)> {
         let handles: Vec<Arc<ProjectHandle>> = self.projects.read().values().cloned().collect();
-        let live_segment = {
-            let _gate = self.gate.write().await;
-            for h in &handles {
-                let mut t = h.tables.lock();
-                if !t.active.is_empty() {
-                    let frozen = std::mem::take(&mut t.active);
-                    t.frozen.push(frozen);
-                }
+        let _gate = self.gate.write().await;
+        for h in &handles {
+            let mut t = h.tables.lock();
+            if !t.active.is_empty() {
+                let frozen = std::mem::take(&mut t.active);
+                t.frozen.push(frozen);
             }
-            self.wal.rotate().await?
-        };
+        }
+        let live_segment = self.wal.rotate().await?;
+        Ok((handles, live_segment))
+    }
+
+    /// Writes the frozen buffers of `handles`, commits the catalogs, and deletes the WAL
+    /// segments before `live_segment`.
+    async fn write_frozen(
+        &self,
+        handles: Vec<Arc<ProjectHandle>>,
+        live_segment: u64,
+    ) -> Result<FlushStats> {
         let mut stats = FlushStats::default();
         let mut first_error = None;
         for h in &handles {
