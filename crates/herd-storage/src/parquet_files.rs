@@ -10,8 +10,8 @@ use arrow::array::{Array, FixedSizeBinaryArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use herd_core::schema::{
-    DISTINCT_ID, DISTINCT_ID_NUM, GROUP_COLUMNS, GROUP_NUM_COLUMNS, events_col, events_schema,
-    stored_events_schema,
+    DISTINCT_ID, DISTINCT_ID_NUM, GROUP_COLUMNS, GROUP_NUM_COLUMNS, UUID, events_col,
+    events_schema, stored_events_schema,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
@@ -338,10 +338,13 @@ fn events_props() -> WriterProperties {
     // and zstd saved ~20 % of it while taking a third of a distinct count's time: plain and
     // uncompressed. The group numbers follow the sort (long runs): dictionary/RLE, which is
     // small already, uncompressed.
+    // Uuids are random bytes: zstd spends time on them (a few % of a bulk load) and saves
+    // nothing.
     let mut b = props
         .into_builder()
         .set_column_dictionary_enabled(ColumnPath::from(DISTINCT_ID_NUM), false)
-        .set_column_compression(ColumnPath::from(DISTINCT_ID_NUM), Compression::UNCOMPRESSED);
+        .set_column_compression(ColumnPath::from(DISTINCT_ID_NUM), Compression::UNCOMPRESSED)
+        .set_column_compression(ColumnPath::from(UUID), Compression::UNCOMPRESSED);
     for name in GROUP_NUM_COLUMNS {
         b = b.set_column_compression(ColumnPath::from(name), Compression::UNCOMPRESSED);
     }
@@ -509,7 +512,15 @@ mod tests {
         let meta = reader.metadata();
         let rg = meta.row_group(0);
         assert_eq!(rg.sorting_columns().map(|s| s.len()), Some(4));
-        assert!(matches!(rg.column(0).compression(), Compression::ZSTD(_)));
+        assert!(matches!(
+            rg.column(events_col::PROPERTIES).compression(),
+            Compression::ZSTD(_)
+        ));
+        // Uuids (random bytes) are stored uncompressed.
+        assert_eq!(
+            rg.column(events_col::UUID).compression(),
+            Compression::UNCOMPRESSED
+        );
         // Actor numbers are stored uncompressed (decoding them is a copy).
         let numbers = rg.column(events_col::DISTINCT_ID_NUM);
         assert_eq!(numbers.column_path().string(), DISTINCT_ID_NUM);
