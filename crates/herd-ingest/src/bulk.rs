@@ -359,7 +359,9 @@ impl BulkLoader {
                 self.load_rows(&rest.slice(0, cut), now).await?;
             }
             start += cut;
-            let previous = self.start_flush(position - (n - start) as u64).await?;
+            let previous = self
+                .start_flush(position.saturating_sub((n - start) as u64))
+                .await?;
             durable = durable.max(previous);
         }
         // No change of day in sight: the buffer is full.

@@ -250,6 +250,12 @@ impl ActorNumbers {
         let (mark, before) = (self.mark(), new.len());
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         for (c, values) in sources.iter().enumerate() {
+            // Every value empty or null (a group type these events do not use): all 0.
+            let offsets = values.value_offsets();
+            if offsets.first() == offsets.last() {
+                columns.push(Arc::new(UInt32Array::from(vec![0u32; values.len()])));
+                continue;
+            }
             let d = &mut self.columns[c];
             let mut out = Vec::with_capacity(values.len());
             // Rows of one actor often follow each other: the previous row's number is reused.
@@ -384,6 +390,12 @@ mod tests {
         assert_eq!(new.len(), 6);
         assert_eq!(n.get(0, "u4"), Some(4));
         assert_eq!(n.get(1, ""), Some(0));
+        // Slices whose values are all empty, of a column that is not.
+        let mixed = batch(&[("u5", "c3"), ("u6", ""), ("u7", "")]);
+        let tail = n.number(&mixed.slice(1, 2), &mut new).expect("number");
+        assert_eq!(numbers(&tail, events_col::GROUP_0_NUM), vec![0, 0]);
+        let head = n.number(&mixed.slice(0, 2), &mut new).expect("number");
+        assert_eq!(numbers(&head, events_col::GROUP_0_NUM), vec![3, 0]);
     }
 
     #[test]
