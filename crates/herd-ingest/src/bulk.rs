@@ -507,6 +507,7 @@ impl BulkLoader {
     pub async fn flush(&mut self) -> Result<()> {
         self.wait_pending().await?;
         self.db.flush().await?;
+        self.unflushed = 0;
         Ok(())
     }
 
