@@ -809,6 +809,7 @@ mod tests {
         input.extend([d + 5; 160]);
         input.extend([d + 6; 20]);
         let mut loaded = 0u64;
+        let mut reported = Vec::new();
         for batch in input.chunks(45) {
             let rows = rows_on(batch, loaded as u128);
             loaded += batch.len() as u64;
@@ -818,8 +819,12 @@ mod tests {
                     durable <= committed,
                     "{durable} reported, {committed} in files"
                 );
+                reported.push(durable);
             }
         }
+        // Each flush's mark (its cut: rows 60, 126, 186) once the next one starts; the one
+        // at row 315 (the full buffer) completes in the final flush.
+        assert_eq!(reported, vec![60, 126, 186]);
         loader.flush().await.expect("flush");
         let (days, total, flushes) = files_by_day(&db, project);
         assert_eq!(total, input.len() as u64);
