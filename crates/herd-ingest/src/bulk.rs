@@ -291,8 +291,6 @@ pub struct BulkLoader {
     )>,
     /// The latest day of the rows loaded: a due flush waits for the input to pass it.
     latest_day: Option<i32>,
-    /// Events stored since the last flush started.
-    unflushed: usize,
 }
 
 impl BulkLoader {
@@ -308,7 +306,6 @@ impl BulkLoader {
             stats: LoadStats::default(),
             pending: None,
             latest_day: None,
-            unflushed: 0,
         })
     }
 
@@ -365,25 +362,32 @@ impl BulkLoader {
             durable = durable.max(previous);
         }
         // No change of day in sight: the buffer is full.
-        if self.unflushed >= self.flush_rows {
+        if self.buffered() >= self.flush_rows {
             let previous = self.start_flush(position).await?;
             durable = durable.max(previous);
         }
         Ok(durable)
     }
 
+    /// Events in the project's write buffer: loaded since the last flush started, which took
+    /// the buffer before returning ([`Db::start_flush`]).
+    fn buffered(&self) -> usize {
+        self.db.active_rows(self.handle.project().id)
+    }
+
     /// Where in `rows` a flush should start: the first row, once half `flush_rows` events would
     /// be buffered before it, on a later day than every row before it (a late row of an
     /// earlier day is no change: the day it interrupts goes on after it).
     fn day_change(&self, rows: &SourceRows) -> Option<usize> {
-        let from = (self.flush_rows / 2).saturating_sub(self.unflushed);
+        let buffered = self.buffered();
+        let from = (self.flush_rows / 2).saturating_sub(buffered);
         let mut latest = self.latest_day;
         for i in 0..rows.len() {
             if rows.timestamp.is_null(i) {
                 continue;
             }
             let day = herd_core::time::day_of(rows.timestamp.value(i));
-            if i >= from && latest.is_some_and(|l| day > l) && self.unflushed + i > 0 {
+            if i >= from && latest.is_some_and(|l| day > l) && buffered + i > 0 {
                 return Some(i);
             }
             latest = latest.max(Some(day));
@@ -396,7 +400,6 @@ impl BulkLoader {
     async fn start_flush(&mut self, position: u64) -> Result<Option<u64>> {
         let durable = self.wait_pending().await?;
         self.pending = Some((self.db.start_flush().await?, position));
-        self.unflushed = 0;
         Ok(durable)
     }
 
@@ -478,10 +481,8 @@ impl BulkLoader {
         let batch = stored_batch(rows, now, keep, uuids, slots_out, identify_slots)?;
         self.stats.groups += produced.groups.len() as u64;
         self.stats.warnings += produced.warnings.len() as u64;
-        let stored = batch.as_ref().map_or(0, RecordBatch::num_rows);
         guard.commit_unlogged(batch, produced.groups, produced.warnings)?;
         drop(guard);
-        self.unflushed += stored;
         let latest = rows.timestamp.iter().flatten().max();
         if let Some(day) = latest.map(herd_core::time::day_of) {
             self.latest_day = self.latest_day.max(Some(day));
@@ -507,7 +508,6 @@ impl BulkLoader {
     pub async fn flush(&mut self) -> Result<()> {
         self.wait_pending().await?;
         self.db.flush().await?;
-        self.unflushed = 0;
         Ok(())
     }
 
