@@ -289,7 +289,9 @@ pub struct BulkLoader {
         tokio::task::JoinHandle<herd_storage::Result<FlushStats>>,
         u64,
     )>,
-    /// The latest day of the rows loaded: a due flush waits for the input to pass it.
+    /// The latest day of the rows loaded since the last flush started: a due flush waits for
+    /// the input to pass it. Forgotten at every flush, so that one row far in the future
+    /// holds the day cuts off for one flush at most, not for the rest of the load.
     latest_day: Option<i32>,
 }
 
@@ -376,8 +378,9 @@ impl BulkLoader {
     }
 
     /// Where in `rows` a flush should start: the first row, once half `flush_rows` events would
-    /// be buffered before it, on a later day than every row before it (a late row of an
-    /// earlier day is no change: the day it interrupts goes on after it).
+    /// be buffered before it, on a later day than every row before it since the last flush
+    /// started (a late row of an earlier day is no change: the day it interrupts goes on
+    /// after it).
     fn day_change(&self, rows: &SourceRows) -> Option<usize> {
         let buffered = self.buffered();
         let from = (self.flush_rows / 2).saturating_sub(buffered);
@@ -400,6 +403,7 @@ impl BulkLoader {
     async fn start_flush(&mut self, position: u64) -> Result<Option<u64>> {
         let durable = self.wait_pending().await?;
         self.pending = Some((self.db.start_flush().await?, position));
+        self.latest_day = None;
         Ok(durable)
     }
 
@@ -783,8 +787,8 @@ mod tests {
     /// row of an earlier day does not cut its day short; a day larger than `flush_rows` is cut
     /// where the buffer is full. Every position `load` reports durable is covered by the
     /// files then committed.
-    #[tokio::test]
-    async fn flushes_start_where_the_input_passes_to_a_later_day() {
+    /// A fresh store with one project, and a loader for it that flushes at `flush_rows`.
+    async fn loader(flush_rows: usize) -> (tempfile::TempDir, Arc<Db>, ProjectId, BulkLoader) {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = herd_storage::Storage::open(dir.path().join("data").to_str().expect("utf8"))
             .expect("storage");
@@ -796,7 +800,13 @@ mod tests {
             .await
             .expect("project")
             .id;
-        let mut loader = BulkLoader::new(db.clone(), project, 100).expect("loader");
+        let loader = BulkLoader::new(db.clone(), project, flush_rows).expect("loader");
+        (dir, db, project, loader)
+    }
+
+    #[tokio::test]
+    async fn flushes_start_where_the_input_passes_to_a_later_day() {
+        let (_dir, db, project, mut loader) = loader(100).await;
         let d = 19_723; // 2024-01-01
         let mut input: Vec<i64> = Vec::new();
         input.extend([d; 60]);
@@ -840,6 +850,45 @@ mod tests {
         // the input); the rest goes with the last day.
         assert_eq!(rows("2024-01-06"), vec![129, 31]);
         assert_eq!(rows("2024-01-07"), vec![20]);
+        assert_eq!(flushes, 5);
+    }
+
+    /// A row far in the future (a client with a wrong clock) holds the day cuts off until
+    /// the next flush only: from there on, days are flushed whole again.
+    #[tokio::test]
+    async fn a_row_far_in_the_future_holds_day_cuts_off_for_one_flush() {
+        let (_dir, db, project, mut loader) = loader(100).await;
+        let d = 19_723; // 2024-01-01
+        let mut input: Vec<i64> = Vec::new();
+        input.extend([d; 60]);
+        input.push(d + 1000);
+        for day in d + 1..=d + 5 {
+            input.extend([day; 60]);
+        }
+        let mut loaded = 0u64;
+        for batch in input.chunks(45) {
+            let rows = rows_on(batch, loaded as u128);
+            loaded += batch.len() as u64;
+            loader.load(&rows, 0, loaded).await.expect("load");
+        }
+        loader.flush().await.expect("flush");
+        let (days, total, flushes) = files_by_day(&db, project);
+        assert_eq!(total, input.len() as u64);
+        let rows = |day: &str| days.get(day).cloned().unwrap_or_default();
+        // Cut where the future row comes; then it is the latest day, so the buffer fills
+        // (rows 60..180: the future row, the 2nd day, all but one row of the 3rd).
+        assert_eq!(rows("2024-01-01"), vec![60]);
+        assert_eq!(
+            days.values().last(),
+            Some(&vec![1]),
+            "the future row: {days:?}"
+        );
+        assert_eq!(rows("2024-01-02"), vec![60]);
+        assert_eq!(rows("2024-01-03"), vec![59, 1]);
+        // After that flush, days are cut at their ends again.
+        assert_eq!(rows("2024-01-04"), vec![60]);
+        assert_eq!(rows("2024-01-05"), vec![60]);
+        assert_eq!(rows("2024-01-06"), vec![60]);
         assert_eq!(flushes, 5);
     }
 }
