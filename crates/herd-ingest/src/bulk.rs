@@ -804,6 +804,31 @@ mod tests {
         (dir, db, project, loader)
     }
 
+    /// Loads one event per entry of `days` in batches of 45 and returns the positions `load`
+    /// reported durable, checking each against the rows in committed files at that moment.
+    async fn load_in_batches(
+        db: &Db,
+        project: ProjectId,
+        loader: &mut BulkLoader,
+        days: &[i64],
+    ) -> Vec<u64> {
+        let mut loaded = 0u64;
+        let mut reported = Vec::new();
+        for batch in days.chunks(45) {
+            let rows = rows_on(batch, loaded as u128);
+            loaded += batch.len() as u64;
+            if let Some(durable) = loader.load(&rows, 0, loaded).await.expect("load") {
+                let (_, committed, _) = files_by_day(db, project);
+                assert!(
+                    durable <= committed,
+                    "{durable} reported, {committed} in files"
+                );
+                reported.push(durable);
+            }
+        }
+        reported
+    }
+
     #[tokio::test]
     async fn flushes_start_where_the_input_passes_to_a_later_day() {
         let (_dir, db, project, mut loader) = loader(100).await;
@@ -818,20 +843,7 @@ mod tests {
         input.extend([d + 4; 20]);
         input.extend([d + 5; 160]);
         input.extend([d + 6; 20]);
-        let mut loaded = 0u64;
-        let mut reported = Vec::new();
-        for batch in input.chunks(45) {
-            let rows = rows_on(batch, loaded as u128);
-            loaded += batch.len() as u64;
-            if let Some(durable) = loader.load(&rows, 0, loaded).await.expect("load") {
-                let (_, committed, _) = files_by_day(&db, project);
-                assert!(
-                    durable <= committed,
-                    "{durable} reported, {committed} in files"
-                );
-                reported.push(durable);
-            }
-        }
+        let reported = load_in_batches(&db, project, &mut loader, &input).await;
         // Each flush's mark (its cut: rows 60, 126, 186) once the next one starts; the one
         // at row 315 (the full buffer) completes in the final flush.
         assert_eq!(reported, vec![60, 126, 186]);
@@ -865,12 +877,9 @@ mod tests {
         for day in d + 1..=d + 5 {
             input.extend([day; 60]);
         }
-        let mut loaded = 0u64;
-        for batch in input.chunks(45) {
-            let rows = rows_on(batch, loaded as u128);
-            loaded += batch.len() as u64;
-            loader.load(&rows, 0, loaded).await.expect("load");
-        }
+        let reported = load_in_batches(&db, project, &mut loader, &input).await;
+        // The cuts at rows 60 (the future row), 180 (the full buffer), 241 (the 4th day).
+        assert_eq!(reported, vec![60, 180, 241]);
         loader.flush().await.expect("flush");
         let (days, total, flushes) = files_by_day(&db, project);
         assert_eq!(total, input.len() as u64);
