@@ -804,14 +804,15 @@ mod tests {
         (dir, db, project, loader)
     }
 
-    /// Loads one event per entry of `days` in batches of 45 and returns the positions `load`
-    /// reported durable, checking each against the rows in committed files at that moment.
-    async fn load_in_batches(
+    /// Loads one event per entry of `days` in batches of 45, then flushes: the positions `load`
+    /// reported durable (each checked against the rows in committed files at that moment),
+    /// the files' rows by day, and the number of flushes.
+    async fn load_and_flush(
         db: &Db,
         project: ProjectId,
         loader: &mut BulkLoader,
         days: &[i64],
-    ) -> Vec<u64> {
+    ) -> (Vec<u64>, BTreeMap<String, Vec<u64>>, u64) {
         let mut loaded = 0u64;
         let mut reported = Vec::new();
         for batch in days.chunks(45) {
@@ -826,7 +827,10 @@ mod tests {
                 reported.push(durable);
             }
         }
-        reported
+        loader.flush().await.expect("flush");
+        let (by_day, total, flushes) = files_by_day(db, project);
+        assert_eq!(total, days.len() as u64);
+        (reported, by_day, flushes)
     }
 
     #[tokio::test]
@@ -843,13 +847,10 @@ mod tests {
         input.extend([d + 4; 20]);
         input.extend([d + 5; 160]);
         input.extend([d + 6; 20]);
-        let reported = load_in_batches(&db, project, &mut loader, &input).await;
+        let (reported, days, flushes) = load_and_flush(&db, project, &mut loader, &input).await;
         // Each flush's mark (its cut: rows 60, 126, 186) once the next one starts; the one
         // at row 315 (the full buffer) completes in the final flush.
         assert_eq!(reported, vec![60, 126, 186]);
-        loader.flush().await.expect("flush");
-        let (days, total, flushes) = files_by_day(&db, project);
-        assert_eq!(total, input.len() as u64);
         let rows = |day: &str| days.get(day).cloned().unwrap_or_default();
         // The first day, then its late row (written with the second day).
         assert_eq!(rows("2024-01-01"), vec![60, 1]);
@@ -877,12 +878,9 @@ mod tests {
         for day in d + 1..=d + 5 {
             input.extend([day; 60]);
         }
-        let reported = load_in_batches(&db, project, &mut loader, &input).await;
+        let (reported, days, flushes) = load_and_flush(&db, project, &mut loader, &input).await;
         // The cuts at rows 60 (the future row), 180 (the full buffer), 241 (the 4th day).
         assert_eq!(reported, vec![60, 180, 241]);
-        loader.flush().await.expect("flush");
-        let (days, total, flushes) = files_by_day(&db, project);
-        assert_eq!(total, input.len() as u64);
         let rows = |day: &str| days.get(day).cloned().unwrap_or_default();
         // Cut where the future row comes; then it is the latest day, so the buffer fills
         // (rows 60..180: the future row, the 2nd day, all but one row of the 3rd).
