@@ -380,20 +380,20 @@ impl BulkLoader {
     /// Where in `rows` a flush should start: the first row, once half `flush_rows` events would
     /// be buffered before it, on a later day than every row before it since the last flush
     /// started (a late row of an earlier day is no change: the day it interrupts goes on
-    /// after it).
-    fn day_change(&self, rows: &SourceRows) -> Option<usize> {
+    /// after it). The rows before it, which the caller loads next, count towards the latest
+    /// day.
+    fn day_change(&mut self, rows: &SourceRows) -> Option<usize> {
         let buffered = self.buffered();
         let from = (self.flush_rows / 2).saturating_sub(buffered);
-        let mut latest = self.latest_day;
         for i in 0..rows.len() {
             if rows.timestamp.is_null(i) {
                 continue;
             }
             let day = herd_core::time::day_of(rows.timestamp.value(i));
-            if i >= from && latest.is_some_and(|l| day > l) && buffered + i > 0 {
+            if i >= from && self.latest_day.is_some_and(|l| day > l) && buffered + i > 0 {
                 return Some(i);
             }
-            latest = latest.max(Some(day));
+            self.latest_day = self.latest_day.max(Some(day));
         }
         None
     }
@@ -487,10 +487,6 @@ impl BulkLoader {
         self.stats.warnings += produced.warnings.len() as u64;
         guard.commit_unlogged(batch, produced.groups, produced.warnings)?;
         drop(guard);
-        let latest = rows.timestamp.iter().flatten().max();
-        if let Some(day) = latest.map(herd_core::time::day_of) {
-            self.latest_day = self.latest_day.max(Some(day));
-        }
         Ok(())
     }
 
@@ -742,7 +738,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use herd_storage::DbConfig;
     use herd_storage::projects::NewProject;
 
     const DAY_US: i64 = 86_400_000_000;
@@ -782,19 +777,10 @@ mod tests {
         (days, total, snapshot.catalog.version)
     }
 
-    /// Time-ordered input is flushed where it passes to a later day, once half `flush_rows`
-    /// are buffered: each day small enough lands in one file, small days share a flush. A late
-    /// row of an earlier day does not cut its day short; a day larger than `flush_rows` is cut
-    /// where the buffer is full. Every position `load` reports durable is covered by the
-    /// files then committed.
     /// A fresh store with one project, and a loader for it that flushes at `flush_rows`.
     async fn loader(flush_rows: usize) -> (tempfile::TempDir, Arc<Db>, ProjectId, BulkLoader) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = herd_storage::Storage::open(dir.path().join("data").to_str().expect("utf8"))
-            .expect("storage");
-        let db = Db::open(storage, DbConfig::new(dir.path().join("wal")))
-            .await
-            .expect("db");
+        let db = Db::open_local(dir.path()).await.expect("db");
         let project = db
             .create_project(NewProject::default())
             .await
@@ -833,6 +819,11 @@ mod tests {
         (reported, by_day, flushes)
     }
 
+    /// Time-ordered input is flushed where it passes to a later day, once half `flush_rows`
+    /// are buffered: each day small enough lands in one file, small days share a flush. A late
+    /// row of an earlier day does not cut its day short; a day larger than `flush_rows` is cut
+    /// where the buffer is full. Every position `load` reports durable is covered by the
+    /// files then committed.
     #[tokio::test]
     async fn flushes_start_where_the_input_passes_to_a_later_day() {
         let (_dir, db, project, mut loader) = loader(100).await;

@@ -462,7 +462,6 @@ mod tests {
     use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
     use datafusion::prelude::{col, lit};
     use herd_core::{Event, EventBatchBuilder};
-    use herd_storage::DbConfig;
     use herd_storage::projects::NewProject;
 
     async fn counts(engine: &QueryEngine, project: ProjectId) -> (i64, i64) {
@@ -498,11 +497,7 @@ mod tests {
     #[tokio::test]
     async fn events_are_queryable_from_the_buffer_and_from_parquet_exactly_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = herd_storage::Storage::open(dir.path().join("data").to_str().expect("utf8"))
-            .expect("storage");
-        let db = Db::open(storage, DbConfig::new(dir.path().join("wal")))
-            .await
-            .expect("db");
+        let db = Db::open_local(dir.path()).await.expect("db");
         let p = db
             .create_project(NewProject::default())
             .await

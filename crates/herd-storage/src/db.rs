@@ -406,6 +406,16 @@ pub struct Db {
 }
 
 impl Db {
+    /// Opens the store of the local folder `dir` with the default settings, its WAL in
+    /// `dir/wal` (where `herd serve --data DIR` keeps it).
+    pub async fn open_local(dir: &std::path::Path) -> Result<Arc<Db>> {
+        let location = dir.to_str().ok_or_else(|| Error::InvalidLocation {
+            location: dir.display().to_string(),
+            reason: "not UTF-8".into(),
+        })?;
+        Self::open(Storage::open(location)?, DbConfig::new(dir.join("wal"))).await
+    }
+
     /// Opens the store: loads projects, replays the WAL, and flushes what it replayed.
     pub async fn open(storage: Storage, config: DbConfig) -> Result<Arc<Db>> {
         std::fs::create_dir_all(&config.wal_dir)

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use herd_core::{Event, EventBatchBuilder, GroupRow, GroupState, ProjectId};
 use herd_query::QueryEngine;
+use herd_storage::Db;
 use herd_storage::projects::NewProject;
-use herd_storage::{Db, DbConfig, Storage};
 
 /// One event: `(RFC 3339 time, distinct_id, event, [$group_0, $group_1], properties JSON)`.
 pub type Ev<'a> = (&'a str, &'a str, &'a str, [&'a str; 2], &'a str);
@@ -31,11 +31,7 @@ impl Fixture {
     /// An empty project whose group types are `types` (slots in order).
     pub async fn new(types: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage =
-            Storage::open(dir.path().join("data").to_str().expect("utf8")).expect("storage");
-        let db = Db::open(storage, DbConfig::new(dir.path().join("wal")))
-            .await
-            .expect("db");
+        let db = Db::open_local(dir.path()).await.expect("db");
         let project = db
             .create_project(NewProject::default())
             .await
