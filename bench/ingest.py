@@ -84,19 +84,20 @@ def anchor_program(engine, shape, src, out, threads, group_types):
 
 
 def measured(argv, cores):
-    """Like run_child, but with the child's own CPU time and peak RSS (wait4)."""
+    """Runs argv pinned to the first `cores` cores: wall seconds from spawn to exit, and the
+    child's own CPU time and peak RSS (`wait4` on it; `taskset` execs argv in its place)."""
     pinned = ["taskset", "-c", f"0-{cores - 1}"] + argv if shutil.which("taskset") else argv
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t = time.perf_counter()
         proc = subprocess.Popen(pinned, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv[:3])}… failed ({proc.returncode}):\n{stderr[-4000:]}")
+    if code != 0:
+        sys.exit(f"{' '.join(argv[:3])}… failed ({code}):\n{stderr[-4000:]}")
     return {
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
