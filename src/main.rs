@@ -85,6 +85,10 @@ struct ServeArgs {
     /// Merge a day partition's events files into one once it has this many (0: never).
     #[arg(long, env = "HERD_COMPACT_MIN_FILES", default_value_t = 8)]
     compact_min_files: usize,
+    /// Capture answers 503 (clients retry) while the write buffers hold more than this many
+    /// MiB: flushes failing (a full disk) or behind. Half of it starts a flush.
+    #[arg(long, env = "HERD_MAX_BUFFER_MB", default_value_t = 1024)]
+    max_buffer_mb: usize,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "HERD_LOG_JSON")]
     log_json: bool,
@@ -224,6 +228,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         flush_rows: args.flush_rows,
         compact_interval: Duration::from_millis(args.compact_interval_ms),
         compact_min_files: args.compact_min_files,
+        max_buffer_bytes: args.max_buffer_mb.saturating_mul(1 << 20),
     };
     // Handlers first: a SIGTERM that arrives right after the listening line must shut down
     // gracefully, not kill the process.

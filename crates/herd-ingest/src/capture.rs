@@ -103,6 +103,8 @@ impl Ingestor {
         for (i, p) in parsed.into_iter().enumerate() {
             prepared.push(prepare(i, p, &ctx)?);
         }
+        // A full write buffer or a failed WAL refuses the request before it changes anything.
+        self.db.check_capacity()?;
         let (ticket, outcome) = {
             let mut guard = self.db.lock(&handle).await;
             apply_events(&mut guard, prepared, now).await?

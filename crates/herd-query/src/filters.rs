@@ -99,6 +99,85 @@ pub struct PropertyGroup {
     pub groups: Vec<PropertyGroup>,
 }
 
+/// Most property filters one request may carry, over all its property groups.
+pub const MAX_FILTERS: usize = 500;
+/// Most property groups one request may carry (nested ones included).
+pub const MAX_FILTER_GROUPS: usize = 100;
+/// Deepest nesting of property groups: a request's top group is depth 1, a group in it 2.
+pub const MAX_FILTER_DEPTH: usize = 10;
+/// Most values of one filter (`exact` / `is_not` take a list).
+pub const MAX_FILTER_VALUES: usize = 1000;
+
+/// Counts a request's property groups against [`MAX_FILTERS`], [`MAX_FILTER_GROUPS`],
+/// [`MAX_FILTER_DEPTH`] and [`MAX_FILTER_VALUES`] before anything is planned. Each group comes
+/// with the field it was sent in; the error names the field where a limit was passed.
+#[derive(Debug, Default)]
+pub struct FilterBudget {
+    filters: usize,
+    groups: usize,
+}
+
+impl FilterBudget {
+    /// Adds one top-level group (at `field`) and everything nested in it.
+    pub fn add(&mut self, group: &PropertyGroup, field: &str) -> Result<(), Error> {
+        self.add_at(group, field, 1)
+    }
+
+    fn add_at(&mut self, group: &PropertyGroup, field: &str, depth: usize) -> Result<(), Error> {
+        if depth > MAX_FILTER_DEPTH {
+            return Err(Error::invalid(
+                field,
+                format!("property groups nest at most {MAX_FILTER_DEPTH} levels deep"),
+            ));
+        }
+        self.filters += group.filters.len();
+        if self.filters > MAX_FILTERS {
+            return Err(Error::invalid(
+                &format!("{field}.filters"),
+                format!("at most {MAX_FILTERS} property filters per request"),
+            ));
+        }
+        for (i, f) in group.filters.iter().enumerate() {
+            if f.values.len() > MAX_FILTER_VALUES {
+                return Err(Error::invalid(
+                    &format!("{field}.filters[{i}].values"),
+                    format!("at most {MAX_FILTER_VALUES} values per filter"),
+                ));
+            }
+        }
+        self.groups += group.groups.len();
+        if self.groups > MAX_FILTER_GROUPS {
+            return Err(Error::invalid(
+                &format!("{field}.groups"),
+                format!("at most {MAX_FILTER_GROUPS} nested property groups per request"),
+            ));
+        }
+        for (i, g) in group.groups.iter().enumerate() {
+            self.add_at(g, &format!("{field}.groups[{i}]"), depth + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// `parts` joined with AND or OR as a balanced tree: depth log2(n), so planning and every
+/// recursive rewrite DataFusion applies stay shallow however many filters a request has (a
+/// left-deep chain of ~700 overflowed a 2 MiB worker stack).
+fn balanced(mut parts: Vec<Expr>, op: BoolOp) -> Option<Expr> {
+    while parts.len() > 1 {
+        let mut next = Vec::with_capacity(parts.len().div_ceil(2));
+        let mut it = parts.into_iter();
+        while let Some(a) = it.next() {
+            next.push(match (it.next(), op) {
+                (Some(b), BoolOp::And) => a.and(b),
+                (Some(b), BoolOp::Or) => a.or(b),
+                (None, _) => a,
+            });
+        }
+        parts = next;
+    }
+    parts.pop()
+}
+
 impl PropertyGroup {
     /// Whether the group has no filters at all.
     pub fn is_empty(&self) -> bool {
@@ -138,10 +217,7 @@ impl PropertyGroup {
                 parts.push(e);
             }
         }
-        Ok(parts.into_iter().reduce(|a, b| match self.op {
-            BoolOp::And => a.and(b),
-            BoolOp::Or => a.or(b),
-        }))
+        Ok(balanced(parts, self.op))
     }
 }
 
@@ -329,4 +405,192 @@ fn timestamp_of(p: Expr) -> Expr {
         try_cast(p, DataType::Timestamp(TimeUnit::Microsecond, None)),
         DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    fn filter(key: String, operator: Operator) -> PropertyFilter {
+        PropertyFilter {
+            key,
+            source: PropertySource::Event,
+            operator,
+            values: Vec::new(),
+        }
+    }
+
+    /// Plans and runs `group` over three events on a thread with tokio's default worker stack
+    /// (2 MiB); the indexes of the rows it keeps.
+    fn rows_kept_on_a_small_stack(group: PropertyGroup) -> Vec<usize> {
+        let work = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("i", DataType::Utf8, false),
+                    Field::new(herd_core::schema::PROPERTIES, DataType::Utf8, true),
+                ]));
+                let batch = RecordBatch::try_new(
+                    schema,
+                    vec![
+                        Arc::new(StringArray::from(vec!["0", "1", "2"])),
+                        Arc::new(StringArray::from(vec![r#"{"k7": 1}"#, "{}", r#"{"x": 2}"#])),
+                    ],
+                )
+                .expect("batch");
+                let expr = group
+                    .to_expr(&GroupTypeMapping::default(), "filters")
+                    .expect("expr")
+                    .expect("not empty");
+                let ctx = SessionContext::new();
+                let df = ctx
+                    .read_batch(batch)
+                    .expect("read")
+                    .filter(expr)
+                    .expect("filter");
+                let mut kept = Vec::new();
+                for b in df.collect().await.expect("collect") {
+                    let ids = b
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .expect("ids");
+                    kept.extend(
+                        ids.iter()
+                            .flatten()
+                            .map(|s| s.parse::<usize>().expect("id")),
+                    );
+                }
+                kept.sort_unstable();
+                kept
+            })
+        };
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(work)
+            .expect("thread")
+            .join()
+            .expect("planning overflowed or panicked")
+    }
+
+    /// Far past the request limits (which the edge enforces), planning stays shallow: a flat
+    /// OR of 20,000 filters, an AND of 20,000, and 5,000 sibling groups all plan and run on a
+    /// 2 MiB stack. The left-deep chains built before overflowed it at ~700 filters.
+    #[test]
+    fn huge_filter_trees_plan_on_a_two_mib_stack() {
+        let keys = |n: usize| (0..n).map(|i| format!("k{i}"));
+        let or = PropertyGroup {
+            op: BoolOp::Or,
+            filters: keys(20_000).map(|k| filter(k, Operator::IsSet)).collect(),
+            groups: Vec::new(),
+        };
+        assert_eq!(rows_kept_on_a_small_stack(or), vec![0]);
+        let and = PropertyGroup {
+            op: BoolOp::And,
+            filters: keys(20_000)
+                .map(|k| filter(k, Operator::IsNotSet))
+                .collect(),
+            groups: Vec::new(),
+        };
+        assert_eq!(rows_kept_on_a_small_stack(and), vec![1, 2]);
+        let siblings = PropertyGroup {
+            op: BoolOp::Or,
+            filters: Vec::new(),
+            groups: keys(5_000)
+                .map(|k| PropertyGroup {
+                    op: BoolOp::And,
+                    filters: vec![filter(k, Operator::IsSet)],
+                    groups: Vec::new(),
+                })
+                .collect(),
+        };
+        assert_eq!(rows_kept_on_a_small_stack(siblings), vec![0]);
+    }
+
+    #[test]
+    fn balanced_trees_keep_every_part_once_in_order() {
+        for n in 1..40 {
+            let parts = (0..n).map(|i| col(format!("c{i}"))).collect();
+            let e = balanced(parts, BoolOp::And).expect("some");
+            let text = e.to_string();
+            let cols: Vec<&str> = text
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| w.starts_with('c'))
+                .collect();
+            let expected: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+            assert_eq!(cols, expected, "n = {n}");
+        }
+        assert!(balanced(Vec::new(), BoolOp::Or).is_none());
+    }
+
+    #[test]
+    fn request_limits_name_the_field() {
+        let group = |filters: usize, groups: Vec<PropertyGroup>| PropertyGroup {
+            op: BoolOp::And,
+            filters: (0..filters)
+                .map(|i| filter(format!("k{i}"), Operator::IsSet))
+                .collect(),
+            groups,
+        };
+        let mut budget = FilterBudget::default();
+        budget.add(&group(300, vec![]), "filters").expect("300");
+        budget
+            .add(&group(200, vec![]), "series[0].filters")
+            .expect("500 in all");
+        let err = budget
+            .add(&group(1, vec![]), "series[1].filters")
+            .expect_err("501");
+        assert!(
+            err.to_string()
+                .starts_with("series[1].filters.filters: at most 500 property filters"),
+            "{err}"
+        );
+
+        let mut deep = group(1, vec![]);
+        for _ in 0..MAX_FILTER_DEPTH - 1 {
+            deep = group(0, vec![deep]);
+        }
+        FilterBudget::default()
+            .add(&deep, "filters")
+            .expect("10 levels");
+        let too_deep = group(0, vec![deep]);
+        let err = FilterBudget::default()
+            .add(&too_deep, "filters")
+            .expect_err("11 levels");
+        assert!(err.to_string().contains("nest at most 10 levels"), "{err}");
+
+        let siblings = group(0, (0..101).map(|_| group(0, vec![])).collect());
+        let err = FilterBudget::default()
+            .add(&siblings, "filters")
+            .expect_err("101 groups");
+        assert!(
+            err.to_string().starts_with("filters.groups: at most 100"),
+            "{err}"
+        );
+
+        let mut values = filter("k".into(), Operator::Exact);
+        values.values = vec!["v".into(); MAX_FILTER_VALUES + 1];
+        let err = FilterBudget::default()
+            .add(
+                &PropertyGroup {
+                    filters: vec![values],
+                    ..Default::default()
+                },
+                "filters",
+            )
+            .expect_err("1001 values");
+        assert!(
+            err.to_string()
+                .starts_with("filters.filters[0].values: at most 1000"),
+            "{err}"
+        );
+    }
 }

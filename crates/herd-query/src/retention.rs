@@ -32,8 +32,8 @@ use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
 use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, End, Interval, TimeRange, WeekStart, parse_date, parse_timezone};
 use crate::filters::{
-    PropertyGroup, PropertySource, event_condition, group_column, group_index, group_key_column,
-    property_expr,
+    FilterBudget, PropertyGroup, PropertySource, event_condition, group_column, group_index,
+    group_key_column, property_expr,
 };
 use crate::trends::{BREAKDOWN_NULL, BREAKDOWN_OTHER, Breakdown, DEFAULT_BREAKDOWN_LIMIT};
 use crate::{Error, QueryEngine, Result};
@@ -143,6 +143,10 @@ impl QueryEngine {
         query: &RetentionQuery,
         now: i64,
     ) -> Result<RetentionResult> {
+        let mut budget = FilterBudget::default();
+        budget.add(&query.filters, "filters")?;
+        budget.add(&query.target.filters, "target.filters")?;
+        budget.add(&query.returning.filters, "returning.filters")?;
         let mapping = self.db().group_types(project).await.unwrap_or_default();
         let periods = if query.periods == 0 {
             DEFAULT_PERIODS

@@ -28,7 +28,7 @@ use herd_core::schema::{DISTINCT_ID, DISTINCT_ID_NUM, EVENT, TIMESTAMP};
 use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, Interval, TimeRange, WeekStart, parse_range, parse_timezone};
 use crate::filters::{
-    PropertyGroup, PropertySource, group_column, group_index, group_key_column,
+    FilterBudget, PropertyGroup, PropertySource, group_column, group_index, group_key_column,
     group_number_column, numeric, property_expr,
 };
 use crate::{Error, QueryEngine, Result};
@@ -857,6 +857,11 @@ fn resolve(query: &TrendsQuery, mapping: &GroupTypeMapping, now: i64) -> Result<
             "series",
             format!("at most {MAX_SERIES} series per request"),
         ));
+    }
+    let mut budget = FilterBudget::default();
+    budget.add(&query.filters, "filters")?;
+    for (i, s) in query.series.iter().enumerate() {
+        budget.add(&s.filters, &format!("series[{i}].filters"))?;
     }
     let tz = parse_timezone(&query.timezone)?;
     let (from, to) = parse_range(&query.date_from, &query.date_to, tz, now)?;

@@ -27,6 +27,8 @@ pub struct ServeConfig {
     pub compact_interval: Duration,
     /// Files a day partition collects before the server merges them into one (0: never).
     pub compact_min_files: usize,
+    /// Capture answers 503 while the write buffers hold more than this many bytes.
+    pub max_buffer_bytes: usize,
 }
 
 impl Default for ServeConfig {
@@ -40,6 +42,7 @@ impl Default for ServeConfig {
             flush_rows: 500_000,
             compact_interval: Duration::from_secs(60),
             compact_min_files: 8,
+            max_buffer_bytes: herd_storage::db::DEFAULT_MAX_BUFFER_BYTES,
         }
     }
 }

@@ -83,7 +83,7 @@ impl IntoResponse for ApiError {
 
 /// The capture routes.
 pub fn router(ingestor: Arc<Ingestor>) -> Router {
-    let mut app = Router::new().route("/_health", get(|| async { "ok" }));
+    let mut app = Router::new().route("/_health", get(health));
     for (path, route) in [
         ("/batch", Route::Batch),
         ("/capture", Route::Legacy),
@@ -101,6 +101,17 @@ pub fn router(ingestor: Arc<Ingestor>) -> Router {
     }
     // Limits are enforced per route inside the handler, with a JSON 413.
     app.layer(DefaultBodyLimit::disable()).with_state(ingestor)
+}
+
+/// `200 ok` while the store works normally; `503` with what is wrong (a failed WAL, failing
+/// flushes, a full write buffer) while it does not, for load balancers and operators.
+async fn health(State(ingestor): State<Arc<Ingestor>>) -> Response {
+    let problems = ingestor.db().problems();
+    if problems.is_empty() {
+        return "ok".into_response();
+    }
+    let body = json!({"status": "degraded", "problems": problems});
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 #[allow(clippy::too_many_arguments)]

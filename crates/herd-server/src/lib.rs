@@ -7,6 +7,7 @@
 //! ([`flags_http`]) and the gRPC service ([`flags_service`]).
 //! Every library error is mapped to a status exactly once, in [`http::ApiError`].
 
+pub mod codec;
 pub mod config;
 pub mod flags;
 pub mod flags_http;
@@ -122,6 +123,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
     let mut db_config = DbConfig::new(wal_dir);
     db_config.flush_interval = config.flush_interval;
     db_config.flush_rows = config.flush_rows;
+    db_config.max_buffer_bytes = config.max_buffer_bytes;
     let db = Db::open(storage, db_config).await?;
     let created_project = if db.projects().is_empty() {
         Some(db.create_project(NewProject::default()).await?)
@@ -265,14 +267,26 @@ async fn compactor(
     }
 }
 
+/// How often a failed WAL is checked for a writable disk again.
+const HEAL_EVERY: Duration = Duration::from_secs(1);
+
+/// Flushes due buffers (every 100 ms it looks), retries failed flushes with a backoff, and
+/// brings a failed WAL back once its disk takes writes ([`Db::heal`]).
 async fn flusher(db: Arc<Db>, stop: impl std::future::Future<Output = ()>) -> Result<()> {
     tokio::pin!(stop);
+    let mut last_heal = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = tick.tick() => {
+                if last_heal.elapsed() >= HEAL_EVERY {
+                    last_heal = std::time::Instant::now();
+                    if let Err(e) = db.heal().await {
+                        tracing::warn!(error = %e, "WAL still failed; will retry");
+                    }
+                }
                 if db.flush_due() && let Err(e) = db.flush().await {
                     tracing::error!(error = %e, "background flush failed; will retry");
                 }

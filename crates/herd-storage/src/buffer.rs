@@ -31,6 +31,9 @@ pub struct Buffer {
     pub numbers: Vec<NumberRow>,
     /// When the oldest row arrived.
     pub oldest: Option<Instant>,
+    /// Memory held by the events batches (Arrow's count; groups and warnings are small
+    /// next to them and not counted).
+    pub bytes: usize,
 }
 
 impl Buffer {
@@ -59,6 +62,7 @@ impl Buffer {
         }
         if let Some(batch) = events.filter(|b| b.num_rows() > 0) {
             self.rows += batch.num_rows();
+            self.bytes += batch.get_array_memory_size();
             self.events.push(batch);
         }
         self.groups.extend(groups);

@@ -61,6 +61,9 @@ pub enum Error {
     /// The write-ahead log stopped accepting records after an I/O failure.
     #[error("write-ahead log unavailable: {0}")]
     WalUnavailable(String),
+    /// The write buffer is over its limit (flushes are failing or behind): retry later.
+    #[error("write buffer full: {0}")]
+    BufferFull(String),
     /// Core rules rejected a persisted document.
     #[error(transparent)]
     Core(#[from] herd_core::Error),

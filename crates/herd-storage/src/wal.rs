@@ -102,18 +102,42 @@ pub struct ReplayedSegment {
     pub torn_tail: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Durable {
+    /// Every ticket up to this one is durable, except those in `lost`.
     ticket: u64,
+    /// Why the writer refuses writes, while it does.
     failed: Option<String>,
+    /// Ticket ranges (inclusive) the writer refused: never durable, never to be acknowledged.
+    lost: Vec<(u64, u64)>,
+}
+
+impl Durable {
+    fn is_lost(&self, ticket: u64) -> bool {
+        self.lost.iter().any(|&(a, b)| (a..=b).contains(&ticket))
+    }
 }
 
 enum Command {
-    Append { framed: Vec<u8>, ticket: u64 },
-    Rotate { reply: oneshot::Sender<u64> },
+    Append {
+        framed: Vec<u8>,
+        ticket: u64,
+    },
+    Rotate {
+        reply: oneshot::Sender<std::result::Result<u64, String>>,
+    },
+    Recover {
+        last_handed: u64,
+        reply: oneshot::Sender<std::result::Result<Option<(u64, u64)>, String>>,
+    },
 }
 
 /// The write-ahead log. Cheap to share behind an `Arc`.
+///
+/// A failed write or fsync (a full disk, an I/O error) puts the writer in a *failed* state:
+/// the segment is cut back to its last fsynced length, every ticket not yet durable fails,
+/// and appends are refused until [`Wal::recover`] finds the disk writable again. Nothing is
+/// acknowledged that is not durable, and nothing refused is replayed later.
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
@@ -127,6 +151,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Append { ticket, .. } => write!(f, "Append({ticket})"),
             Command::Rotate { .. } => write!(f, "Rotate"),
+            Command::Recover { last_handed, .. } => write!(f, "Recover({last_handed})"),
         }
     }
 }
@@ -134,7 +159,7 @@ impl std::fmt::Debug for Command {
 impl Wal {
     /// Opens the WAL folder: reads every existing segment back, then starts writing a new
     /// segment after them. The caller applies the replayed records, makes them durable
-    /// elsewhere, and then calls [`Wal::delete_segments_before`] with [`Wal::first_live_segment`].
+    /// elsewhere, and then calls [`Wal::delete_segments_before`] with the first segment still needed.
     pub fn open(dir: &Path) -> Result<(Wal, Vec<ReplayedSegment>)> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create WAL folder {}", dir.display()), e))?;
@@ -156,14 +181,19 @@ impl Wal {
         }
         let file = open_segment(dir, next_seq)?;
         let (tx, rx) = mpsc::channel();
-        let (durable_tx, durable_rx) = watch::channel(Durable {
-            ticket: 0,
+        let (durable_tx, durable_rx) = watch::channel(Durable::default());
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            seq: next_seq,
+            file,
+            good_len: 0,
+            cut_pending: false,
             failed: None,
-        });
-        let thread_dir = dir.to_path_buf();
+            durable: durable_tx,
+        };
         let thread = std::thread::Builder::new()
             .name("herd-wal".into())
-            .spawn(move || writer_loop(thread_dir, next_seq, file, rx, durable_tx))
+            .spawn(move || writer.run(rx))
             .map_err(|e| Error::io("start WAL writer", e))?;
         Ok((
             Wal {
@@ -177,8 +207,11 @@ impl Wal {
     }
 
     /// Queues a record; returns the ticket to wait on with [`Wal::wait_durable`]. Records are
-    /// written in ticket order.
+    /// written in ticket order. Refused at once while the writer is failed.
     pub fn append(&self, payload: &[u8]) -> Result<u64> {
+        if let Some(reason) = self.failure() {
+            return Err(Error::WalUnavailable(reason));
+        }
         let framed = frame(payload);
         let mut guard = self.sender.lock();
         let (next, sender) = &mut *guard;
@@ -200,13 +233,29 @@ impl Wal {
         self.sender.lock().0
     }
 
-    /// Waits until every record up to `ticket` is fsynced.
+    /// Every ticket up to this one is durable (or was refused: see [`Wal::is_lost`]).
+    pub fn durable_ticket(&self) -> u64 {
+        self.durable.borrow().ticket
+    }
+
+    /// Whether `ticket` was refused by a failed writer (it will never be durable).
+    pub fn is_lost(&self, ticket: u64) -> bool {
+        self.durable.borrow().is_lost(ticket)
+    }
+
+    /// Waits until every record up to `ticket` is fsynced; an error if the writer failed
+    /// before it was.
     pub async fn wait_durable(&self, ticket: u64) -> Result<()> {
         let mut rx = self.durable.clone();
         let state = rx
-            .wait_for(|d| d.ticket >= ticket || d.failed.is_some())
+            .wait_for(|d| d.ticket >= ticket || d.failed.is_some() || d.is_lost(ticket))
             .await
             .map_err(|_| Error::WalUnavailable("writer stopped".into()))?;
+        if state.is_lost(ticket) {
+            return Err(Error::WalUnavailable(
+                "a WAL write failed before this record was durable".into(),
+            ));
+        }
         match (&state.failed, state.ticket >= ticket) {
             (_, true) => Ok(()),
             (Some(reason), false) => Err(Error::WalUnavailable(reason.clone())),
@@ -214,13 +263,27 @@ impl Wal {
         }
     }
 
-    fn failure(&self) -> Option<String> {
+    /// Why the writer refuses writes, while it does.
+    pub fn failure(&self) -> Option<String> {
         self.durable.borrow().failed.clone()
     }
 
     /// Starts a new segment after everything queued so far; returns its sequence number.
-    /// Every record appended before this call is in a segment with a smaller number.
+    /// Every record appended before this call is in a segment with a smaller number, and is
+    /// durable or lost when this returns.
     pub async fn rotate(&self) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Rotate { reply })?;
+        rx.await
+            .map_err(|_| Error::WalUnavailable("writer stopped".into()))?
+            .map_err(Error::WalUnavailable)
+    }
+
+    /// Brings a failed writer back when its disk is writable again: checks that a probe of
+    /// [`PROBE_BYTES`] can be written and fsynced, and then accepts appends again. Returns
+    /// the tickets that were lost (`None` when none were, or the writer had not failed). The
+    /// caller must make sure no append races with this (see [`crate::Db`]'s ingest gate).
+    pub async fn recover(&self) -> Result<Option<(u64, u64)>> {
         let (reply, rx) = oneshot::channel();
         {
             let guard = self.sender.lock();
@@ -229,12 +292,26 @@ impl Wal {
                 .as_ref()
                 .ok_or_else(|| Error::WalUnavailable("closed".into()))?;
             sender
-                .send(Command::Rotate { reply })
+                .send(Command::Recover {
+                    last_handed: guard.0,
+                    reply,
+                })
                 .map_err(|_| Error::WalUnavailable("writer stopped".into()))?;
         }
-        rx.await.map_err(|_| {
-            Error::WalUnavailable(self.failure().unwrap_or_else(|| "rotation failed".into()))
-        })
+        rx.await
+            .map_err(|_| Error::WalUnavailable("writer stopped".into()))?
+            .map_err(Error::WalUnavailable)
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        let guard = self.sender.lock();
+        let sender = guard
+            .1
+            .as_ref()
+            .ok_or_else(|| Error::WalUnavailable("closed".into()))?;
+        sender
+            .send(command)
+            .map_err(|_| Error::WalUnavailable("writer stopped".into()))
     }
 
     /// Deletes every segment numbered below `seq` (their records are in Parquet now).
@@ -260,7 +337,7 @@ impl Wal {
         &self.dir
     }
 
-    /// Stops the writer after everything queued is durable.
+    /// Stops the writer after everything queued is durable (or refused).
     pub fn close(&self) {
         self.sender.lock().1 = None;
         if let Some(handle) = self.thread.lock().take() {
@@ -275,6 +352,9 @@ impl Drop for Wal {
     }
 }
 
+/// Bytes a recovering writer must be able to write and fsync before it accepts appends.
+pub const PROBE_BYTES: usize = 1 << 20;
+
 fn open_segment(dir: &Path, seq: u64) -> Result<File> {
     let path = segment_path(dir, seq);
     let file = OpenOptions::new()
@@ -286,69 +366,146 @@ fn open_segment(dir: &Path, seq: u64) -> Result<File> {
     Ok(file)
 }
 
-fn writer_loop(
+/// The writer thread's state.
+struct Writer {
     dir: PathBuf,
-    mut seq: u64,
-    mut file: File,
-    rx: mpsc::Receiver<Command>,
+    seq: u64,
+    file: File,
+    /// Length of the segment up to its last successful fsync.
+    good_len: u64,
+    /// The segment may hold bytes past `good_len` that a failed write left (cut them first).
+    cut_pending: bool,
+    failed: Option<String>,
     durable: watch::Sender<Durable>,
-) {
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-    loop {
-        let Ok(first) = rx.recv() else {
-            return;
-        };
-        let mut rotate: Option<oneshot::Sender<u64>> = None;
-        let mut last_ticket = None;
-        let mut next = Some(first);
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Command::Append { framed, ticket } => {
-                    buf.extend_from_slice(&framed);
-                    last_ticket = Some(ticket);
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        while let Ok(first) = rx.recv() {
+            let mut control = None;
+            let mut last_ticket = None;
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    // Refused appends are dropped: their waiters already see the failure.
+                    Command::Append { framed, ticket } => {
+                        if self.failed.is_none() {
+                            buf.extend_from_slice(&framed);
+                            last_ticket = Some(ticket);
+                        }
+                    }
+                    other => {
+                        control = Some(other);
+                        break;
+                    }
                 }
-                Command::Rotate { reply } => {
-                    rotate = Some(reply);
+                if buf.len() >= MAX_GROUP_BYTES {
                     break;
                 }
+                next = rx.try_recv().ok();
             }
-            if buf.len() >= MAX_GROUP_BYTES {
-                break;
+            if let Some(ticket) = last_ticket {
+                self.write_group(&buf, ticket);
             }
-            next = rx.try_recv().ok();
+            buf.clear();
+            match control {
+                Some(Command::Rotate { reply }) => {
+                    let _ = reply.send(self.rotate());
+                }
+                Some(Command::Recover { last_handed, reply }) => {
+                    let _ = reply.send(self.recover(last_handed));
+                }
+                Some(Command::Append { .. }) | None => {}
+            }
         }
-        let result = (|| -> std::io::Result<()> {
-            if !buf.is_empty() {
-                file.write_all(&buf)?;
-                file.sync_data()?;
+        if self.cut_pending {
+            self.cut_back();
+        }
+    }
+
+    fn write_group(&mut self, buf: &[u8], ticket: u64) {
+        let result = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.good_len += buf.len() as u64;
+                self.durable.send_modify(|d| d.ticket = ticket);
             }
-            Ok(())
+            Err(e) => self.fail(format!("write/fsync WAL segment {}: {e}", self.seq)),
+        }
+    }
+
+    /// Refuses writes from now on and cuts the segment back to its last fsynced length, so a
+    /// partly written group is never replayed.
+    fn fail(&mut self, reason: String) {
+        tracing::error!(%reason, "WAL write failed; refusing writes until the disk recovers");
+        self.cut_pending = true;
+        self.cut_back();
+        self.failed = Some(reason.clone());
+        self.durable.send_modify(|d| d.failed = Some(reason));
+    }
+
+    fn cut_back(&mut self) {
+        match self
+            .file
+            .set_len(self.good_len)
+            .and_then(|()| self.file.sync_all())
+        {
+            Ok(()) => self.cut_pending = false,
+            Err(e) => tracing::error!(
+                segment = self.seq,
+                error = %e,
+                "cutting the WAL segment back to its last fsynced length failed; will retry"
+            ),
+        }
+    }
+
+    fn rotate(&mut self) -> std::result::Result<u64, String> {
+        if let Some(reason) = &self.failed {
+            return Err(reason.clone());
+        }
+        let file = open_segment(&self.dir, self.seq + 1).map_err(|e| format!("rotate WAL: {e}"))?;
+        self.file = file;
+        self.seq += 1;
+        self.good_len = 0;
+        Ok(self.seq)
+    }
+
+    fn recover(&mut self, last_handed: u64) -> std::result::Result<Option<(u64, u64)>, String> {
+        if self.failed.is_none() {
+            return Ok(None);
+        }
+        if self.cut_pending {
+            self.cut_back();
+            if self.cut_pending {
+                return Err("the WAL segment could not be cut back yet".into());
+            }
+        }
+        self.probe()
+            .map_err(|e| format!("WAL disk still not writable: {e}"))?;
+        let durable = self.durable.borrow().ticket;
+        let lost = (last_handed > durable).then_some((durable + 1, last_handed));
+        self.failed = None;
+        self.durable.send_modify(|d| {
+            d.failed = None;
+            d.lost.extend(lost);
+        });
+        tracing::info!(?lost, "WAL writable again; accepting writes");
+        Ok(lost)
+    }
+
+    fn probe(&self) -> std::io::Result<()> {
+        let path = self.dir.join("PROBE");
+        let result = (|| {
+            let mut f = File::create(&path)?;
+            f.write_all(&vec![0u8; PROBE_BYTES])?;
+            f.sync_all()
         })();
-        buf.clear();
-        if let Err(e) = result {
-            let reason = format!("write/fsync WAL segment {seq}: {e}");
-            tracing::error!(%reason, "WAL failed; refusing further writes");
-            durable.send_modify(|d| d.failed = Some(reason));
-            return;
-        }
-        if let Some(ticket) = last_ticket {
-            durable.send_modify(|d| d.ticket = ticket);
-        }
-        if let Some(reply) = rotate {
-            match open_segment(&dir, seq + 1) {
-                Ok(f) => {
-                    file = f;
-                    seq += 1;
-                    let _ = reply.send(seq);
-                }
-                Err(e) => {
-                    let reason = format!("rotate WAL: {e}");
-                    tracing::error!(%reason, "WAL failed; refusing further writes");
-                    durable.send_modify(|d| d.failed = Some(reason));
-                    return;
-                }
-            }
-        }
+        let removed = std::fs::remove_file(&path);
+        result.and(removed)
     }
 }
 

@@ -31,8 +31,8 @@ use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, Interval, TimeRange, WeekStart, parse_range, parse_timezone};
 use crate::event_mask::EventMaskUdf;
 use crate::filters::{
-    PropertyGroup, PropertySource, event_condition, group_column, group_index, group_key_column,
-    group_number_column, property_expr,
+    FilterBudget, PropertyGroup, PropertySource, event_condition, group_column, group_index,
+    group_key_column, group_number_column, property_expr,
 };
 use crate::trends::{Breakdown, DEFAULT_BREAKDOWN_LIMIT};
 use crate::{Error, QueryEngine, Result};
@@ -828,6 +828,14 @@ fn resolve(query: &FunnelQuery, mapping: &GroupTypeMapping, now: i64) -> Result<
             "steps",
             format!("a funnel has at most {MAX_STEPS} steps (got {n})"),
         ));
+    }
+    let mut budget = FilterBudget::default();
+    budget.add(&query.filters, "filters")?;
+    for (k, s) in query.steps.iter().enumerate() {
+        budget.add(&s.filters, &format!("steps[{k}].filters"))?;
+    }
+    for (k, e) in query.exclusions.iter().enumerate() {
+        budget.add(&e.filters, &format!("exclusions[{k}].filters"))?;
     }
     let window = query
         .window

@@ -1,0 +1,398 @@
+//! Faults found from outside (issue 23), one regression test each, against the real `herd
+//! serve` on 127.0.0.1: requests that used to kill the server or answer the wrong status.
+
+mod common;
+
+use common::*;
+use herd_server::grpc::proto;
+use proto::insights_service_client::InsightsServiceClient;
+use tonic::Code;
+
+fn is_set(n: usize) -> Vec<proto::PropertyFilter> {
+    (0..n)
+        .map(|i| proto::PropertyFilter {
+            key: format!("k{i}"),
+            operator: proto::Operator::IsSet as i32,
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn group(op: proto::BoolOp, filters: Vec<proto::PropertyFilter>) -> Option<proto::PropertyGroup> {
+    Some(proto::PropertyGroup {
+        op: op as i32,
+        filters,
+        groups: Vec::new(),
+    })
+}
+
+fn trends(filters: Option<proto::PropertyGroup>) -> proto::TrendsRequest {
+    proto::TrendsRequest {
+        series: vec![proto::Series {
+            event: "signed_up".into(),
+            filters,
+            ..Default::default()
+        }],
+        date_from: "2024-01-01".into(),
+        date_to: "2024-01-03".into(),
+        ..Default::default()
+    }
+}
+
+fn funnel(filters: Option<proto::PropertyGroup>) -> proto::FunnelRequest {
+    let step = |event: &str| proto::FunnelStep {
+        event: event.into(),
+        ..Default::default()
+    };
+    proto::FunnelRequest {
+        steps: vec![step("signed_up"), step("paid")],
+        filters,
+        date_from: "2024-01-01".into(),
+        date_to: "2024-01-03".into(),
+        ..Default::default()
+    }
+}
+
+fn retention(filters: Option<proto::PropertyGroup>) -> proto::RetentionRequest {
+    proto::RetentionRequest {
+        target: Some(proto::RetentionEntity {
+            event: "signed_up".into(),
+            filters,
+        }),
+        date_to: "2024-01-03".into(),
+        ..Default::default()
+    }
+}
+
+fn nested(levels: usize) -> Option<proto::PropertyGroup> {
+    let mut g = proto::PropertyGroup {
+        filters: is_set(1),
+        ..Default::default()
+    };
+    for _ in 1..levels {
+        g = proto::PropertyGroup {
+            groups: vec![g],
+            ..Default::default()
+        };
+    }
+    Some(g)
+}
+
+fn siblings(n: usize) -> Option<proto::PropertyGroup> {
+    Some(proto::PropertyGroup {
+        op: proto::BoolOp::Or as i32,
+        filters: Vec::new(),
+        groups: (0..n)
+            .map(|_| group(proto::BoolOp::And, is_set(1)).expect("group"))
+            .collect(),
+    })
+}
+
+fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, field: &str, what: &str) {
+    let err = r.expect_err(what);
+    assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+    assert!(err.message().contains(field), "{what}: {}", err.message());
+}
+
+/// A flat OR of ~700 filters (6.9 kB) overflowed the worker's stack and aborted the process;
+/// 5,000 ANDed filters or sibling groups did the same in every insight; nesting past 100
+/// levels answered INTERNAL. Now each is INVALID_ARGUMENT naming the field, a request at the
+/// limit is answered, and the server keeps serving capture and queries.
+#[tokio::test]
+async fn oversized_filter_trees_are_refused_and_the_server_keeps_serving() {
+    use proto::BoolOp::{And, Or};
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_project(dir.path());
+    let server = Server::start(dir.path(), &[]);
+    let mut client = InsightsServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connect");
+
+    let at_limit = client
+        .trends(with_key(trends(group(Or, is_set(500))), SECRET))
+        .await
+        .expect("500 filters are within the limit");
+    assert_eq!(at_limit.into_inner().results.len(), 1);
+    for (what, filters) in [
+        ("flat OR of 700", group(Or, is_set(700))),
+        ("AND of 5000", group(And, is_set(5000))),
+        ("5000 sibling groups", siblings(5000)),
+        ("11 levels", nested(11)),
+    ] {
+        let field = if what == "5000 sibling groups" {
+            "series[0].filters.groups"
+        } else {
+            "series[0].filters"
+        };
+        let r = client
+            .trends(with_key(trends(filters.clone()), SECRET))
+            .await;
+        refused(r, field, &format!("trends, {what}"));
+        let r = client
+            .funnel(with_key(funnel(filters.clone()), SECRET))
+            .await;
+        refused(
+            r,
+            field.replace("series[0].", "").as_str(),
+            &format!("funnel, {what}"),
+        );
+        let r = client.retention(with_key(retention(filters), SECRET)).await;
+        refused(
+            r,
+            &field.replace("series[0]", "target"),
+            &format!("retention, {what}"),
+        );
+    }
+    // Past prost's recursion limit the request does not decode: the client's mistake.
+    let r = client.trends(with_key(trends(nested(150)), SECRET)).await;
+    let err = r.expect_err("150 levels");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("recursion limit"),
+        "{}",
+        err.message()
+    );
+
+    // Still serving: capture and a query.
+    let r = reqwest::Client::new()
+        .post(server.url("/capture/"))
+        .json(
+            &serde_json::json!({"api_key": TOKEN, "event": "signed_up", "distinct_id": "u1",
+            "timestamp": "2024-01-02T10:00:00Z"}),
+        )
+        .send()
+        .await
+        .expect("capture");
+    assert_eq!(r.status(), 200);
+    let r = client
+        .trends(with_key(trends(None), SECRET))
+        .await
+        .expect("still answering");
+    assert_eq!(r.into_inner().results[0].count, 1.0);
+}
+
+/// A tmpfs of `mib` MiB mounted on a temporary folder for the length of a test (the test
+/// command runs as root, as CI does), to make a disk fill up for real.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(mib: usize) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs failed (the tests need root)"
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the disk is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("filler")).expect("filler");
+        let chunk = vec![0u8; 16 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).expect("remove filler");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// `n` signed_up events on 2024-01-02 with uuids from `first`.
+fn events(first: u32, n: u32) -> serde_json::Value {
+    let batch: Vec<serde_json::Value> = (first..first + n)
+        .map(|i| {
+            serde_json::json!({"event": "signed_up", "distinct_id": format!("u{i}"),
+                "uuid": format!("00000000-0000-4000-8000-{i:012}"),
+                "timestamp": "2024-01-02T10:00:00Z",
+                "properties": {"$groups": {"company": format!("c{}", i % 7)}, "pad": "x".repeat(200)}})
+        })
+        .collect();
+    serde_json::json!({"api_key": TOKEN, "batch": batch})
+}
+
+async fn post_batch(server: &Server, body: &serde_json::Value) -> u16 {
+    reqwest::Client::new()
+        .post(server.url("/batch/"))
+        .json(body)
+        .send()
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
+async fn health(server: &Server) -> (u16, String) {
+    let r = reqwest::get(server.url("/_health")).await.expect("health");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+/// Events a query sees (Trends total of signed_up over the test's days).
+async fn visible(server: &Server) -> f64 {
+    let mut client = InsightsServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connect");
+    let r = client
+        .trends(with_key(trends(None), SECRET))
+        .await
+        .expect("trends");
+    r.into_inner().results[0].count
+}
+
+/// Polls `post` until it answers 200 (within 20 s).
+async fn until_accepted(server: &Server, body: &serde_json::Value) {
+    for _ in 0..200 {
+        if post_batch(server, body).await == 200 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("capture did not recover within 20 s");
+}
+
+/// The WAL's disk fills up: requests get 503 and what they sent is never visible; health says
+/// so; once space is back the writer recovers by itself (before: every request got 503 until
+/// a restart, health said ok, refused rows were visible, SIGTERM exited 1); a retry of the
+/// refused batch is stored (not taken for a duplicate); shutdown is clean, and a restart
+/// holds exactly what was acknowledged.
+#[tokio::test]
+async fn a_full_wal_disk_refuses_then_recovers_by_itself() {
+    let data = tempfile::tempdir().expect("tempdir");
+    create_project(data.path());
+    let wal = Tmpfs::mount(4);
+    let wal_dir = wal.path().to_str().expect("utf8").to_string();
+    let args = ["--wal-dir", &wal_dir, "--flush-interval-ms", "600000"];
+    let server = Server::start(data.path(), &args);
+    assert_eq!(post_batch(&server, &events(0, 100)).await, 200);
+    assert_eq!(health(&server).await.0, 200);
+
+    wal.fill();
+    let refused = events(1000, 50);
+    assert_eq!(post_batch(&server, &refused).await, 503);
+    let (status, body) = health(&server).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("write-ahead log failed"), "{body}");
+    assert_eq!(
+        post_batch(&server, &events(2000, 10)).await,
+        503,
+        "still refusing"
+    );
+    assert_eq!(
+        visible(&server).await,
+        100.0,
+        "refused events are not visible"
+    );
+
+    wal.free();
+    until_accepted(&server, &refused).await;
+    assert_eq!(health(&server).await.0, 200);
+    assert_eq!(
+        post_batch(&server, &events(0, 100)).await,
+        200,
+        "duplicates"
+    );
+    assert_eq!(visible(&server).await, 150.0);
+    server.terminate();
+
+    let server = Server::start(data.path(), &args);
+    assert_eq!(
+        visible(&server).await,
+        150.0,
+        "exactly the acknowledged events"
+    );
+    server.terminate();
+    assert_eq!(read_events(data.path(), 1).await.len(), 150);
+}
+
+/// The data disk fills up: flushes fail, and once the buffer passes its limit capture
+/// answers 503 with memory bounded (before: 200 forever, memory without a cap); health says
+/// so; SIGTERM is clean and the server starts on the still-full disk (before: the start-up
+/// flush failed and it exited 1); when space is back the background flush catches up and
+/// everything acknowledged is in Parquet.
+#[tokio::test]
+async fn a_full_data_disk_pushes_back_and_recovers() {
+    let data = Tmpfs::mount(8);
+    let wal = tempfile::tempdir().expect("tempdir");
+    create_project(data.path());
+    let wal_dir = wal.path().to_str().expect("utf8").to_string();
+    let args = [
+        "--wal-dir",
+        &wal_dir,
+        "--flush-interval-ms",
+        "100",
+        "--max-buffer-mb",
+        "2",
+    ];
+    let server = Server::start(data.path(), &args);
+    assert_eq!(post_batch(&server, &events(0, 100)).await, 200);
+    data.fill();
+
+    let mut acked = 100u32;
+    let mut refused = false;
+    for b in 1..400u32 {
+        match post_batch(&server, &events(b * 100, 100)).await {
+            200 => acked += 100,
+            503 => {
+                refused = true;
+                break;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(
+        refused,
+        "capture never pushed back ({acked} events acknowledged)"
+    );
+    assert!(acked < 20_000, "the 2 MiB limit let {acked} events in");
+    let (status, body) = health(&server).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("flushes failing"), "{body}");
+    assert_eq!(visible(&server).await, f64::from(acked));
+    server.terminate();
+
+    let server = Server::start(data.path(), &args);
+    assert_eq!(
+        visible(&server).await,
+        f64::from(acked),
+        "started on a full disk"
+    );
+    data.free();
+    let mut flushed = false;
+    for _ in 0..300 {
+        if health(&server).await.0 == 200 {
+            flushed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        flushed,
+        "the background flush did not catch up: {:?}",
+        health(&server).await
+    );
+    assert_eq!(post_batch(&server, &events(900_000, 100)).await, 200);
+    acked += 100;
+    server.terminate();
+    assert_eq!(read_events(data.path(), 1).await.len(), acked as usize);
+}
