@@ -97,7 +97,7 @@ fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, field: &str, what: &
 /// A flat OR of ~700 filters (6.9 kB) overflowed the worker's stack and aborted the process;
 /// 5,000 ANDed filters or sibling groups did the same in every insight; nesting past 100
 /// levels answered INTERNAL. Now each is INVALID_ARGUMENT naming the field, a request at the
-/// limit is answered, and the server keeps serving capture and queries.
+/// limit (200 filters, ANDed: the deepest plan) is answered, and the server keeps serving.
 #[tokio::test]
 async fn oversized_filter_trees_are_refused_and_the_server_keeps_serving() {
     use proto::BoolOp::{And, Or};
@@ -109,11 +109,12 @@ async fn oversized_filter_trees_are_refused_and_the_server_keeps_serving() {
         .expect("connect");
 
     let at_limit = client
-        .trends(with_key(trends(group(Or, is_set(500))), SECRET))
+        .trends(with_key(trends(group(And, is_set(200))), SECRET))
         .await
-        .expect("500 filters are within the limit");
+        .expect("200 filters are within the limit");
     assert_eq!(at_limit.into_inner().results.len(), 1);
     for (what, filters) in [
+        ("201 filters", group(And, is_set(201))),
         ("flat OR of 700", group(Or, is_set(700))),
         ("AND of 5000", group(And, is_set(5000))),
         ("5000 sibling groups", siblings(5000)),
@@ -395,4 +396,54 @@ async fn a_full_data_disk_pushes_back_and_recovers() {
     acked += 100;
     server.terminate();
     assert_eq!(read_events(data.path(), 1).await.len(), acked as usize);
+}
+
+/// An event naming `types` group types in `$groups`.
+fn many_types(i: u32, types: usize) -> serde_json::Value {
+    let groups: serde_json::Map<String, serde_json::Value> = (0..types)
+        .map(|t| (format!("type{t}"), serde_json::json!(format!("k{t}"))))
+        .collect();
+    serde_json::json!({"event": "signed_up", "distinct_id": format!("u{i}"),
+        "uuid": format!("00000000-0000-4000-8000-{i:012}"),
+        "timestamp": "2024-01-02T10:00:00Z", "properties": {"$groups": groups}})
+}
+
+/// With only the public token, 50 events each naming 5,000 group types used to record a
+/// warning per dropped type (250,000 rows and log lines a batch, seconds of work, hundreds of
+/// MB). Now an event raises one `group_type_limit_reached` naming the first ten types and
+/// the count, and each kind of warning is rate-limited per project (a burst of 100, then one a
+/// second), the later ones saying how many were suppressed; the events are stored.
+#[tokio::test]
+async fn warnings_are_bounded_per_event_and_rate_limited_per_project() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = create_project(dir.path())["id"].as_u64().expect("id");
+    let server = Server::start(dir.path(), &[]);
+    for b in 0..3u32 {
+        let batch: Vec<serde_json::Value> =
+            (0..50).map(|i| many_types(b * 50 + i, 5_000)).collect();
+        let body = serde_json::json!({"api_key": TOKEN, "batch": batch});
+        assert_eq!(post_batch(&server, &body).await, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let last = serde_json::json!({"api_key": TOKEN, "batch": [many_types(1000, 6)]});
+    assert_eq!(post_batch(&server, &last).await, 200);
+    server.terminate();
+
+    assert_eq!(read_events(dir.path(), id).await.len(), 151);
+    let warnings = read_warnings(dir.path(), id).await;
+    assert!(
+        (100..=110).contains(&warnings.len()),
+        "{} warnings for 151 events",
+        warnings.len()
+    );
+    let first: serde_json::Value = serde_json::from_str(&warnings[0].details).expect("json");
+    assert_eq!(first["dropped"], 4_995, "{first}");
+    assert_eq!(first["group_types"].as_array().map(Vec::len), Some(10));
+    let newest: serde_json::Value =
+        serde_json::from_str(&warnings[warnings.len() - 1].details).expect("json");
+    assert_eq!(newest["dropped"], 1, "{newest}");
+    assert!(
+        newest["suppressed"].as_u64().is_some_and(|n| n >= 40),
+        "{newest}"
+    );
 }

@@ -18,7 +18,7 @@ use arrow::array::{
 };
 use arrow::compute::{filter, interleave};
 use herd_core::schema::events_schema;
-use herd_core::{GroupTypeMapping, IngestWarning, MAX_GROUP_TYPES, ProjectId};
+use herd_core::{GroupTypeMapping, MAX_GROUP_TYPES, ProjectId};
 use herd_storage::Db;
 use herd_storage::ProjectGuard;
 use herd_storage::db::{FlushStats, ProjectHandle};
@@ -27,7 +27,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::groups::{
-    Disposition, GroupInputs, IdentifyInputs, KeyRef, Produced, RuleInputs, process_event,
+    Disposition, GroupInputs, IdentifyInputs, KeyRef, Produced, RuleInputs, WarningSource,
+    process_event,
 };
 use crate::peek::{self, GroupSpan};
 use crate::{Error, Result};
@@ -648,12 +649,12 @@ async fn process_row<'a>(
         Ok(rule) => rule,
         Err(reason) => {
             pairs.clear();
-            produced.warnings.push(IngestWarning {
-                kind: "invalid_groups".into(),
-                event_uuid: uuid.to_string(),
-                details: json!({"reason": reason}).to_string(),
-                timestamp: now,
-            });
+            let source = WarningSource {
+                uuid,
+                event: rows.event.value(i),
+                now,
+            };
+            source.raise(guard, produced, "invalid_groups", json!({"reason": reason}));
             (false, None)
         }
     };

@@ -168,13 +168,47 @@ pub struct Produced {
     pub warnings: Vec<IngestWarning>,
 }
 
-fn warning(kind: &str, uuid: Uuid, event: &str, details: Value, now: i64) -> IngestWarning {
-    tracing::warn!(kind, %uuid, event, %details, "ingestion warning");
-    IngestWarning {
-        kind: kind.to_string(),
-        event_uuid: uuid.to_string(),
-        details: details.to_string(),
-        timestamp: now,
+/// Group types a `group_type_limit_reached` warning names (it counts the rest).
+const DROPPED_TYPES_NAMED: usize = 10;
+
+/// The event a warning is about.
+#[derive(Debug, Clone, Copy)]
+pub struct WarningSource<'a> {
+    /// The event's uuid.
+    pub uuid: Uuid,
+    /// Its name.
+    pub event: &'a str,
+    /// When the warning is raised (µs).
+    pub now: i64,
+}
+
+impl WarningSource<'_> {
+    /// Records and logs a warning of `kind` unless the project's rate limit for that kind is
+    /// spent ([`ProjectGuard::admit_warning`]); a recorded warning says in its details how
+    /// many of its kind were suppressed before it (`suppressed`).
+    pub fn raise(
+        &self,
+        guard: &mut ProjectGuard<'_>,
+        produced: &mut Produced,
+        kind: &str,
+        mut details: Value,
+    ) {
+        let Some(suppressed) = guard.admit_warning(kind, self.now) else {
+            return;
+        };
+        if suppressed > 0
+            && let Some(o) = details.as_object_mut()
+        {
+            o.insert("suppressed".into(), json!(suppressed));
+        }
+        let (uuid, event) = (self.uuid, self.event);
+        tracing::warn!(kind, %uuid, event, %details, "ingestion warning");
+        produced.warnings.push(IngestWarning {
+            kind: kind.to_string(),
+            event_uuid: uuid.to_string(),
+            details: details.to_string(),
+            timestamp: self.now,
+        });
     }
 }
 
@@ -196,13 +230,13 @@ pub async fn process_event<'a>(
     inputs: RuleInputs<'a, '_>,
     produced: &mut Produced,
 ) -> Result<Disposition<'a>> {
-    let warn = |kind: &str, details: Value| warning(kind, uuid, event, details, now);
+    let source = WarningSource { uuid, event, now };
     let mut merge = None;
     if let Some(identify) = inputs.identify.filter(|_| !inputs.personless) {
         match check_identify(identify.clone()) {
             Ok(m) => merge = m,
             Err((kind, details, drop)) => {
-                produced.warnings.push(warn(kind, details));
+                source.raise(guard, produced, kind, details);
                 if drop {
                     return Ok(Disposition::Dropped);
                 }
@@ -214,6 +248,9 @@ pub async fn process_event<'a>(
     }
 
     let mut slots: [Cow<'a, str>; MAX_GROUP_TYPES] = Default::default();
+    // Group types past the project's five, for one warning per event however many.
+    let mut dropped: Vec<&str> = Vec::new();
+    let mut dropped_count = 0usize;
     if !inputs.personless {
         for &(group_type, key) in inputs.groups {
             let key = match key {
@@ -225,20 +262,32 @@ pub async fn process_event<'a>(
             };
             // A char is at least a byte: short keys need no count.
             if key.len() > MAX_GROUP_KEY_CHARS && key.chars().count() > MAX_GROUP_KEY_CHARS {
-                produced.warnings.push(warn(
+                source.raise(
+                    guard,
+                    produced,
                     "group_key_too_long",
                     json!({"group_type": group_type, "length": key.chars().count()}),
-                ));
+                );
                 continue;
             }
             match guard.resolve_group_type(group_type).await? {
                 GroupTypeSlot::Existing(i) | GroupTypeSlot::Assigned(i) => slots[i as usize] = key,
-                GroupTypeSlot::Full => produced.warnings.push(warn(
-                    "group_type_limit_reached",
-                    json!({"group_type": group_type, "limit": MAX_GROUP_TYPES}),
-                )),
+                GroupTypeSlot::Full => {
+                    dropped_count += 1;
+                    if dropped.len() < DROPPED_TYPES_NAMED {
+                        dropped.push(group_type);
+                    }
+                }
             }
         }
+    }
+    if dropped_count > 0 {
+        source.raise(
+            guard,
+            produced,
+            "group_type_limit_reached",
+            json!({"group_types": dropped, "dropped": dropped_count, "limit": MAX_GROUP_TYPES}),
+        );
     }
 
     if let Some(Merge {
@@ -256,10 +305,12 @@ pub async fn process_event<'a>(
                     guard.set_group(i, &key, next);
                 }
             }
-            GroupTypeSlot::Full => produced.warnings.push(warn(
+            GroupTypeSlot::Full => source.raise(
+                guard,
+                produced,
                 "group_type_limit_reached",
-                json!({"group_type": group_type, "limit": MAX_GROUP_TYPES}),
-            )),
+                json!({"group_types": [group_type], "dropped": 1, "limit": MAX_GROUP_TYPES}),
+            ),
         }
     }
     Ok(Disposition::Store(slots))

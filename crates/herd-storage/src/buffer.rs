@@ -34,6 +34,9 @@ pub struct Buffer {
     /// Memory held by the events batches (Arrow's count; groups and warnings are small
     /// next to them and not counted).
     pub bytes: usize,
+    /// The first and last UTC day of each events batch (same order as `events`), so finding
+    /// a day's rows skips the batches that cannot hold any.
+    pub days: Vec<(i32, i32)>,
 }
 
 impl Buffer {
@@ -63,6 +66,7 @@ impl Buffer {
         if let Some(batch) = events.filter(|b| b.num_rows() > 0) {
             self.rows += batch.num_rows();
             self.bytes += batch.get_array_memory_size();
+            self.days.push(day_range(&batch));
             self.events.push(batch);
         }
         self.groups.extend(groups);
@@ -70,6 +74,26 @@ impl Buffer {
         self.numbers.extend(numbers);
         self.oldest.get_or_insert_with(Instant::now);
     }
+}
+
+/// The first and last UTC day of an events batch's rows (`(i32::MIN, i32::MAX)` when the
+/// timestamps cannot be read, so the batch is never skipped).
+pub fn day_range(batch: &RecordBatch) -> (i32, i32) {
+    let Some(ts) = batch
+        .column(events_col::TIMESTAMP)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+    else {
+        return (i32::MIN, i32::MAX);
+    };
+    let (min, max) = ts
+        .values()
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    if min > max {
+        return (i32::MAX, i32::MIN);
+    }
+    (day_of(min), day_of(max))
 }
 
 /// A batch whose rows change day more often than this is gathered per day instead of sliced.

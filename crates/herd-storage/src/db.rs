@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
+use futures::StreamExt;
 use herd_core::groups::{groups_batch, groups_from_batch};
 use herd_core::schema::{events_col, groups_schema};
 use herd_core::time::{day_of, day_string};
@@ -105,6 +106,9 @@ struct Tables {
     /// Committed rows whose WAL record is not known durable yet, in ticket order: not
     /// visible to readers (see the module doc).
     pending: std::collections::VecDeque<Pending>,
+    /// The catalog's events files by day partition (positions in `catalog.events`), kept
+    /// with the catalog by [`Tables::set_catalog`]: a day's files without a scan of them all.
+    day_files: HashMap<String, Vec<usize>>,
 }
 
 /// One request's rows waiting for their WAL ticket, with the undo log of what the request
@@ -113,6 +117,8 @@ struct Tables {
 struct Pending {
     ticket: u64,
     events: Option<RecordBatch>,
+    /// First and last day of `events`.
+    days: (i32, i32),
     groups: Vec<GroupRow>,
     warnings: Vec<IngestWarning>,
     numbers: Vec<NumberRow>,
@@ -120,6 +126,45 @@ struct Pending {
 }
 
 impl Tables {
+    /// Swaps in a new catalog version.
+    fn set_catalog(&mut self, catalog: Arc<Catalog>) {
+        self.day_files.clear();
+        for (i, f) in catalog.events.iter().enumerate() {
+            if let Some(day) = &f.day {
+                self.day_files.entry(day.clone()).or_default().push(i);
+            }
+        }
+        self.catalog = catalog;
+    }
+
+    /// The events files of one day partition.
+    fn files_of_day(&self, day: &str) -> Vec<FileEntry> {
+        self.day_files.get(day).map_or_else(Vec::new, |at| {
+            at.iter()
+                .filter_map(|&i| self.catalog.events.get(i).cloned())
+                .collect()
+        })
+    }
+
+    /// Buffered and pending events batches that may hold rows of `day` (durable or not:
+    /// their uuids count for dedup all the same).
+    fn batches_of_day(&self, day: i32) -> Vec<RecordBatch> {
+        let buffered = self
+            .frozen
+            .iter()
+            .chain(std::iter::once(&self.active))
+            .flat_map(|b| b.events.iter().zip(&b.days));
+        let pending = self
+            .pending
+            .iter()
+            .filter_map(|p| p.events.as_ref().map(|e| (e, &p.days)));
+        buffered
+            .chain(pending)
+            .filter(|(_, (first, last))| (*first..=*last).contains(&day))
+            .map(|(b, _)| b.clone())
+            .collect()
+    }
+
     /// Moves the pending rows with tickets up to `durable` to the active buffer.
     fn publish(&mut self, durable: u64) {
         while self.pending.front().is_some_and(|p| p.ticket <= durable) {
@@ -187,6 +232,40 @@ struct ProjectState {
     groups: HashMap<(u8, String), GroupState>,
     dedup: DedupIndex,
     numbers: ActorNumbers,
+    /// Rate limit of ingestion warnings, per kind.
+    warning_limits: HashMap<String, WarningBucket>,
+}
+
+/// Ingestion warnings of one kind a project may raise at once before the rate limit applies.
+pub const WARNING_BURST: f64 = 100.0;
+/// Ingestion warnings of one kind a project may raise per second once its burst is spent.
+pub const WARNING_RATE_PER_SEC: f64 = 1.0;
+
+/// A token bucket for one kind of ingestion warning (PostHog limits its ingestion warnings
+/// per team and type the same way): a bad client repeating one mistake records a few rows
+/// and a count, not one row per event.
+#[derive(Debug)]
+struct WarningBucket {
+    tokens: f64,
+    /// µs of the last refill.
+    last: i64,
+    /// Warnings dropped since the last one recorded.
+    suppressed: u64,
+}
+
+impl WarningBucket {
+    fn admit(&mut self, now: i64) -> Option<u64> {
+        let elapsed = now.saturating_sub(self.last).max(0) as f64 / 1e6;
+        self.tokens = (self.tokens + elapsed * WARNING_RATE_PER_SEC).min(WARNING_BURST);
+        self.last = self.last.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// One project: its descriptor, its ingest-side state and its visible tables.
@@ -323,6 +402,23 @@ impl ProjectGuard<'_> {
         Ok(())
     }
 
+    /// Whether an ingestion warning of `kind` raised at `now` (µs) is recorded, under the
+    /// project's rate limit ([`WARNING_BURST`], then [`WARNING_RATE_PER_SEC`]): `Some(n)` with
+    /// the number of warnings of that kind suppressed since the last one recorded.
+    pub fn admit_warning(&mut self, kind: &str, now: i64) -> Option<u64> {
+        if !self.state.warning_limits.contains_key(kind) {
+            self.state.warning_limits.insert(
+                kind.to_string(),
+                WarningBucket {
+                    tokens: WARNING_BURST,
+                    last: now,
+                    suppressed: 0,
+                },
+            );
+        }
+        self.state.warning_limits.get_mut(kind)?.admit(now)
+    }
+
     /// The current state of a group.
     pub fn group(&self, index: u8, key: &str) -> Option<&GroupState> {
         self.state.groups.get(&(index, key.to_string()))
@@ -374,8 +470,12 @@ impl ProjectGuard<'_> {
             warnings,
         };
         let ticket = self.db.wal.append(&record.encode()?)?;
+        let days = stored
+            .as_ref()
+            .map_or((i32::MAX, i32::MIN), crate::buffer::day_range);
         self.handle.tables.lock().pending.push_back(Pending {
             ticket,
+            days,
             events: stored,
             groups: record.groups,
             warnings: record.warnings,
@@ -439,6 +539,9 @@ impl ProjectState {
         }
     }
 }
+
+/// Day files a flush encodes and puts at once (at least; more on machines with more cores).
+const FLUSH_PUTS_IN_FLIGHT: usize = 4;
 
 /// First wait before a failed flush is tried again.
 pub const FLUSH_RETRY_MIN: Duration = Duration::from_millis(500);
@@ -689,10 +792,12 @@ impl Db {
                 groups,
                 dedup: DedupIndex::default(),
                 numbers,
+                warning_limits: HashMap::new(),
             })),
-            tables: parking_lot::Mutex::new(Tables {
-                catalog: Arc::new(catalog),
-                ..Default::default()
+            tables: parking_lot::Mutex::new({
+                let mut tables = Tables::default();
+                tables.set_catalog(Arc::new(catalog));
+                tables
             }),
         })
     }
@@ -1005,26 +1110,14 @@ impl Db {
     }
 
     async fn load_day_uuids(&self, handle: &ProjectHandle, day: i32) -> Result<UuidSet> {
-        let (files, buffered, pending): (Vec<FileEntry>, Vec<RecordBatch>, Vec<RecordBatch>) = {
+        let (files, buffered) = {
             let tables = handle.tables.lock();
-            let day_text = day_string(day);
-            let files = tables.catalog.events_of_day(&day_text).cloned().collect();
-            let buffered = tables
-                .frozen
-                .iter()
-                .chain(std::iter::once(&tables.active))
-                .flat_map(|b| b.events.iter().cloned())
-                .collect();
-            // Committed, not yet durable: their uuids are taken all the same.
-            let pending: Vec<RecordBatch> = tables
-                .pending
-                .iter()
-                .filter_map(|p| p.events.clone())
-                .collect();
-            (files, buffered, pending)
+            (
+                tables.files_of_day(&day_string(day)),
+                tables.batches_of_day(day),
+            )
         };
         let mut set = UuidSet::default();
-        let buffered = buffered.into_iter().chain(pending);
         for file in files {
             let bytes = self.storage.get(&file.path.as_str().into()).await?;
             set.extend(decode_uuids(bytes, &file.path)?);
@@ -1207,27 +1300,24 @@ impl Db {
             .iter()
             .flat_map(|b| b.events.iter().cloned())
             .collect();
-        // Sort and encode the day files on blocking threads, as many at a time as there are
-        // cores; the puts follow in day order.
-        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut days = split_by_day(&events)?.into_iter();
-        let mut running = std::collections::VecDeque::new();
-        loop {
-            while running.len() < parallel {
-                let Some((day, batches)) = days.next() else {
-                    break;
-                };
-                running.push_back(tokio::task::spawn_blocking(move || {
-                    encode_day(project, day, &batches)
-                }));
-            }
-            let Some(task) = running.pop_front() else {
-                break;
-            };
-            let (path, bytes, entry) = task
-                .await
-                .map_err(|e| Error::io("encode task", std::io::Error::other(e)))??;
-            self.storage.put_durable(&path, bytes).await?;
+        // Sort and encode the day files on blocking threads and put them, several days at a
+        // time: a flush holding rows of thousands of days (a backfill through capture) pays
+        // the per-file put and fsync latency in parallel, not one day after another.
+        let parallel = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .max(FLUSH_PUTS_IN_FLIGHT);
+        let mut written = futures::stream::iter(split_by_day(&events)?)
+            .map(|(day, batches)| async move {
+                let (path, bytes, entry) =
+                    tokio::task::spawn_blocking(move || encode_day(project, day, &batches))
+                        .await
+                        .map_err(|e| Error::io("encode task", std::io::Error::other(e)))??;
+                self.storage.put_durable(&path, bytes).await?;
+                Ok::<_, Error>(entry)
+            })
+            .buffered(parallel);
+        while let Some(entry) = written.next().await {
+            let entry = entry?;
             stats.events += entry.rows as usize;
             stats.files += 1;
             next.events.push(entry);
@@ -1260,7 +1350,7 @@ impl Db {
         }
         catalog::commit(&self.storage, project, &next).await?;
         let mut t = handle.tables.lock();
-        t.catalog = Arc::new(next);
+        t.set_catalog(Arc::new(next));
         t.frozen.drain(..frozen.len());
         Ok(stats)
     }

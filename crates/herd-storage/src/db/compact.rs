@@ -182,7 +182,7 @@ impl Db {
         // Every file before `at` stays, so `at` is still in bounds.
         next.events.insert(at, entry);
         catalog::commit(&self.storage, project, &next).await?;
-        handle.tables.lock().catalog = Arc::new(next);
+        handle.tables.lock().set_catalog(Arc::new(next));
         let merged = gone.len();
         let now = Instant::now();
         self.retired
