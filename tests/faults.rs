@@ -447,3 +447,78 @@ async fn warnings_are_bounded_per_event_and_rate_limited_per_project() {
         "{newest}"
     );
 }
+
+/// The smaller faults: a long GET query string, an echoed 100 kB timezone, a `/flags` body
+/// over its limit, a 1 MB flag key.
+#[tokio::test]
+async fn long_inputs_get_clear_bounded_errors() {
+    use proto::flags_service_client::FlagsServiceClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_project(dir.path());
+    let server = Server::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+
+    // 40 kB of ?data= (hyper itself takes up to 64 kB): a JSON 414, not an empty body.
+    let r = http
+        .get(server.url(&format!("/e/?data={}", "e".repeat(40_000))))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 414);
+    let body: serde_json::Value = r.json().await.expect("JSON body");
+    assert_eq!(body["code"], "uri_too_long", "{body}");
+
+    // A 100 kB timezone is echoed cut short: the client sees INVALID_ARGUMENT, not its
+    // metadata limit's RESOURCE_EXHAUSTED.
+    let mut client = InsightsServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connect");
+    let mut request = trends(None);
+    request.timezone = "Z".repeat(100_000);
+    let err = client
+        .trends(with_key(request, SECRET))
+        .await
+        .expect_err("bad timezone");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("timezone: unknown IANA timezone \"ZZZ")
+    );
+    assert!(err.message().len() < 1100, "{} bytes", err.message().len());
+
+    // 2 MiB to /flags (limit 1 MiB): the whole upload is read and the 413 arrives.
+    let r = http
+        .post(server.url("/flags/?v=2"))
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await
+        .expect("the 413 arrives, not a broken pipe");
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await.expect("JSON body");
+    assert_eq!(body["code"], "payload_too_large", "{body}");
+
+    // A 1 MB flag key is refused, its text not echoed.
+    let mut flags = FlagsServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connect");
+    let definition = serde_json::json!({"key": "k".repeat(1 << 20), "filters": {"groups": [{"rollout_percentage": 100}]}});
+    let err = flags
+        .create_flag(with_key(
+            proto::CreateFlagRequest {
+                definition_json: definition.to_string(),
+                ..Default::default()
+            },
+            SECRET,
+        ))
+        .await
+        .expect_err("1 MB key");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .ends_with("key: 1048576 characters, over the 400-character limit"),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().len() < 300, "{} bytes", err.message().len());
+    server.terminate();
+}

@@ -19,8 +19,12 @@ use serde_json::Value;
 pub const TOKEN: &str = "phc_e2e_test_token";
 pub const SECRET: &str = "phs_e2e_test_secret";
 
+/// The `herd` binary under test: this build's, or `HERD_TEST_BIN` (to run the end-to-end
+/// tests against another build, e.g. to show a regression test fails on an older one).
 pub fn herd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_herd"))
+    let bin = std::env::var_os("HERD_TEST_BIN")
+        .unwrap_or_else(|| std::ffi::OsString::from(env!("CARGO_BIN_EXE_herd")));
+    Command::new(bin)
 }
 
 /// A gRPC request carrying `authorization: Bearer <key>`.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod group_types;
 pub mod groups;
+pub mod message;
 pub mod schema;
 pub mod time;
 pub mod warning;

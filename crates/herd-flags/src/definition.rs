@@ -481,6 +481,14 @@ pub enum Problem {
     /// An empty key (flag, variant or property).
     #[error("must not be empty")]
     Empty,
+    /// A flag key longer than PostHog allows.
+    #[error("{got} characters, over the {max}-character limit")]
+    TooLong {
+        /// The limit ([`crate::eval::MAX_FLAG_KEY_CHARS`]).
+        max: usize,
+        /// The key's length.
+        got: usize,
+    },
     /// A flag key with characters PostHog does not allow.
     #[error("{0:?} may contain only letters, digits, '-' and '_'")]
     BadKey(String),

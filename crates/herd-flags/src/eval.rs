@@ -488,6 +488,9 @@ fn note(best: &mut Option<(Rank, usize)>, rank: Rank, index: usize) {
     }
 }
 
+/// The longest flag key, in characters (PostHog's `FeatureFlag.key` is a 400-character field).
+pub const MAX_FLAG_KEY_CHARS: usize = 400;
+
 fn is_valid_flag_key(key: &str) -> bool {
     key.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -506,6 +509,16 @@ impl CompiledFlag {
     pub fn compile(flag: &FeatureFlag, groups: &GroupTypes) -> Result<Self, ValidationError> {
         if flag.key.is_empty() {
             return Err(ValidationError::new("key", Problem::Empty));
+        }
+        let chars = flag.key.chars().count();
+        if chars > MAX_FLAG_KEY_CHARS {
+            return Err(ValidationError::new(
+                "key",
+                Problem::TooLong {
+                    max: MAX_FLAG_KEY_CHARS,
+                    got: chars,
+                },
+            ));
         }
         if !is_valid_flag_key(&flag.key) {
             return Err(ValidationError::new(

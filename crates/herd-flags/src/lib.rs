@@ -33,10 +33,20 @@ pub use eval::{
 pub use store::{FlagStore, ProjectId, Snapshot};
 
 /// Everything that can go wrong in herd-flags.
+/// A flag key as error messages show it: quoted, and cut after 64 characters (a key over
+/// the limit must not come back as a megabyte of error text).
+fn shown_key(key: &str) -> String {
+    const SHOWN: usize = 64;
+    match key.char_indices().nth(SHOWN) {
+        None => format!("{key:?}"),
+        Some((end, _)) => format!("{:?}… ({} characters)", &key[..end], key.chars().count()),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A definition that does not validate (the message names the JSON path).
-    #[error("flag {key:?}: {source}")]
+    #[error("flag {}: {source}", shown_key(.key))]
     InvalidFlag {
         /// The flag's key.
         key: String,

@@ -74,8 +74,8 @@ impl Error {
     /// An invalid-request error for `field`.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::Invalid {
-            field: field.to_string(),
-            message: message.into(),
+            field: herd_core::message::clip(field.to_string()),
+            message: herd_core::message::clip(message.into()),
         }
     }
 }

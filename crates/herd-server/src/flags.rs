@@ -119,7 +119,7 @@ impl IntoResponse for FlagsError {
     fn into_response(self) -> Response {
         self.log();
         let (status, kind, code) = self.parts();
-        let body = json!({"type": kind, "code": code, "detail": self.to_string()});
+        let body = json!({"type": kind, "code": code, "detail": herd_core::message::clip(self.to_string())});
         (status, axum::Json(body)).into_response()
     }
 }
@@ -127,7 +127,7 @@ impl IntoResponse for FlagsError {
 impl From<FlagsError> for tonic::Status {
     fn from(e: FlagsError) -> Self {
         e.log();
-        let message = e.to_string();
+        let message = herd_core::message::clip(e.to_string());
         match e {
             FlagsError::BadRequest(_) => Self::invalid_argument(message),
             FlagsError::Unauthorized(_) => Self::unauthenticated(message),

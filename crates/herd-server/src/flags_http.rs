@@ -117,9 +117,16 @@ async fn evaluate_inner(
             "{method} is not accepted here: send POST with a JSON body"
         )));
     }
-    let raw = axum::body::to_bytes(body, BODY_LIMIT)
+    let raw = crate::http::read_limited(body, BODY_LIMIT)
         .await
-        .map_err(|_| FlagsError::TooLarge(format!("the body is over {BODY_LIMIT} bytes")))?;
+        .map_err(|e| match e {
+            crate::http::BodyError::TooLarge(limit) => {
+                FlagsError::TooLarge(format!("the body is over {limit} bytes"))
+            }
+            crate::http::BodyError::Read(e) => {
+                FlagsError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

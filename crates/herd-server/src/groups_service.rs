@@ -166,10 +166,10 @@ impl GroupsService for Groups {
         let index = type_index(&mapping, &req.group_type)?;
         let state = self.db.current_group(project, index, &req.key).await;
         let state = state.ok_or_else(|| {
-            Status::not_found(format!(
+            Status::not_found(herd_core::message::clip(format!(
                 "no {} group with key {:?}",
                 req.group_type, req.key
-            ))
+            )))
         })?;
         Ok(Response::new(group(
             index,

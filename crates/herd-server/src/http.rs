@@ -21,6 +21,11 @@ use tokio::net::TcpListener;
 
 use crate::Result;
 
+/// The longest query string capture reads (`GET ?data=` payloads), decoded; a longer one is
+/// a JSON 414. hyper refuses a request line over 64 KiB itself, with a bare 414, before any
+/// handler runs.
+pub const MAX_QUERY_BYTES: usize = 32 << 10;
+
 /// An error on its way to an HTTP client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -69,7 +74,7 @@ impl From<herd_ingest::Error> for ApiError {
             status,
             kind,
             code,
-            detail: e.to_string(),
+            detail: herd_core::message::clip(e.to_string()),
         }
     }
 }
@@ -151,6 +156,17 @@ async fn capture_inner(
             detail: format!("{method} is not accepted here: send POST"),
         });
     }
+    let query_bytes: usize = query.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if query_bytes > MAX_QUERY_BYTES {
+        return Err(ApiError {
+            status: StatusCode::URI_TOO_LONG,
+            kind: "validation_error",
+            code: "uri_too_long",
+            detail: format!(
+                "the query string is over {MAX_QUERY_BYTES} bytes: send the events in a POST body"
+            ),
+        });
+    }
     let limit = if route == Route::Batch {
         BATCH_LIMIT
     } else {
@@ -178,22 +194,26 @@ async fn capture_inner(
     Ok((StatusCode::OK, axum::Json(json!({"status": 1}))).into_response())
 }
 
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// Over the limit (bytes).
+    TooLarge(usize),
+    /// The connection failed mid-body.
+    Read(String),
+}
+
 /// Reads a body of at most `limit` bytes. A larger one is read on (and discarded) up to a hard
 /// cap before the 413 goes out, so the client sees the answer instead of a reset connection
 /// in the middle of its upload.
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
     use http_body_util::BodyExt;
     const DRAIN_CAP: usize = 256 << 20;
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            kind: "validation_error",
-            code: "invalid_payload",
-            detail: format!("could not read the request body: {e}"),
-        })?;
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -205,14 +225,26 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
         }
     }
     if seen > limit {
-        return Err(ApiError {
+        return Err(BodyError::TooLarge(limit));
+    }
+    Ok(buf.freeze())
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    read_limited(body, limit).await.map_err(|e| match e {
+        BodyError::TooLarge(limit) => ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             kind: "validation_error",
             code: "payload_too_large",
             detail: format!("maximum event size exceeded: the body is over {limit} bytes"),
-        });
-    }
-    Ok(buf.freeze())
+        },
+        BodyError::Read(e) => ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "validation_error",
+            code: "invalid_payload",
+            detail: format!("could not read the request body: {e}"),
+        },
+    })
 }
 
 /// Serves HTTP on `listener` until `stop` resolves, then lets in-flight requests finish.

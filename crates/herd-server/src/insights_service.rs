@@ -5,6 +5,7 @@
 //! errors to gRPC statuses. A client deadline (`grpc-timeout`, enforced by tonic) or a
 //! cancelled call drops the handler's future, which drops the running DataFusion streams.
 
+use herd_core::message::clip;
 use herd_query::{
     Attribution, BoolOp, Breakdown, Display, FunnelExclusion, FunnelQuery, FunnelStep, FunnelViz,
     Interval, Math, MathSpec, Operator, Order, PropertyFilter, PropertyGroup, PropertySource,
@@ -33,26 +34,27 @@ impl Insights {
 /// The one place query errors become statuses.
 pub fn status(e: herd_query::Error) -> Status {
     use herd_query::Error as E;
+    let text = clip(e.to_string());
     match e {
-        E::Invalid { .. } => Status::invalid_argument(e.to_string()),
-        E::UnknownProject(_) => Status::not_found(e.to_string()),
+        E::Invalid { .. } => Status::invalid_argument(text),
+        E::UnknownProject(_) => Status::not_found(text),
         E::DataFusion(datafusion_error)
             if matches!(
                 datafusion_error.find_root(),
                 datafusion::error::DataFusionError::ResourcesExhausted(_)
             ) =>
         {
-            Status::resource_exhausted(datafusion_error.to_string())
+            Status::resource_exhausted(text)
         }
         other => {
             tracing::error!(error = %other, "query failed");
-            Status::internal(other.to_string())
+            Status::internal(text)
         }
     }
 }
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {message}"))
+    Status::invalid_argument(clip(format!("{field}: {message}")))
 }
 
 fn operator(value: i32, field: &str) -> Result<Operator, Status> {

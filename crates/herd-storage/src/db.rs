@@ -887,13 +887,18 @@ impl Db {
         Ok(find())
     }
 
-    /// The project a secret key belongs to.
+    /// The project a secret key belongs to. Keys are compared in constant time (every
+    /// project's, whichever matches), so response times do not tell how much of a guess
+    /// was right.
     pub fn project_by_secret(&self, key: &str) -> Option<Arc<ProjectHandle>> {
-        self.projects
-            .read()
-            .values()
-            .find(|h| h.project.secret_key == key)
-            .cloned()
+        use subtle::ConstantTimeEq;
+        let mut found = None;
+        for h in self.projects.read().values() {
+            if bool::from(h.project.secret_key.as_bytes().ct_eq(key.as_bytes())) {
+                found = Some(h.clone());
+            }
+        }
+        found
     }
 
     async fn lock_handle(&self, handle: Arc<ProjectHandle>) -> ProjectGuard<'_> {

@@ -89,6 +89,15 @@ fn validation_empty_and_bad_keys() {
         invalid(json!({"key": "a b"})),
         "key: \"a b\" may contain only letters, digits, '-' and '_'"
     );
+    assert!(
+        flag(json!({"key": "k".repeat(400)}))
+            .validate(&groups())
+            .is_ok()
+    );
+    assert_eq!(
+        invalid(json!({"key": "k".repeat(1 << 20)})),
+        "key: 1048576 characters, over the 400-character limit"
+    );
     assert_eq!(
         invalid(json!({"key": "k", "filters": {"groups": [{"properties": [
             {"key": "", "value": "x"}]}]}})),
