@@ -802,30 +802,47 @@ impl Db {
         })
     }
 
-    /// Deletes data files that no catalog names: left by a process that died between writing a
-    /// file and committing the catalog version that would have named it. Safe because this
-    /// process holds the data folder's write lock and files leave a catalog only by being
-    /// orphaned this way.
+    /// Tidies the data files after a crash, so that every folder's `*.parquet` files are
+    /// exactly the catalog's (see [`layout`]'s twins): a pending twin of a committed file is
+    /// renamed to its name (the process died between the commit and the rename); pending twins
+    /// no catalog names (it died before the commit), retired twins (no query is running yet)
+    /// and data files no catalog names (left by older versions of herd) are deleted. Safe
+    /// because this process holds the data folder's write lock. Returns the files changed.
     async fn remove_orphans(&self) -> Result<usize> {
-        let mut removed = 0;
+        let mut changed = 0;
         let handles: Vec<Arc<ProjectHandle>> = self.projects.read().values().cloned().collect();
         for h in handles {
             let catalog = h.tables.lock().catalog.clone();
             let live: HashSet<&str> = catalog.all_paths().collect();
             let dir = object_store::path::Path::from(format!("projects/{}", h.project.id));
             for meta in self.storage.list(&dir).await? {
-                let path = meta.location.as_ref();
-                if path.ends_with(".parquet") && !live.contains(path) {
-                    tracing::warn!(
-                        path,
-                        "removing a data file no catalog names (left by a crash)"
-                    );
-                    self.storage.delete(&meta.location).await?;
-                    removed += 1;
+                let path = &meta.location;
+                let committed_twin = match layout::twin_of(path) {
+                    Some((name, layout::Twin::Pending)) if live.contains(name.as_ref()) => {
+                        Some(name)
+                    }
+                    Some(_) => None,
+                    None if path.as_ref().ends_with(".parquet")
+                        && !live.contains(path.as_ref()) =>
+                    {
+                        None
+                    }
+                    None => continue,
+                };
+                match committed_twin {
+                    Some(name) if !self.storage.exists(&name).await? => {
+                        tracing::info!(%name, "naming a file committed just before a crash");
+                        self.storage.publish(&name).await?;
+                    }
+                    _ => {
+                        tracing::warn!(%path, "removing a data file no catalog names (left by a crash)");
+                        self.storage.delete(path).await?;
+                    }
                 }
+                changed += 1;
             }
         }
-        Ok(removed)
+        Ok(changed)
     }
 
     /// Creates a project in this store and opens it.
@@ -1317,16 +1334,59 @@ impl Db {
                     tokio::task::spawn_blocking(move || encode_day(project, day, &batches))
                         .await
                         .map_err(|e| Error::io("encode task", std::io::Error::other(e)))??;
-                self.storage.put_durable(&path, bytes).await?;
+                self.storage.put_pending(&path, bytes).await?;
                 Ok::<_, Error>(entry)
             })
             .buffered(parallel);
+        let mut failed = None;
         while let Some(entry) = written.next().await {
-            let entry = entry?;
-            stats.events += entry.rows as usize;
-            stats.files += 1;
-            next.events.push(entry);
+            match entry {
+                Ok(entry) => {
+                    stats.events += entry.rows as usize;
+                    stats.files += 1;
+                    next.events.push(entry);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
+        drop(written);
+        let result = match failed {
+            Some(e) => Err(e),
+            None => {
+                self.write_tables(project, &frozen, &mut next, &mut stats)
+                    .await
+            }
+        };
+        let old: HashSet<&str> = base.all_paths().collect();
+        let new_paths: Vec<String> = next
+            .all_paths()
+            .filter(|p| !old.contains(p))
+            .map(str::to_string)
+            .collect();
+        if let Err(e) = result {
+            // Nothing names the pending files written so far: remove them now rather than
+            // at the next start (a flush retried against a full disk must not fill it more).
+            self.discard_pending(&new_paths).await;
+            return Err(e);
+        }
+        self.name_committed(&new_paths).await;
+        let mut t = handle.tables.lock();
+        t.set_catalog(Arc::new(next));
+        t.frozen.drain(..frozen.len());
+        Ok(stats)
+    }
+
+    /// The groups, warnings and actor-numbers files of a flush, then the catalog commit.
+    async fn write_tables(
+        &self,
+        project: ProjectId,
+        frozen: &[Buffer],
+        next: &mut Catalog,
+        stats: &mut FlushStats,
+    ) -> Result<()> {
         if frozen.iter().any(|b| !b.numbers.is_empty()) {
             let numbers = numbers_batch(frozen.iter().flat_map(|b| &b.numbers))?;
             let path = layout::new_numbers_file(project);
@@ -1353,11 +1413,39 @@ impl Db {
                 .push(self.write_plain(path, &warnings_batch(&warnings)).await?);
             stats.files += 1;
         }
-        catalog::commit(&self.storage, project, &next).await?;
-        let mut t = handle.tables.lock();
-        t.set_catalog(Arc::new(next));
-        t.frozen.drain(..frozen.len());
-        Ok(stats)
+        catalog::commit(&self.storage, project, next).await
+    }
+
+    /// Gives committed data files their names (see [`layout`]'s twins). A rename that fails
+    /// is logged and left: reads find the pending twin, and the next start renames it.
+    async fn name_committed(&self, paths: &[String]) {
+        for chunk in paths.chunks(FLUSH_PUTS_IN_FLIGHT) {
+            let renames = chunk.iter().map(|p| {
+                let (storage, path) = (
+                    self.storage.clone(),
+                    object_store::path::Path::from(p.as_str()),
+                );
+                async move {
+                    let result = storage.publish(&path).await;
+                    (path, result)
+                }
+            });
+            for (path, result) in futures::future::join_all(renames).await {
+                if let Err(e) = result {
+                    tracing::warn!(%path, error = %e, "renaming a committed file failed; the next start retries");
+                }
+            }
+        }
+    }
+
+    /// Deletes the pending twins of files no catalog will name.
+    async fn discard_pending(&self, paths: &[String]) {
+        for p in paths {
+            let twin = layout::twin(&p.as_str().into(), layout::Twin::Pending);
+            if let Err(e) = self.storage.delete(&twin).await {
+                tracing::warn!(path = %twin, error = %e, "deleting an uncommitted file failed; the next start does");
+            }
+        }
     }
 
     /// Writes a groups or warnings batch as a new file; returns its catalog entry.
@@ -1376,7 +1464,7 @@ impl Db {
             max_ts: None,
             numbered: false,
         };
-        self.storage.put_durable(&path, bytes).await?;
+        self.storage.put_pending(&path, bytes).await?;
         Ok(entry)
     }
 

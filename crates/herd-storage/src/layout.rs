@@ -8,7 +8,15 @@
 //!   projects/<project>/events/date=YYYY-MM-DD/<uuidv7>.parquet
 //!   projects/<project>/groups/<uuidv7>.parquet
 //!   projects/<project>/warnings/<uuidv7>.parquet
+//!   …/.<uuidv7>.parquet.pending              written, not yet committed (or not yet renamed)
+//!   …/.<uuidv7>.parquet.retired              merged away, kept for queries still reading it
 //! ```
+//!
+//! A folder's `*.parquet` files are exactly the live files of the newest catalog version, so
+//! an outside engine that globs them (DuckDB `read_parquet('…/events/**/*.parquet')`,
+//! ClickHouse `file(…)`, Spark, which also skips dot-files) reads the live table: a data file
+//! is written as its *pending twin*, renamed to its name once the catalog version naming it
+//! is committed, and renamed to its *retired twin* when compaction merges it away.
 
 use herd_core::ProjectId;
 use object_store::path::Path;
@@ -41,6 +49,55 @@ pub fn project_file(project: ProjectId) -> Path {
 /// A project's group-type mapping.
 pub fn group_types_file(project: ProjectId) -> Path {
     Path::from(format!("projects/{project}/group_types.json"))
+}
+
+/// Which twin of a data file a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Twin {
+    /// Written, waiting for its catalog commit.
+    Pending,
+    /// Merged away by compaction.
+    Retired,
+}
+
+impl Twin {
+    fn suffix(self) -> &'static str {
+        match self {
+            Twin::Pending => ".pending",
+            Twin::Retired => ".retired",
+        }
+    }
+}
+
+/// The `twin` of the data file `path`: `<dir>/.<name><suffix>`.
+pub fn twin(path: &Path, twin: Twin) -> Path {
+    let text = path.as_ref();
+    let (dir, name) = text.rsplit_once('/').unwrap_or(("", text));
+    let hidden = format!(".{name}{}", twin.suffix());
+    if dir.is_empty() {
+        Path::from(hidden)
+    } else {
+        Path::from(format!("{dir}/{hidden}"))
+    }
+}
+
+/// The data file a twin path stands for, and which twin it is (`None` for other paths).
+pub fn twin_of(path: &Path) -> Option<(Path, Twin)> {
+    let text = path.as_ref();
+    let (dir, name) = text.rsplit_once('/').unwrap_or(("", text));
+    let name = name.strip_prefix('.')?;
+    let (live, which) = [Twin::Pending, Twin::Retired]
+        .into_iter()
+        .find_map(|t| name.strip_suffix(t.suffix()).map(|n| (n, t)))?;
+    if !live.ends_with(".parquet") {
+        return None;
+    }
+    let live = if dir.is_empty() {
+        Path::from(live)
+    } else {
+        Path::from(format!("{dir}/{live}"))
+    };
+    Some((live, which))
 }
 
 /// A new events file for a day partition (`YYYY-MM-DD`).
@@ -78,6 +135,26 @@ pub fn new_warnings_file(project: ProjectId) -> Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn twins_hide_from_parquet_globs_and_map_back() {
+        let live = Path::from("projects/1/events/date=2024-01-02/0190.parquet");
+        let pending = twin(&live, Twin::Pending);
+        assert_eq!(
+            pending.as_ref(),
+            "projects/1/events/date=2024-01-02/.0190.parquet.pending"
+        );
+        assert!(!pending.as_ref().ends_with(".parquet"));
+        assert_eq!(twin_of(&pending), Some((live.clone(), Twin::Pending)));
+        let retired = twin(&live, Twin::Retired);
+        assert_eq!(twin_of(&retired), Some((live.clone(), Twin::Retired)));
+        assert_eq!(twin_of(&live), None);
+        assert_eq!(twin_of(&Path::from("a/.x.json.pending")), None);
+        assert_eq!(
+            twin(&Path::from("x.parquet"), Twin::Retired).as_ref(),
+            ".x.parquet.retired"
+        );
+    }
 
     #[test]
     fn catalog_versions_sort_and_parse() {

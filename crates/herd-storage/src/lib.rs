@@ -18,6 +18,7 @@ pub mod parquet_files;
 pub mod projects;
 pub mod record;
 pub mod store;
+pub mod twin_store;
 pub mod wal;
 
 pub use db::{CompactStats, Db, DbConfig, ProjectGuard, TableSnapshot};

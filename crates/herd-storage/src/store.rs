@@ -16,12 +16,17 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use crate::layout::{Twin, twin};
+use crate::twin_store::TwinStore;
 use crate::{Error, Result};
 
 /// An object store and, when it is a local folder, that folder.
 #[derive(Debug, Clone)]
 pub struct Storage {
+    /// Reads fall back to a data file's twins ([`TwinStore`]).
     store: Arc<dyn ObjectStore>,
+    /// The store itself, for checks that must not see twins.
+    raw: Arc<dyn ObjectStore>,
     local_root: Option<PathBuf>,
     location: String,
 }
@@ -37,11 +42,11 @@ impl Storage {
             return Err(invalid("empty".into()));
         }
         if location == "memory://" || location.starts_with("memory://") {
-            return Ok(Self {
-                store: Arc::new(InMemory::new()),
-                local_root: None,
-                location: location.to_string(),
-            });
+            return Ok(Self::with_store(
+                Arc::new(InMemory::new()),
+                None,
+                location.to_string(),
+            ));
         }
         if let Some(rest) = location.strip_prefix("s3://") {
             let url = url::Url::parse(location).map_err(|e| invalid(e.to_string()))?;
@@ -60,11 +65,7 @@ impl Storage {
             } else {
                 Arc::new(PrefixStore::new(s3, Path::from(prefix)))
             };
-            return Ok(Self {
-                store,
-                local_root: None,
-                location: location.to_string(),
-            });
+            return Ok(Self::with_store(store, None, location.to_string()));
         }
         if location.contains("://") && !location.starts_with("file://") {
             return Err(invalid(
@@ -86,11 +87,21 @@ impl Storage {
             .canonicalize()
             .map_err(|e| Error::io(format!("resolve data folder {}", path.display()), e))?;
         let store = LocalFileSystem::new_with_prefix(&path)?;
-        Ok(Self {
-            store: Arc::new(store),
-            location: path.display().to_string(),
-            local_root: Some(path),
-        })
+        let location = path.display().to_string();
+        Ok(Self::with_store(Arc::new(store), Some(path), location))
+    }
+
+    fn with_store(
+        raw: Arc<dyn ObjectStore>,
+        local_root: Option<PathBuf>,
+        location: String,
+    ) -> Self {
+        Self {
+            store: Arc::new(TwinStore::new(raw.clone())),
+            raw,
+            local_root,
+            location,
+        }
     }
 
     /// The object store (for readers such as DataFusion).
@@ -112,6 +123,54 @@ impl Storage {
     pub async fn put_durable(&self, path: &Path, bytes: Bytes) -> Result<()> {
         self.store.put(path, PutPayload::from(bytes)).await?;
         self.sync_local(path).await
+    }
+
+    /// Writes a data file as its pending twin (fsynced on a local folder): readers that glob
+    /// `*.parquet` do not see it until [`Storage::publish`] gives it its name, after the
+    /// catalog version naming it is committed.
+    pub async fn put_pending(&self, path: &Path, bytes: Bytes) -> Result<()> {
+        self.put_durable(&twin(path, Twin::Pending), bytes).await
+    }
+
+    /// Renames a committed data file's pending twin to its name (nothing to do when that
+    /// was done already).
+    pub async fn publish(&self, path: &Path) -> Result<()> {
+        self.rename_durable(&twin(path, Twin::Pending), path).await
+    }
+
+    /// Renames a data file merged away to its retired twin (queries still reading it find it
+    /// there; see [`TwinStore`]).
+    pub async fn retire(&self, path: &Path) -> Result<()> {
+        self.rename_durable(path, &twin(path, Twin::Retired)).await
+    }
+
+    /// Whether an object exists under exactly this name (no twin fallback).
+    pub async fn exists(&self, path: &Path) -> Result<bool> {
+        match self.raw.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn rename_durable(&self, from: &Path, to: &Path) -> Result<()> {
+        match self.raw.rename(from, to).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) if self.exists(to).await? => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let dir = root.join(to.as_ref());
+        tokio::task::spawn_blocking(move || match dir.parent() {
+            Some(parent) => std::fs::File::open(parent)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(format!("fsync {}", parent.display()), e)),
+            None => Ok(()),
+        })
+        .await
+        .map_err(|e| Error::io("fsync task", std::io::Error::other(e)))?
     }
 
     /// Writes an object only if it does not exist yet (the catalog's compare-and-swap).

@@ -151,7 +151,7 @@ impl Db {
             max_ts: files.iter().filter_map(|f| f.max_ts).max(),
             numbered: true,
         };
-        self.storage.put_durable(&path, bytes).await?;
+        self.storage.put_pending(&path, bytes).await?;
         // The catalog's other writer is the flush.
         let _one_writer = self.flush_lock.lock().await;
         let base = handle.tables.lock().catalog.clone();
@@ -166,7 +166,10 @@ impl Db {
             != gone.len()
         {
             // Not while one compaction runs at a time; the new file is named by no catalog.
-            let _ = self.storage.delete(&path).await;
+            let _ = self
+                .storage
+                .delete(&layout::twin(&path, layout::Twin::Pending))
+                .await;
             return Err(Error::corrupt(
                 "compaction",
                 format!("the files of {day} changed while they were merged"),
@@ -182,6 +185,16 @@ impl Db {
         // Every file before `at` stays, so `at` is still in bounds.
         next.events.insert(at, entry);
         catalog::commit(&self.storage, project, &next).await?;
+        // Outside readers globbing `*.parquet` see the merged file in place of its inputs;
+        // queries still reading an input find it under its retired twin until it is deleted.
+        if let Err(e) = self.storage.publish(&path).await {
+            tracing::warn!(%path, error = %e, "renaming a committed file failed; the next start retries");
+        }
+        for f in &files {
+            if let Err(e) = self.storage.retire(&f.path.as_str().into()).await {
+                tracing::warn!(path = f.path, error = %e, "retiring a merged file failed; it is deleted later");
+            }
+        }
         handle.tables.lock().set_catalog(Arc::new(next));
         let merged = gone.len();
         let now = Instant::now();
@@ -203,7 +216,14 @@ impl Db {
             due.into_iter().map(|(_, path)| path).collect()
         };
         for (i, path) in due.iter().enumerate() {
-            if let Err(e) = self.storage.delete(&path.as_str().into()).await {
+            let live = object_store::path::Path::from(path.as_str());
+            let retired = layout::twin(&live, layout::Twin::Retired);
+            // The file itself too, in case retiring it failed.
+            let deleted = match self.storage.delete(&retired).await {
+                Ok(()) => self.storage.delete(&live).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = deleted {
                 // Keep the rest for a later try; the next open removes them in any case.
                 let now = Instant::now();
                 self.retired

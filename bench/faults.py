@@ -1,0 +1,236 @@
+"""The figures of issue 23's probes, measured against one or more `herd` builds in one run, so a
+fix shows as a ratio against the build before it on the same machine.
+
+    python bench/faults.py --herd NEW [--herd OLD ...] [--work DIR] [--json OUT]
+
+Scenarios (each on a fresh data folder, `herd serve` on 127.0.0.1 with ephemeral ports):
+- `amplification`: one 8.3 MB `/batch/` of 50 events, each naming 10,000 group types in `$groups`
+  (only the public token needed); then three such batches at once while a 1-event capture to the
+  same project is timed. Reported: the first batch's seconds, the 1-event capture's seconds under
+  that load, peak RSS, bytes of log written, and the warning rows stored.
+- `days`: 20 batches of 1,000 events, every event on its own day from 1900-01-01 (20,000 days).
+  Reported: the capture's seconds, the shutdown flush's seconds (SIGTERM to exit), the events
+  files and the newest catalog version's bytes, peak RSS; then the same load again, `kill -9`
+  while its flush runs, and the seconds until the next start opens its ports.
+- `outside`: 50 batches of 1,000 events on three days with `--flush-interval-ms 100` and
+  `--compact-min-files 2` (so compaction merges while files stay retired), then `kill -9` during
+  a flush: the rows a plain DuckDB glob over `events/` counts next to the events acknowledged.
+
+Peak RSS is the server's VmHWM from /proc, read just before it exits.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import requests
+
+TOKEN = "phc_faults_bench_token"
+SECRET = "phs_faults_bench_secret"
+
+
+class Server:
+    def __init__(self, herd, data, extra=(), log=None):
+        self.log_path = log or os.path.join(data, "..", os.path.basename(data) + ".log")
+        self.log = open(self.log_path, "ab")
+        args = [herd, "serve", "--data", data, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            args + list(extra), stdout=subprocess.PIPE, stderr=self.log, env=dict(os.environ, HERD_LOG="info")
+        )
+        for line in self.proc.stdout:
+            doc = json.loads(line)
+            if "listening" in doc:
+                self.http = "http://" + doc["listening"]["http"]
+                break
+        else:
+            raise RuntimeError("herd serve exited before listening")
+        self.startup_s = time.monotonic() - self.started
+        self.peak_kb = 0
+
+    def post(self, path, body, timeout=600):
+        return requests.post(self.http + path, data=body, headers={"Content-Type": "application/json"}, timeout=timeout)
+
+    def sample_rss(self):
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+        except FileNotFoundError:
+            pass
+
+    def terminate(self):
+        """SIGTERM; seconds until exit (the shutdown flush)."""
+        self.sample_rss()
+        t = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        while self.proc.poll() is None:
+            self.sample_rss()
+            time.sleep(0.02)
+        self.log.close()
+        return time.monotonic() - t
+
+    def kill9(self):
+        self.sample_rss()
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+def create_project(herd, data):
+    subprocess.run(
+        [herd, "project", "create", "--data", data, "--token", TOKEN, "--secret-key", SECRET],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def count_rows(pattern):
+    import duckdb
+
+    if not glob.glob(pattern, recursive=True):
+        return 0
+    return duckdb.execute("SELECT count(*) FROM read_parquet(?)", [pattern]).fetchone()[0]
+
+
+def uuid(i):
+    return f"00000000-0000-4000-8000-{i:012d}"
+
+
+def amplification(herd, work):
+    data = os.path.join(work, "amp")
+    create_project(herd, data)
+    groups = {f"type{t}": f"key{t}" for t in range(10_000)}
+
+    def batch(first):
+        events = [
+            {"event": "signed_up", "distinct_id": f"u{i}", "uuid": uuid(i), "timestamp": "2024-01-02T10:00:00Z",
+             "properties": {"$groups": groups}}
+            for i in range(first, first + 50)
+        ]
+        return json.dumps({"api_key": TOKEN, "batch": events})
+
+    bodies = [batch(b * 50) for b in range(4)]
+    server = Server(herd, data)
+    t = time.monotonic()
+    status = server.post("/batch/", bodies[0]).status_code
+    first_s = time.monotonic() - t
+    server.sample_rss()
+    one = json.dumps({"api_key": TOKEN, "event": "ping", "distinct_id": "p", "timestamp": "2024-01-02T10:00:00Z"})
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        heavy = [pool.submit(server.post, "/batch/", b) for b in bodies[1:]]
+        time.sleep(0.3)
+        t = time.monotonic()
+        single = server.post("/capture/", one).status_code
+        single_s = time.monotonic() - t
+        statuses = [f.result().status_code for f in heavy]
+        server.sample_rss()
+    server.terminate()
+    return {
+        "batch_bytes": len(bodies[0]),
+        "status": [status] + statuses + [single],
+        "first_batch_s": round(first_s, 2),
+        "one_event_under_load_s": round(single_s, 3),
+        "peak_rss_mb": round(server.peak_kb / 1024),
+        "log_mb": round(os.path.getsize(server.log_path) / 2**20, 1),
+        "warning_rows": count_rows(f"{data}/projects/*/warnings/*.parquet"),
+    }
+
+
+def day_batches():
+    base = datetime.datetime(1900, 1, 1, 12, tzinfo=datetime.timezone.utc)
+    out = []
+    for b in range(20):
+        events = []
+        for k in range(1000):
+            i = b * 1000 + k
+            ts = (base + datetime.timedelta(days=i)).isoformat()
+            events.append({"event": "signed_up", "distinct_id": f"u{i % 97}", "uuid": uuid(i), "timestamp": ts,
+                           "properties": {"$groups": {"company": f"c{i % 13}"}}})
+        out.append(json.dumps({"api_key": TOKEN, "batch": events}))
+    return out
+
+
+def days(herd, work):
+    bodies = day_batches()
+    data = os.path.join(work, "days")
+    create_project(herd, data)
+    slow = ["--flush-interval-ms", "600000"]
+    server = Server(herd, data, slow)
+    t = time.monotonic()
+    statuses = {server.post("/batch/", b).status_code for b in bodies}
+    capture_s = time.monotonic() - t
+    flush_s = server.terminate()
+    catalogs = sorted(glob.glob(f"{data}/catalog/*/*.json"))
+    result = {
+        "status": sorted(statuses),
+        "capture_s": round(capture_s, 2),
+        "shutdown_flush_s": round(flush_s, 2),
+        "events_files": len(glob.glob(f"{data}/projects/*/events/*/*.parquet")),
+        "catalog_kb": round(os.path.getsize(catalogs[-1]) / 1024) if catalogs else 0,
+        "peak_rss_mb": round(server.peak_kb / 1024),
+    }
+    # The same load on a fresh folder, killed while its flush runs; then the next start.
+    data2 = os.path.join(work, "days-kill")
+    create_project(herd, data2)
+    server = Server(herd, data2, ["--flush-interval-ms", "1000"])
+    for b in bodies:
+        server.post("/batch/", b)
+    time.sleep(1.0 + flush_s / 2)
+    server.kill9()
+    restart = Server(herd, data2, slow)
+    result["restart_after_kill_s"] = round(restart.startup_s, 2)
+    restart.terminate()
+    return result
+
+
+def outside(herd, work):
+    data = os.path.join(work, "outside")
+    create_project(herd, data)
+    server = Server(herd, data, ["--flush-interval-ms", "100", "--compact-interval-ms", "200",
+                                 "--compact-min-files", "2"])
+    acked = 0
+    for b in range(50):
+        events = [{"event": "signed_up", "distinct_id": f"u{i}", "uuid": uuid(b * 1000 + i),
+                   "timestamp": f"2024-01-0{1 + i % 3}T10:00:00Z"} for i in range(1000)]
+        if server.post("/batch/", json.dumps({"api_key": TOKEN, "batch": events})).status_code == 200:
+            acked += 1000
+        time.sleep(0.05)
+    time.sleep(1.0)
+    server.kill9()
+    return {"acknowledged": acked, "duckdb_glob_rows": count_rows(f"{data}/projects/*/events/**/*.parquet")}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--herd", action="append", required=True)
+    p.add_argument("--work", default=tempfile.gettempdir())
+    p.add_argument("--json")
+    p.add_argument("--only", choices=["amplification", "days", "outside"])
+    args = p.parse_args()
+    results = {}
+    for herd in args.herd:
+        per = {}
+        for name, fn in [("amplification", amplification), ("days", days), ("outside", outside)]:
+            if args.only and name != args.only:
+                continue
+            with tempfile.TemporaryDirectory(dir=args.work) as work:
+                per[name] = fn(herd, work)
+            print(json.dumps({"herd": herd, name: per[name]}), flush=True)
+        results[herd] = per
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
