@@ -261,6 +261,23 @@ async fn visible(server: &Server) -> f64 {
     r.into_inner().results[0].count
 }
 
+/// Company `c1`'s current properties, if it has any.
+async fn group_c1(server: &Server) -> Option<String> {
+    use proto::groups_service_client::GroupsServiceClient;
+    let mut client = GroupsServiceClient::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connect");
+    let request = proto::GetGroupRequest {
+        group_type: "company".into(),
+        key: "c1".into(),
+    };
+    match client.get_group(with_key(request, SECRET)).await {
+        Ok(r) => Some(format!("{:?}", r.into_inner())),
+        Err(e) if e.code() == Code::NotFound => None,
+        Err(e) => panic!("get group: {e:?}"),
+    }
+}
+
 /// Polls `post` until it answers 200 (within 20 s).
 async fn until_accepted(server: &Server, body: &serde_json::Value) {
     for _ in 0..200 {
@@ -290,7 +307,16 @@ async fn a_full_wal_disk_refuses_then_recovers_by_itself() {
 
     wal.fill();
     let refused = events(1000, 50);
-    assert_eq!(post_batch(&server, &refused).await, 503);
+    // The request whose WAL write fails also renames a group: that change must be undone.
+    let mut with_identify = refused.clone();
+    if let Some(batch) = with_identify["batch"].as_array_mut() {
+        batch.push(
+            serde_json::json!({"event": "$groupidentify", "distinct_id": "x",
+            "timestamp": "2024-01-02T11:00:00Z", "properties": {"$group_type": "company",
+            "$group_key": "c1", "$group_set": {"plan": "refused"}}}),
+        );
+    }
+    assert_eq!(post_batch(&server, &with_identify).await, 503);
     let (status, body) = health(&server).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("write-ahead log failed"), "{body}");
@@ -314,6 +340,11 @@ async fn a_full_wal_disk_refuses_then_recovers_by_itself() {
         "duplicates"
     );
     assert_eq!(visible(&server).await, 150.0);
+    assert_eq!(
+        group_c1(&server).await,
+        None,
+        "the refused group change was undone"
+    );
     server.terminate();
 
     let server = Server::start(data.path(), &args);
