@@ -460,7 +460,7 @@ impl ProjectGuard<'_> {
         let events = events.filter(|b| b.num_rows() > 0);
         if events.is_none() && groups.is_empty() && warnings.is_empty() {
             self.undo.clear();
-            return Ok(self.db.wal.last_ticket());
+            return Ok(self.db.wal.last_live_ticket());
         }
         let (stored, numbers) = self.numbered(events.clone())?;
         let record = WalRecord {

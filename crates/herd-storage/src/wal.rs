@@ -233,6 +233,18 @@ impl Wal {
         self.sender.lock().0
     }
 
+    /// The ticket a request that appends nothing waits on so that it is answered only after
+    /// everything queued before it: the last one handed out, or, when that one was lost (a
+    /// failed write refuses a tail of tickets), the last durable one.
+    pub fn last_live_ticket(&self) -> u64 {
+        let last = self.last_ticket();
+        if self.is_lost(last) {
+            self.durable_ticket()
+        } else {
+            last
+        }
+    }
+
     /// Every ticket up to this one is durable (or was refused: see [`Wal::is_lost`]).
     pub fn durable_ticket(&self) -> u64 {
         self.durable.borrow().ticket
