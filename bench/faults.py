@@ -16,6 +16,10 @@ Scenarios (each on a fresh data folder, `herd serve` on 127.0.0.1 with ephemeral
   `--compact-min-files 2` (so compaction merges while files stay retired), then `kill -9` during
   a flush: the rows a plain DuckDB glob over `events/` counts next to the events acknowledged.
 
+- `capture`: 16 clients posting `/batch/` bodies of 100 events (keep-alive connections) for 10 s,
+  WAL fsynced: events acknowledged per second, so the fault handling's cost on the hot path
+  shows as a ratio between builds. The Python clients share the 2 cores with the server.
+
 Peak RSS is the server's VmHWM from /proc, read just before it exits.
 """
 
@@ -210,17 +214,56 @@ def outside(herd, work):
     return {"acknowledged": acked, "duckdb_glob_rows": count_rows(f"{data}/projects/*/events/**/*.parquet")}
 
 
+def capture(herd, work, seconds=10.0, clients=16):
+    import http.client
+    import threading
+
+    data = os.path.join(work, "capture")
+    create_project(herd, data)
+    server = Server(herd, data)
+    host = server.http.removeprefix("http://")
+    stop = time.monotonic() + seconds
+    counts = [0] * clients
+
+    def client(c):
+        conn = http.client.HTTPConnection(host)
+        n = 0
+        while time.monotonic() < stop:
+            events = [{"event": "signed_up", "distinct_id": f"u{c}-{n}-{i}", "uuid": uuid(c * 10**10 + n * 100 + i),
+                       "timestamp": "2024-01-02T10:00:00Z",
+                       "properties": {"$groups": {"company": f"c{i % 13}"}, "$lib": "posthog-python"}}
+                      for i in range(100)]
+            body = json.dumps({"api_key": TOKEN, "batch": events})
+            conn.request("POST", "/batch/", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            if r.status == 200:
+                counts[c] += 100
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    t = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.monotonic() - t
+    server.terminate()
+    return {"events_per_s": round(sum(counts) / elapsed), "peak_rss_mb": round(server.peak_kb / 1024)}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--herd", action="append", required=True)
     p.add_argument("--work", default=tempfile.gettempdir())
     p.add_argument("--json")
-    p.add_argument("--only", choices=["amplification", "days", "outside"])
+    p.add_argument("--only", choices=["amplification", "days", "outside", "capture"])
     args = p.parse_args()
     results = {}
     for herd in args.herd:
         per = {}
-        for name, fn in [("amplification", amplification), ("days", days), ("outside", outside)]:
+        for name, fn in [("amplification", amplification), ("days", days), ("outside", outside),
+                         ("capture", capture)]:
             if args.only and name != args.only:
                 continue
             with tempfile.TemporaryDirectory(dir=args.work) as work:
