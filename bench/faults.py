@@ -20,6 +20,14 @@ Scenarios (each on a fresh data folder, `herd serve` on 127.0.0.1 with ephemeral
   WAL fsynced: events acknowledged per second, so the fault handling's cost on the hot path
   shows as a ratio between builds. The Python clients share the 2 cores with the server.
 
+- `fulldisk` (root: mounts a tmpfs): the data folder on a 20 MB tmpfs, the WAL on the large disk,
+  16 clients capturing for 30 s (`extra` flags, e.g. `--max-buffer-mb 256`, apply to builds that
+  have them): events acknowledged, requests refused, peak RSS; then SIGTERM's exit code, and
+  whether a start on the still-full disk opens its ports.
+- `walfull` (root): the WAL on a 20 MB tmpfs: events acknowledged until it fills, then the
+  filler removed: seconds until capture answers 200 again (up to 20 s), `/_health` while full,
+  SIGTERM's exit code.
+
 Peak RSS is the server's VmHWM from /proc, read just before it exits.
 """
 
@@ -252,20 +260,144 @@ def capture(herd, work, seconds=10.0, clients=16):
     return {"events_per_s": round(sum(counts) / elapsed), "peak_rss_mb": round(server.peak_kb / 1024)}
 
 
+class Tmpfs:
+    def __init__(self, work, mb):
+        self.path = os.path.join(work, f"tmpfs{mb}")
+        os.makedirs(self.path)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", self.path], check=True)
+
+    def fill(self):
+        f = open(os.path.join(self.path, "filler"), "wb", buffering=0)
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+        except OSError:
+            pass
+        finally:
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def free(self):
+        os.remove(os.path.join(self.path, "filler"))
+
+    def close(self):
+        subprocess.run(["umount", "-l", self.path])
+
+
+def load(server, seconds, clients=16, first=0):
+    """16 clients posting 100-event batches for `seconds`: (acknowledged, refused)."""
+    import threading
+
+    stop = time.monotonic() + seconds
+    acked, refused = [0] * clients, [0] * clients
+
+    def client(c):
+        session = requests.Session()
+        n = 0
+        while time.monotonic() < stop:
+            events = [{"event": "signed_up", "distinct_id": f"u{i}", "uuid": uuid(first + c * 10**9 + n * 100 + i),
+                       "timestamp": "2024-01-02T10:00:00Z", "properties": {"pad": "x" * 300}} for i in range(100)]
+            try:
+                r = session.post(server.http + "/batch/", data=json.dumps({"api_key": TOKEN, "batch": events}),
+                                 headers={"Content-Type": "application/json"}, timeout=30)
+                if r.status_code == 200:
+                    acked[c] += 100
+                else:
+                    refused[c] += 1
+            except requests.RequestException:
+                refused[c] += 1
+            server.sample_rss()
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sum(acked), sum(refused)
+
+
+def fulldisk(herd, work, extra=()):
+    fs = Tmpfs(work, 20)
+    try:
+        data = os.path.join(fs.path, "data")
+        create_project(herd, data)
+        wal = os.path.join(work, "wal")
+        args = ["--wal-dir", wal, "--flush-interval-ms", "1000"] + list(extra)
+        server = Server(herd, data, args, log=os.path.join(work, "fulldisk.log"))
+        fs.fill()
+        acked, refused = load(server, 30)
+        health = requests.get(server.http + "/_health").status_code
+        server.terminate()
+        result = {"acknowledged": acked, "refused_requests": refused, "health_while_full": health,
+                  "peak_rss_mb": round(server.peak_kb / 1024), "sigterm_exit": server.proc.returncode}
+        try:
+            again = Server(herd, data, args, log=os.path.join(work, "fulldisk2.log"))
+            result["starts_on_full_disk"] = True
+            again.terminate()
+        except (RuntimeError, json.JSONDecodeError):
+            result["starts_on_full_disk"] = False
+        return result
+    finally:
+        fs.close()
+
+
+def walfull(herd, work):
+    fs = Tmpfs(work, 20)
+    try:
+        reserve = os.path.join(fs.path, "reserve")
+        with open(reserve, "wb") as f:
+            f.write(b"\0" * (4 << 20))
+        data = os.path.join(work, "data")
+        create_project(herd, data)
+        server = Server(herd, data, ["--wal-dir", fs.path, "--flush-interval-ms", "600000"],
+                        log=os.path.join(work, "walfull.log"))
+        acked, refused = load(server, 15, clients=8)
+        health_full = requests.get(server.http + "/_health").status_code
+        os.remove(reserve)
+        body = json.dumps({"api_key": TOKEN, "batch": [{"event": "ping", "distinct_id": "p",
+                                                         "timestamp": "2024-01-02T10:00:00Z"}]})
+        t = time.monotonic()
+        recovered = None
+        while time.monotonic() - t < 20:
+            if server.post("/batch/", body).status_code == 200:
+                recovered = round(time.monotonic() - t, 2)
+                break
+            time.sleep(0.1)
+        server.terminate()
+        return {"acknowledged": acked, "refused_requests": refused, "health_while_full": health_full,
+                "recovered_after_s": recovered, "sigterm_exit": server.proc.returncode}
+    finally:
+        fs.close()
+
+
+def supported(herd, flags):
+    """The flags `herd serve --help` of this build mentions."""
+    text = subprocess.run([herd, "serve", "--help"], capture_output=True, text=True).stdout
+    return [f for f in flags if f.split("=")[0] in text]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--herd", action="append", required=True)
     p.add_argument("--work", default=tempfile.gettempdir())
     p.add_argument("--json")
-    p.add_argument("--only", choices=["amplification", "days", "outside", "capture"])
+    p.add_argument("--only", choices=["amplification", "days", "outside", "capture", "fulldisk", "walfull"])
+    p.add_argument("--extra", action="append", default=[],
+                   help="flags for fulldisk's herd serve, for builds that have them (e.g. --max-buffer-mb=256)")
     args = p.parse_args()
     results = {}
     for herd in args.herd:
         per = {}
-        for name, fn in [("amplification", amplification), ("days", days), ("outside", outside),
-                         ("capture", capture)]:
+        scenarios = [("amplification", amplification), ("days", days), ("outside", outside),
+                     ("capture", capture), ("fulldisk", fulldisk), ("walfull", walfull)]
+        for name, fn in scenarios:
             if args.only and name != args.only:
                 continue
+            if name == "fulldisk":
+                fn = lambda h, w: fulldisk(h, w, supported(h, args.extra))  # noqa: E731
             with tempfile.TemporaryDirectory(dir=args.work) as work:
                 per[name] = fn(herd, work)
             print(json.dumps({"herd": herd, name: per[name]}), flush=True)
