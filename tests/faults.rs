@@ -278,17 +278,6 @@ async fn group_c1(server: &Server) -> Option<String> {
     }
 }
 
-/// Polls `post` until it answers 200 (within 20 s).
-async fn until_accepted(server: &Server, body: &serde_json::Value) {
-    for _ in 0..200 {
-        if post_batch(server, body).await == 200 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("capture did not recover within 20 s");
-}
-
 /// The WAL's disk fills up: requests get 503 and what they sent is never visible; health says
 /// so; once space is back the writer recovers by itself (before: every request got 503 until
 /// a restart, health said ok, refused rows were visible, SIGTERM exited 1); a retry of the
