@@ -595,8 +595,8 @@ fn files_ending(dir: &std::path::Path, suffix: &str) -> usize {
 /// DuckDB globbing `events/**/*.parquet` used to count compaction's retired files (kept five
 /// minutes for running queries) and a crash's uncommitted files too: 1,579,924 rows for
 /// 434,400 events. Retired and uncommitted files now live under twin names the glob does not
-/// match, so it reads exactly the committed table, while compaction runs and after a
-/// `kill -9`, and after the restart everything acknowledged.
+/// match, so it reads the committed table once compaction has run, never more than it after
+/// a `kill -9`, and after the restart everything acknowledged.
 #[tokio::test]
 async fn outside_readers_count_exactly_the_committed_events() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -614,10 +614,15 @@ async fn outside_readers_count_exactly_the_committed_events() {
         assert_eq!(post_batch(&server, &events(b * 100, 100)).await, 200);
         tokio::time::sleep(std::time::Duration::from_millis(120)).await;
     }
+    // Until compaction has merged the day into one file (nothing more to rename).
     let mut retired = 0;
     for _ in 0..100 {
         retired = files_ending(dir.path(), ".parquet.retired");
-        if retired > 0 && read_events(dir.path(), id).await.len() == 2000 {
+        let named = files_ending(
+            &dir.path().join(format!("projects/{id}/events")),
+            ".parquet",
+        );
+        if retired > 0 && named == 1 && read_events(dir.path(), id).await.len() == 2000 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -631,8 +636,14 @@ async fn outside_readers_count_exactly_the_committed_events() {
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     }
     server.kill9();
+    // Never more than the catalog; less only by files a commit named just before the kill
+    // and had not renamed yet (the next start names them).
     let committed = read_events(dir.path(), id).await.len() as u64;
-    assert_eq!(duckdb_glob_count(dir.path(), id), committed);
+    let globbed = duckdb_glob_count(dir.path(), id);
+    assert!(
+        globbed <= committed && committed >= 2000,
+        "{globbed} globbed, {committed} committed"
+    );
 
     let server = Server::start(dir.path(), &args);
     server.terminate();

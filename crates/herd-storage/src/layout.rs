@@ -12,11 +12,12 @@
 //!   …/.<uuidv7>.parquet.retired              merged away, kept for queries still reading it
 //! ```
 //!
-//! A folder's `*.parquet` files are exactly the live files of the newest catalog version, so
-//! an outside engine that globs them (DuckDB `read_parquet('…/events/**/*.parquet')`,
-//! ClickHouse `file(…)`, Spark, which also skips dot-files) reads the live table: a data file
-//! is written as its *pending twin*, renamed to its name once the catalog version naming it
-//! is committed, and renamed to its *retired twin* when compaction merges it away.
+//! A folder's `*.parquet` files are live files of the newest catalog version (all of them,
+//! but for the moment of a commit's renames), so an outside engine that globs them (DuckDB
+//! `read_parquet('…/events/**/*.parquet')`, ClickHouse `file(…)`, Spark, which also skips
+//! dot-files) reads the live table: a data file is written as its *pending twin*, renamed to
+//! its name once the catalog version naming it is committed, and renamed to its *retired
+//! twin* when compaction merges it away.
 
 use herd_core::ProjectId;
 use object_store::path::Path;

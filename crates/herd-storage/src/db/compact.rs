@@ -187,13 +187,15 @@ impl Db {
         catalog::commit(&self.storage, project, &next).await?;
         // Outside readers globbing `*.parquet` see the merged file in place of its inputs;
         // queries still reading an input find it under its retired twin until it is deleted.
-        if let Err(e) = self.storage.publish(&path).await {
-            tracing::warn!(%path, error = %e, "renaming a committed file failed; the next start retries");
-        }
+        // Inputs first: between the renames a glob misses the day's rows for a moment rather
+        // than counting them twice.
         for f in &files {
             if let Err(e) = self.storage.retire(&f.path.as_str().into()).await {
                 tracing::warn!(path = f.path, error = %e, "retiring a merged file failed; it is deleted later");
             }
+        }
+        if let Err(e) = self.storage.publish(&path).await {
+            tracing::warn!(%path, error = %e, "renaming a committed file failed; the next start retries");
         }
         handle.tables.lock().set_catalog(Arc::new(next));
         let merged = gone.len();
