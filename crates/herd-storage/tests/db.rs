@@ -169,6 +169,37 @@ async fn duplicates_are_dropped_across_restarts_and_dedup_evictions() {
     assert_eq!(stored(&db, p).await.len(), 61);
 }
 
+/// Dedup stays exact when one request spans hundreds of days (a backfill through capture):
+/// a day reloaded after eviction finds its uuids through the catalog's per-day index and the
+/// day ranges of the buffered batches, before and after a flush.
+#[tokio::test]
+async fn dedup_is_exact_over_hundreds_of_days_in_one_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A cap of 50 uuids: nearly every day is evicted and reloaded.
+    let db = open(dir.path(), 50).await;
+    let p = new_project(&db).await;
+    let first: Vec<Event> = (0..500).map(|n| event(n, n as i64 * DAY)).collect();
+    assert_eq!(ingest(&db, p, &first, vec![]).await, 500);
+    assert_eq!(ingest(&db, p, &first, vec![]).await, 0, "from the buffer");
+    db.flush().await.expect("flush");
+    assert_eq!(db.snapshot(p).expect("snapshot").catalog.events.len(), 500);
+    assert_eq!(ingest(&db, p, &first, vec![]).await, 0, "from the files");
+    // Days 250..750: half on days that have a file, half on new ones.
+    let second: Vec<Event> = (500..1000)
+        .map(|n| event(n, (n as i64 - 250) * DAY))
+        .collect();
+    assert_eq!(ingest(&db, p, &second, vec![]).await, 500);
+    // The first batch's days reload from their files and push the second's out of the
+    // index; those then reload from the buffered batch, found by its day range.
+    assert_eq!(ingest(&db, p, &first, vec![]).await, 0);
+    assert_eq!(
+        ingest(&db, p, &second, vec![]).await,
+        0,
+        "from the buffer again"
+    );
+    assert_eq!(stored(&db, p).await.len(), 1000);
+}
+
 #[tokio::test]
 async fn a_request_that_fails_before_commit_leaves_no_trace() {
     let dir = tempfile::tempdir().expect("tempdir");
