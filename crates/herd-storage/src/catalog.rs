@@ -133,6 +133,9 @@ pub async fn load_latest(storage: &Storage, project: ProjectId) -> Result<Catalo
 }
 
 /// Commits `next` (whose version must be the previous one plus one), then prunes old versions.
+/// Once the version is written the commit has happened: a failure to prune is logged, not
+/// returned (a caller that took an error for "not committed" would throw away files the new
+/// version names).
 pub async fn commit(storage: &Storage, project: ProjectId, next: &Catalog) -> Result<()> {
     let bytes = serde_json::to_vec(next).map_err(|e| Error::corrupt("catalog", e.to_string()))?;
     let path = layout::catalog_version(project, next.version);
@@ -142,20 +145,28 @@ pub async fn commit(storage: &Storage, project: ProjectId, next: &Catalog) -> Re
             version: next.version,
         });
     }
-    if next.version as usize > KEEP_VERSIONS {
-        let mut old: Vec<_> = storage
-            .list(&layout::catalog_dir(project))
-            .await?
-            .into_iter()
-            .filter(|m| {
-                layout::parse_catalog_version(&m.location)
-                    .is_some_and(|v| v + (KEEP_VERSIONS as u64) < next.version)
-            })
-            .collect();
-        old.sort_by(|a, b| a.location.cmp(&b.location));
-        for m in old {
-            storage.delete(&m.location).await?;
-        }
+    if next.version as usize > KEEP_VERSIONS
+        && let Err(e) = prune(storage, project, next.version).await
+    {
+        tracing::warn!(project, error = %e, "pruning old catalog versions failed; the next commit retries");
+    }
+    Ok(())
+}
+
+/// Deletes the versions more than [`KEEP_VERSIONS`] behind `newest`.
+async fn prune(storage: &Storage, project: ProjectId, newest: u64) -> Result<()> {
+    let mut old: Vec<_> = storage
+        .list(&layout::catalog_dir(project))
+        .await?
+        .into_iter()
+        .filter(|m| {
+            layout::parse_catalog_version(&m.location)
+                .is_some_and(|v| v + (KEEP_VERSIONS as u64) < newest)
+        })
+        .collect();
+    old.sort_by(|a, b| a.location.cmp(&b.location));
+    for m in old {
+        storage.delete(&m.location).await?;
     }
     Ok(())
 }
