@@ -119,6 +119,8 @@ struct Pending {
     events: Option<RecordBatch>,
     /// First and last day of `events`.
     days: (i32, i32),
+    /// Arrow's memory count of `events` (taken once: capture checks the total per request).
+    bytes: usize,
     groups: Vec<GroupRow>,
     warnings: Vec<IngestWarning>,
     numbers: Vec<NumberRow>,
@@ -177,15 +179,7 @@ impl Tables {
     fn buffered_bytes(&self) -> usize {
         self.active.bytes
             + self.frozen.iter().map(|b| b.bytes).sum::<usize>()
-            + self
-                .pending
-                .iter()
-                .map(|p| {
-                    p.events
-                        .as_ref()
-                        .map_or(0, RecordBatch::get_array_memory_size)
-                })
-                .sum::<usize>()
+            + self.pending.iter().map(|p| p.bytes).sum::<usize>()
     }
 }
 
@@ -406,17 +400,19 @@ impl ProjectGuard<'_> {
     /// project's rate limit ([`WARNING_BURST`], then [`WARNING_RATE_PER_SEC`]): `Some(n)` with
     /// the number of warnings of that kind suppressed since the last one recorded.
     pub fn admit_warning(&mut self, kind: &str, now: i64) -> Option<u64> {
-        if !self.state.warning_limits.contains_key(kind) {
-            self.state.warning_limits.insert(
-                kind.to_string(),
-                WarningBucket {
-                    tokens: WARNING_BURST,
-                    last: now,
-                    suppressed: 0,
-                },
-            );
+        let limits = &mut self.state.warning_limits;
+        // A lookup by `&str` first: no key allocated per warning once the kind is known.
+        if let Some(bucket) = limits.get_mut(kind) {
+            return bucket.admit(now);
         }
-        self.state.warning_limits.get_mut(kind)?.admit(now)
+        let mut bucket = WarningBucket {
+            tokens: WARNING_BURST,
+            last: now,
+            suppressed: 0,
+        };
+        let admitted = bucket.admit(now);
+        limits.insert(kind.to_string(), bucket);
+        admitted
     }
 
     /// The current state of a group.
@@ -473,9 +469,13 @@ impl ProjectGuard<'_> {
         let days = stored
             .as_ref()
             .map_or((i32::MAX, i32::MIN), crate::buffer::day_range);
+        let bytes = stored
+            .as_ref()
+            .map_or(0, RecordBatch::get_array_memory_size);
         self.handle.tables.lock().pending.push_back(Pending {
             ticket,
             days,
+            bytes,
             events: stored,
             groups: record.groups,
             warnings: record.warnings,

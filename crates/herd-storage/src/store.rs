@@ -162,15 +162,10 @@ impl Storage {
         let Some(root) = &self.local_root else {
             return Ok(());
         };
-        let dir = root.join(to.as_ref());
-        tokio::task::spawn_blocking(move || match dir.parent() {
-            Some(parent) => std::fs::File::open(parent)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io(format!("fsync {}", parent.display()), e)),
-            None => Ok(()),
-        })
-        .await
-        .map_err(|e| Error::io("fsync task", std::io::Error::other(e)))?
+        let file = root.join(to.as_ref());
+        tokio::task::spawn_blocking(move || sync_parent(&file))
+            .await
+            .map_err(|e| Error::io("fsync task", std::io::Error::other(e)))?
     }
 
     /// Writes an object only if it does not exist yet (the catalog's compare-and-swap).
@@ -236,12 +231,17 @@ pub(crate) fn sync_file_and_parent(file: &std::path::Path) -> Result<()> {
     std::fs::File::open(file)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(format!("fsync {}", file.display()), e))?;
-    if let Some(parent) = file.parent() {
-        std::fs::File::open(parent)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(format!("fsync {}", parent.display()), e))?;
-    }
-    Ok(())
+    sync_parent(file)
+}
+
+/// fsyncs the folder that names `file` (after a create or a rename in it).
+fn sync_parent(file: &std::path::Path) -> Result<()> {
+    let Some(parent) = file.parent() else {
+        return Ok(());
+    };
+    std::fs::File::open(parent)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(format!("fsync {}", parent.display()), e))
 }
 
 #[cfg(test)]

@@ -39,6 +39,26 @@ impl TwinStore {
     }
 }
 
+/// `read` of `location`, then of its twins in turn while each is missing; when none exists,
+/// the first `NotFound`.
+async fn read_with_twins<T, F, Fut>(location: &Path, read: F) -> Result<T>
+where
+    F: Fn(Path) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let missing = match read(location.clone()).await {
+        Err(e @ object_store::Error::NotFound { .. }) => e,
+        found => return found,
+    };
+    for twin in TwinStore::twins(location) {
+        match read(twin).await {
+            Err(object_store::Error::NotFound { .. }) => continue,
+            found => return found,
+        }
+    }
+    Err(missing)
+}
+
 impl std::fmt::Display for TwinStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TwinStore({})", self.inner)
@@ -65,33 +85,18 @@ impl ObjectStore for TwinStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        match self.inner.get_opts(location, options.clone()).await {
-            Err(object_store::Error::NotFound { path, source }) => {
-                for twin in Self::twins(location) {
-                    match self.inner.get_opts(&twin, options.clone()).await {
-                        Err(object_store::Error::NotFound { .. }) => continue,
-                        found => return found,
-                    }
-                }
-                Err(object_store::Error::NotFound { path, source })
-            }
-            other => other,
-        }
+        read_with_twins(location, |p| {
+            let options = options.clone();
+            async move { self.inner.get_opts(&p, options).await }
+        })
+        .await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        match self.inner.get_ranges(location, ranges).await {
-            Err(object_store::Error::NotFound { path, source }) => {
-                for twin in Self::twins(location) {
-                    match self.inner.get_ranges(&twin, ranges).await {
-                        Err(object_store::Error::NotFound { .. }) => continue,
-                        found => return found,
-                    }
-                }
-                Err(object_store::Error::NotFound { path, source })
-            }
-            other => other,
-        }
+        read_with_twins(location, |p| async move {
+            self.inner.get_ranges(&p, ranges).await
+        })
+        .await
     }
 
     fn delete_stream(

@@ -109,12 +109,19 @@ struct Durable {
     /// Why the writer refuses writes, while it does.
     failed: Option<String>,
     /// Ticket ranges (inclusive) the writer refused: never durable, never to be acknowledged.
+    /// One per recovery, ascending and disjoint (tickets only grow).
     lost: Vec<(u64, u64)>,
 }
 
 impl Durable {
+    /// A binary search: a disk that fills up again and again adds a range a second, and
+    /// every request asks.
     fn is_lost(&self, ticket: u64) -> bool {
-        self.lost.iter().any(|&(a, b)| (a..=b).contains(&ticket))
+        let after = self.lost.partition_point(|&(first, _)| first <= ticket);
+        after
+            .checked_sub(1)
+            .and_then(|i| self.lost.get(i))
+            .is_some_and(|&(_, last)| last >= ticket)
     }
 }
 
@@ -524,6 +531,18 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_ranges_are_found_by_binary_search() {
+        let d = Durable {
+            lost: vec![(3, 5), (9, 9), (20, 40)],
+            ..Durable::default()
+        };
+        let lost: Vec<u64> = (0..45).filter(|&t| d.is_lost(t)).collect();
+        let expected: Vec<u64> = [3, 4, 5, 9].into_iter().chain(20..=40).collect();
+        assert_eq!(lost, expected);
+        assert!(!Durable::default().is_lost(1));
+    }
 
     #[test]
     fn frames_round_trip_and_torn_tails_are_dropped() {
