@@ -286,7 +286,7 @@ class Tmpfs:
         subprocess.run(["umount", "-l", self.path])
 
 
-def load(server, seconds, clients=16, first=0):
+def load(server, seconds, clients=16):
     """16 clients posting 100-event batches for `seconds`: (acknowledged, refused)."""
     import threading
 
@@ -297,7 +297,7 @@ def load(server, seconds, clients=16, first=0):
         session = requests.Session()
         n = 0
         while time.monotonic() < stop:
-            events = [{"event": "signed_up", "distinct_id": f"u{i}", "uuid": uuid(first + c * 10**9 + n * 100 + i),
+            events = [{"event": "signed_up", "distinct_id": f"u{i}", "uuid": uuid(c * 10**9 + n * 100 + i),
                        "timestamp": "2024-01-02T10:00:00Z", "properties": {"pad": "x" * 300}} for i in range(100)]
             try:
                 r = session.post(server.http + "/batch/", data=json.dumps({"api_key": TOKEN, "batch": events}),

@@ -482,6 +482,13 @@ async fn warnings_are_bounded_per_event_and_rate_limited_per_project() {
     );
 }
 
+/// Asserts an HTTP error with `status` and a JSON body whose `code` is `code`.
+async fn assert_json_error(r: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(r.status().as_u16(), status);
+    let body: serde_json::Value = r.json().await.expect("JSON body");
+    assert_eq!(body["code"], code, "{body}");
+}
+
 /// The smaller faults: a long GET query string, an echoed 100 kB timezone, a `/flags` body
 /// over its limit, a 1 MB flag key.
 #[tokio::test]
@@ -498,9 +505,7 @@ async fn long_inputs_get_clear_bounded_errors() {
         .send()
         .await
         .expect("get");
-    assert_eq!(r.status(), 414);
-    let body: serde_json::Value = r.json().await.expect("JSON body");
-    assert_eq!(body["code"], "uri_too_long", "{body}");
+    assert_json_error(r, 414, "uri_too_long").await;
 
     // A 100 kB timezone is echoed cut short: the client sees INVALID_ARGUMENT, not its
     // metadata limit's RESOURCE_EXHAUSTED.
@@ -527,9 +532,7 @@ async fn long_inputs_get_clear_bounded_errors() {
         .send()
         .await
         .expect("the 413 arrives, not a broken pipe");
-    assert_eq!(r.status(), 413);
-    let body: serde_json::Value = r.json().await.expect("JSON body");
-    assert_eq!(body["code"], "payload_too_large", "{body}");
+    assert_json_error(r, 413, "payload_too_large").await;
 
     // A 1 MB flag key is refused, its text not echoed.
     let mut flags = FlagsServiceClient::connect(format!("http://{}", server.grpc))
