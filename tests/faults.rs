@@ -249,6 +249,17 @@ async fn health(server: &Server) -> (u16, String) {
     (r.status().as_u16(), r.text().await.expect("body"))
 }
 
+/// Polls `/_health` every 100 ms, at most `polls` times, until it answers 200.
+async fn until_healthy(server: &Server, polls: u32) -> bool {
+    for _ in 0..polls {
+        if health(server).await.0 == 200 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// Events a query sees (Trends total of signed_up over the test's days).
 async fn visible(server: &Server) -> f64 {
     let mut client = InsightsServiceClient::connect(format!("http://{}", server.grpc))
@@ -321,15 +332,10 @@ async fn a_full_wal_disk_refuses_then_recovers_by_itself() {
     );
 
     wal.free();
-    let mut healed = false;
-    for _ in 0..200 {
-        if health(&server).await.0 == 200 {
-            healed = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(healed, "the WAL did not recover within 20 s");
+    assert!(
+        until_healthy(&server, 200).await,
+        "the WAL did not recover within 20 s"
+    );
     // A resend of an acknowledged batch (all duplicates) appends nothing: it must not wait
     // on the refused tail of tickets.
     assert_eq!(
@@ -413,16 +419,8 @@ async fn a_full_data_disk_pushes_back_and_recovers() {
         "started on a full disk"
     );
     data.free();
-    let mut flushed = false;
-    for _ in 0..300 {
-        if health(&server).await.0 == 200 {
-            flushed = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     assert!(
-        flushed,
+        until_healthy(&server, 300).await,
         "the background flush did not catch up: {:?}",
         health(&server).await
     );

@@ -159,13 +159,7 @@ impl Storage {
             Err(object_store::Error::NotFound { .. }) if self.exists(to).await? => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let Some(root) = &self.local_root else {
-            return Ok(());
-        };
-        let file = root.join(to.as_ref());
-        tokio::task::spawn_blocking(move || sync_parent(&file))
-            .await
-            .map_err(|e| Error::io("fsync task", std::io::Error::other(e)))?
+        self.on_local_file(to, sync_parent).await
     }
 
     /// Writes an object only if it does not exist yet (the catalog's compare-and-swap).
@@ -216,11 +210,21 @@ impl Storage {
     }
 
     async fn sync_local(&self, path: &Path) -> Result<()> {
+        self.on_local_file(path, sync_file_and_parent).await
+    }
+
+    /// Runs `sync` on the local file behind `path` on a blocking thread (nothing to do when
+    /// the store is not a local folder).
+    async fn on_local_file(
+        &self,
+        path: &Path,
+        sync: fn(&std::path::Path) -> Result<()>,
+    ) -> Result<()> {
         let Some(root) = &self.local_root else {
             return Ok(());
         };
         let file = root.join(path.as_ref());
-        tokio::task::spawn_blocking(move || sync_file_and_parent(&file))
+        tokio::task::spawn_blocking(move || sync(&file))
             .await
             .map_err(|e| Error::io("fsync task", std::io::Error::other(e)))?
     }
