@@ -600,7 +600,7 @@ impl Db {
         Self::open(Storage::open(location)?, DbConfig::new(dir.join("wal"))).await
     }
 
-    /// Opens the store: loads projects, replays the WAL, and flushes what it replayed.
+    /// Opens the store: loads projects, replays the WAL, and starts flushing what it replayed.
     pub async fn open(storage: Storage, config: DbConfig) -> Result<Arc<Db>> {
         std::fs::create_dir_all(&config.wal_dir)
             .map_err(|e| Error::io(format!("create WAL folder {}", config.wal_dir.display()), e))?;
@@ -642,14 +642,18 @@ impl Db {
                 replayed_events += db.replay(record, &mut known_warnings).await?;
             }
         }
-        // Writes whatever was replayed and deletes every segment from before this start. A
-        // store that cannot take writes now (a full disk) still opens: the rows stay buffered
-        // and in the WAL, and the flusher retries.
-        if let Err(e) = db.flush().await {
-            tracing::error!(error = %e, "flush at start-up failed; serving, and retrying in the background");
-        }
+        // Files of flushes that a crash interrupted: before this start's first flush, whose
+        // own pending files are not orphans.
         if let Err(e) = db.remove_orphans().await {
             tracing::warn!(error = %e, "removing orphaned files failed; will try at the next start");
+        }
+        // Writes whatever was replayed and deletes every segment from before this start, in
+        // the background: the replayed rows are durable and visible from the buffer, so the
+        // store serves at once however many day files they make. A store that cannot take
+        // writes now (a full disk) still serves: the rows stay buffered and in the WAL, and
+        // the flusher retries. [`Db::flush`] and [`Db::close`] wait for this flush.
+        if let Err(e) = db.start_flush().await {
+            tracing::error!(error = %e, "flush at start-up did not start; serving, and retrying in the background");
         }
         if replayed_records > 0 {
             tracing::info!(
@@ -1356,7 +1360,7 @@ impl Db {
         let result = match failed {
             Some(e) => Err(e),
             None => {
-                self.write_tables(project, &frozen, &mut next, &mut stats)
+                self.write_tables(project, &frozen, &base, &mut next, &mut stats)
                     .await
             }
         };
@@ -1384,6 +1388,7 @@ impl Db {
         &self,
         project: ProjectId,
         frozen: &[Buffer],
+        base: &Catalog,
         next: &mut Catalog,
         stats: &mut FlushStats,
     ) -> Result<()> {
@@ -1413,7 +1418,7 @@ impl Db {
                 .push(self.write_plain(path, &warnings_batch(&warnings)).await?);
             stats.files += 1;
         }
-        catalog::commit(&self.storage, project, next).await
+        catalog::commit(&self.storage, project, base, next).await
     }
 
     /// Gives committed data files their names (see [`layout`]'s twins). A rename that fails

@@ -184,7 +184,7 @@ impl Db {
         next.events.retain(|f| !gone.contains(f.path.as_str()));
         // Every file before `at` stays, so `at` is still in bounds.
         next.events.insert(at, entry);
-        catalog::commit(&self.storage, project, &next).await?;
+        catalog::commit(&self.storage, project, &base, &mut next).await?;
         // Outside readers globbing `*.parquet` see the merged file in place of its inputs;
         // queries still reading an input find it under its retired twin until it is deleted.
         // Inputs first: between the renames a glob misses the day's rows for a moment rather
