@@ -650,3 +650,74 @@ async fn outside_readers_count_exactly_the_committed_events() {
     server.terminate();
     assert_eq!(duckdb_glob_count(dir.path(), id), 4000);
 }
+
+/// The newest catalog version files of a project: (version, bytes), oldest first.
+fn catalog_versions(data: &std::path::Path, project: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = std::fs::read_dir(data.join(format!("catalog/{project}")))
+        .expect("catalog folder")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()?;
+            Some((v, e.metadata().ok()?.len()))
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// A batch of 1,000 events, each on its own day from 1900 on, used to make a flush write
+/// 1,000 day files and every later commit rewrite the whole list of them (a catalog version
+/// of every file at every flush, 4 MB for 20,000 days). Later commits now cost what they
+/// change: the versions after the one that named the 1,000 files are deltas, each a small
+/// fraction of it; and a restart after a `kill -9` reads the chain back whole.
+#[tokio::test]
+async fn commits_after_a_spread_over_many_days_cost_what_they_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = create_project(dir.path())["id"].as_u64().expect("id");
+    let args = ["--flush-interval-ms", "100"];
+    let server = Server::start(dir.path(), &args);
+    let day0 = ts("1900-01-01T12:00:00Z");
+    let batch: Vec<serde_json::Value> = (0..1000i64)
+        .map(|d| {
+            let at =
+                chrono::DateTime::from_timestamp_micros(day0 + d * 86_400_000_000).expect("time");
+            serde_json::json!({"event": "signed_up", "distinct_id": format!("d{d}"),
+                "timestamp": at.to_rfc3339(), "properties": {"$groups": {"company": "c1"}}})
+        })
+        .collect();
+    let spread = serde_json::json!({"api_key": TOKEN, "batch": batch});
+    assert_eq!(post_batch(&server, &spread).await, 200);
+    let events_dir = dir.path().join(format!("projects/{id}/events"));
+    for _ in 0..300 {
+        if events_dir.exists() && files_ending(&events_dir, ".parquet") == 1000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(files_ending(&events_dir, ".parquet"), 1000);
+    for b in 0..5u32 {
+        assert_eq!(post_batch(&server, &events(b * 10, 10)).await, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    server.kill9();
+    let versions = catalog_versions(dir.path(), id);
+    let (full_at, full) = *versions.iter().max_by_key(|(_, b)| *b).expect("versions");
+    let later: Vec<u64> = versions
+        .iter()
+        .filter(|(v, _)| *v > full_at)
+        .map(|(_, b)| *b)
+        .collect();
+    assert!(later.len() >= 3, "{versions:?}");
+    assert!(
+        later.iter().all(|b| b * 20 < full),
+        "later versions rewrite the file list: {versions:?}"
+    );
+    let server = Server::start(dir.path(), &args);
+    server.terminate();
+    assert_eq!(read_events(dir.path(), id).await.len(), 1050);
+}
