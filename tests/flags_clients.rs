@@ -40,26 +40,6 @@ fn plan_of(company: usize) -> &'static str {
     ["enterprise", "enterprise", "free", "pro"][company % 4]
 }
 
-fn herd_flags(args: &[&str], server: &Server) -> Value {
-    let out = herd()
-        .arg("flags")
-        .args(args)
-        .args([
-            "--server",
-            &format!("http://{}", server.grpc),
-            "--key",
-            SECRET,
-        ])
-        .output()
-        .expect("run herd flags");
-    assert!(
-        out.status.success(),
-        "herd flags {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("herd flags prints one JSON line")
-}
-
 /// {"flags": {key: value}, "payloads": {key: parsed payload}} from a v2 `/flags` response.
 fn from_records(body: &Value) -> Value {
     let mut flags = serde_json::Map::new();

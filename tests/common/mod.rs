@@ -27,6 +27,27 @@ pub fn herd() -> Command {
     Command::new(bin)
 }
 
+/// Runs `herd flags ARGS` against the server with the test secret key; its one JSON line.
+pub fn herd_flags(args: &[&str], server: &Server) -> Value {
+    let out = herd()
+        .arg("flags")
+        .args(args)
+        .args([
+            "--server",
+            &format!("http://{}", server.grpc),
+            "--key",
+            SECRET,
+        ])
+        .output()
+        .expect("run herd flags");
+    assert!(
+        out.status.success(),
+        "herd flags {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("herd flags prints one JSON line")
+}
+
 /// A gRPC request carrying `authorization: Bearer <key>`.
 pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);

@@ -1,7 +1,8 @@
 //! HTTP capture (protocol spec §1, §4): `/batch/`, `/capture/`, `/e/`, `/i/v0/e/`, `/track/`,
 //! `/engage/`, with and without the trailing slash; POST everywhere, GET `?data=` on the legacy
 //! paths. Success is exactly `200 {"status": 1}` (`204` for `beacon=1`); errors are JSON
-//! `{"type", "code", "detail"}` with 400, 401, 413 or 503.
+//! `{"type", "code", "detail"}` with 400, 401, 413 or 503. Every HTTP route answers CORS
+//! (preflights included) as PostHog's capture does.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +19,7 @@ use herd_ingest::capture::{BATCH_LIMIT, SINGLE_LIMIT};
 use herd_ingest::{CaptureInput, Ingestor, Route};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::Result;
 
@@ -247,6 +249,17 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     })
 }
 
+/// CORS as PostHog's capture service answers it: any origin mirrored with credentials allowed,
+/// the request's headers allowed, GET/POST/OPTIONS; preflights are answered here, before any
+/// handler, so a browser on another origin can send posthog-js's JSON and gzip requests.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_credentials(true)
+        .allow_headers(AllowHeaders::mirror_request())
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+}
+
 /// Serves HTTP on `listener` until `stop` resolves, then lets in-flight requests finish.
 /// `extra` routes (the flag endpoints) are served beside capture.
 pub async fn serve(
@@ -255,7 +268,7 @@ pub async fn serve(
     extra: Router,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let app = router(ingestor).merge(extra);
+    let app = router(ingestor).merge(extra).layer(cors());
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

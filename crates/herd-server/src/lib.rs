@@ -4,7 +4,8 @@
 //! service ([`grpc`]), configuration ([`config`]), the background flusher, and graceful
 //! shutdown: stop accepting, finish in-flight requests, flush the write buffer, stop the WAL.
 //! Feature flags: the shared state and its error mapping ([`flags`]), the SDK endpoints
-//! ([`flags_http`]) and the gRPC service ([`flags_service`]).
+//! ([`flags_http`]) and the gRPC service ([`flags_service`]); posthog-js's remote config
+//! ([`remote_config`]).
 //! Every library error is mapped to a status exactly once, in [`http::ApiError`].
 
 pub mod codec;
@@ -16,6 +17,7 @@ pub mod groups_service;
 pub mod grpc;
 pub mod http;
 pub mod insights_service;
+pub mod remote_config;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -161,7 +163,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
             http::serve(
                 http_listener,
                 ingestor,
-                flags_http::router(flags.clone()),
+                flags_http::router(flags.clone()).merge(remote_config::router(flags.clone())),
                 stopped(stop_rx.clone()),
             ),
             stopped(stop_rx.clone()),

@@ -515,7 +515,7 @@ mod tests {
             day: Some("2024-01-01".into()),
             min_ts: Some(0),
             max_ts: Some(1),
-            numbered: rows % 2 == 0,
+            numbered: rows.is_multiple_of(2),
         }
     }
 
