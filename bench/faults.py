@@ -158,6 +158,16 @@ def amplification(herd, work):
     }
 
 
+def catalog_sizes(data):
+    """{version: bytes} of every catalog version file in `data`."""
+    out = {}
+    for path in glob.glob(f"{data}/catalog/*/*.json"):
+        name = os.path.basename(path)[:-len(".json")]
+        if name.isdigit():
+            out[int(name)] = os.path.getsize(path)
+    return out
+
+
 def day_batches():
     base = datetime.datetime(1900, 1, 1, 12, tzinfo=datetime.timezone.utc)
     out = []
@@ -182,15 +192,26 @@ def days(herd, work):
     statuses = {server.post("/batch/", b).status_code for b in bodies}
     capture_s = time.monotonic() - t
     flush_s = server.terminate()
-    catalogs = sorted(glob.glob(f"{data}/catalog/*/*.json"))
+    first = catalog_sizes(data)
     result = {
         "status": sorted(statuses),
         "capture_s": round(capture_s, 2),
         "shutdown_flush_s": round(flush_s, 2),
         "events_files": len(glob.glob(f"{data}/projects/*/events/*/*.parquet")),
-        "catalog_kb": round(os.path.getsize(catalogs[-1]) / 1024) if catalogs else 0,
+        "catalog_kb": round(max(first.values(), default=0) / 1024),
         "peak_rss_mb": round(server.peak_kb / 1024),
     }
+    # Five small flushes after it: what does each later catalog version cost?
+    server = Server(herd, data, ["--flush-interval-ms", "200"])
+    for b in range(5):
+        events = [{"event": "later", "distinct_id": f"u{k}", "uuid": uuid(10**6 + b * 10 + k),
+                   "properties": {"$groups": {"company": "c1"}}} for k in range(10)]
+        server.post("/batch/", json.dumps({"api_key": TOKEN, "batch": events}))
+        time.sleep(0.6)
+    server.terminate()
+    later = [size for version, size in catalog_sizes(data).items() if version not in first]
+    result["later_versions"] = len(later)
+    result["later_catalog_kb_max"] = round(max(later, default=0) / 1024, 1)
     # The same load on a fresh folder, killed while its flush runs; then the next start.
     data2 = os.path.join(work, "days-kill")
     create_project(herd, data2)
