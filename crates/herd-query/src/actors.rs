@@ -184,31 +184,6 @@ impl ActorIds {
             .insert_unique(hash, (slot, id), |(s, _)| number_hash(*s));
         id
     }
-
-    /// For each id of `other`, its id here (new actors are added).
-    pub(crate) fn absorb(&mut self, other: &ActorIds) -> Vec<u32> {
-        let mut map = vec![0u32; other.count as usize];
-        for (slot, &id) in other.by_number.iter().enumerate() {
-            if id != NO_ID {
-                map[id as usize] = self.number_id(slot as u32);
-            }
-        }
-        for &(slot, id) in &other.sparse_numbers {
-            map[id as usize] = self.number_id(slot);
-        }
-        for e in &other.short {
-            let key = Key::Short(unpack(e.key));
-            map[e.id as usize] = self.id(key.clone(), hash_key(&key));
-        }
-        for (s, id) in &other.long {
-            let key = Key::Long(s);
-            map[*id as usize] = self.id(Key::Long(s), hash_key(&key));
-        }
-        if let Some(id) = other.null {
-            map[id as usize] = self.id(Key::Null, 0);
-        }
-        map
-    }
 }
 
 /// The key of a string view: the view itself for inline strings (bytes past the length
@@ -275,13 +250,10 @@ mod tests {
         let b = StringViewArray::from(vec![Some("twelve bytes"), Some("u2"), Some(long), None]);
         let mut right = ActorIds::default();
         assert_eq!(ids_of(&mut right, &b), vec![0, 1, 2, 3]);
-        // Right's ids in left: "twelve bytes" → 4, "u2" new → 5, long → 1, null → 2.
-        assert_eq!(left.absorb(&right), vec![4, 5, 1, 2]);
-        assert_eq!(left.count, 6);
     }
 
     #[test]
-    fn numbers_get_one_id_each_directly_or_sparse_and_merge_by_number() {
+    fn numbers_get_one_id_each_directly_or_sparse() {
         let mut left = ActorIds::default();
         // Small slots go to the direct index; a far one (few actors seen) to the table.
         let slots = [3u32, 7, 3, 0, 5_000_000, 7, 5_000_000, 9];
@@ -298,9 +270,6 @@ mod tests {
             .map(|&s| right.number_id(s))
             .collect();
         assert_eq!(ids, vec![0, 1, 2]);
-        // Right's ids in left: 9 → 4, 5,000,000 → 3, 11 new → 5.
-        assert_eq!(left.absorb(&right), vec![4, 3, 5]);
-        assert_eq!(left.count, 6);
         // Numbers first seen past the index keep their ids when it grows over them.
         let mut ids = ActorIds::default();
         let far: Vec<u32> = (0..100).map(|i| 100_000 + i * 7).collect();

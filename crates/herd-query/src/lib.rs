@@ -16,6 +16,7 @@ pub mod files;
 pub mod filters;
 pub mod funnel;
 mod number_set;
+mod planner;
 pub mod related;
 pub mod retention;
 pub mod trends;
@@ -36,6 +37,7 @@ pub use trends::{
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use herd_core::ProjectId;
 use herd_core::schema::stored_events_schema;
@@ -118,7 +120,12 @@ impl QueryEngine {
         if let Some(n) = partitions {
             config = config.with_target_partitions(n.max(1));
         }
-        let ctx = SessionContext::new_with_config(config);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_query_planner(Arc::new(planner::HerdQueryPlanner))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let url = url::Url::parse(STORE_URL).map_err(|e| DataFusionError::External(Box::new(e)))?;
         ctx.register_object_store(&url, db.storage().object_store());
         Ok(Self {

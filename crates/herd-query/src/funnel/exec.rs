@@ -1,22 +1,21 @@
-//! Runs the funnel aggregate straight over a plan's partitions, without DataFusion's
-//! aggregation operator, in bounded memory.
+//! [`FunnelExec`], the funnel as a DataFusion operator, and its bounded-memory machinery.
 //!
 //! A funnel groups by actor, and its "partial state" is every row of the actor: a two-phase
-//! aggregate cannot reduce anything, and repartitioning the rows as one-element list states
-//! (plus hashing each actor string twice, once to repartition and once to group) was a fifth
-//! of a funnel's time. Here each input partition sends every row to one of a few (at most
-//! [`BUCKETS`]) flat [`FunnelAccumulator`]s by a hash of its actor, numbering actors per
-//! bucket ([`crate::actors`]: strings of at most 12 bytes keyed by their 16-byte view); a row
-//! with the previous row's actor (files keep one actor's rows together) skips the lookup.
+//! aggregate cannot reduce anything (repartitioning rows as one-element list states was a
+//! fifth of a funnel's time). So the funnel is one operator over inputs key-partitioned on the
+//! actor (DataFusion inserts the hash `RepartitionExec` its distribution requirement asks
+//! for): each partition holds every row of its actors and runs alone. Within a partition,
+//! rows go to one of a few (at most [`BUCKETS`]) flat [`FunnelAccumulator`]s by a hash of the
+//! actor, numbering actors per bucket ([`crate::actors`]: strings of at most 12 bytes keyed by
+//! their 16-byte view); a row with the previous row's actor skips the lookup.
 //!
-//! Rows are 32 bytes, and a funnel over 100M events keeps most of them: when the rows held by
-//! all partitions pass the memory budget, a partition writes its buckets' rows to spill files
-//! (one per bucket, from the session's disk manager) and goes on; only actor ids and interned
-//! breakdown values stay in memory. When all partitions are done, buckets are evaluated a few
-//! at a time (as many as the session's target partitions): each reads its rows back, merges
-//! its partitions (actors renumbered into the first) and runs the state machine. Each actor
-//! lives in exactly one bucket, so buckets evaluate independently and the answer does not
-//! depend on partitioning, batch boundaries or spilling.
+//! Rows are 32 bytes, and a funnel over 100M events keeps most of them: they are charged to
+//! the session's memory pool and to the funnel's budget; when either refuses, a partition
+//! writes its buckets' rows to spill files (one per bucket, from the session's disk manager)
+//! and goes on; only actor ids and interned breakdown values stay in memory. Once its input
+//! is done, a partition evaluates its buckets one at a time: each reads its rows back and
+//! runs the state machine. Each actor lives in exactly one bucket of one partition, so the
+//! answer does not depend on partitioning, batch boundaries or spilling.
 
 use std::io::{BufWriter, Write};
 use std::sync::Arc;
@@ -25,12 +24,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
 };
-use datafusion::arrow::datatypes::{DataType, Int64Type, UInt32Type};
-use datafusion::common::DataFusionError;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result as DFResult};
 use datafusion::execution::disk_manager::DiskManager;
-use datafusion::execution::{SpillFile, SpillWriter, TaskContext};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, SpillFile, SpillWriter, TaskContext};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::EmissionType;
+use datafusion::physical_plan::expressions::Column;
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    ExecutionPlan, ExecutionPlanProperties, StatisticsArgs, StatisticsContext,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    InputDistributionRequirements, Partitioning, PhysicalExpr, PlanProperties, StatisticsArgs,
+    StatisticsContext,
 };
 use datafusion::prelude::DataFrame;
 use futures::{StreamExt, TryStreamExt};
@@ -38,7 +48,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::machine::Params;
 use super::udaf::{FunnelAccumulator, Mode, ROW_BYTES};
 use crate::actors::{ActorIds, Key, hash_key, key_of, shard_of};
-use crate::{Error, Explain, Result};
+use crate::{Error, Result};
 
 /// Most actor hash buckets. Evaluation holds the rows of one bucket per worker, so more
 /// buckets mean less memory once rows spill; but spreading each batch over 64 buckets made a
@@ -64,12 +74,70 @@ struct Spill {
     writer: BufWriter<Box<dyn SpillWriter>>,
 }
 
-/// The memory budget shared by the partitions of one funnel.
+/// What a partition may hold: its reservation in the session's memory pool, and its share of
+/// the funnel's own budget (all partitions together).
 struct Budget {
     /// Row bytes held by all partitions.
-    held: AtomicUsize,
+    held: Arc<AtomicUsize>,
     limit: usize,
     disk: Arc<DiskManager>,
+    reservation: MemoryReservation,
+    /// Row bytes this partition holds (its share of `held`).
+    mine: usize,
+    spills: Count,
+    spilled_rows: Count,
+}
+
+impl Budget {
+    /// Charges the shards' rows; when the pool or the funnel's budget refuses them, they are
+    /// spilled and the charge dropped.
+    fn account(&mut self, shards: &mut [Shard]) -> Result<()> {
+        let now: usize = shards.iter().map(|s| s.acc.row_bytes()).sum();
+        let held = self.set_mine(now);
+        if held <= self.limit && self.reservation.try_resize(now).is_ok() {
+            return Ok(());
+        }
+        for s in shards.iter_mut() {
+            let rows = s.spill(&self.disk)?;
+            if rows > 0 {
+                self.spills.add(1);
+                self.spilled_rows.add(rows);
+            }
+        }
+        self.release()
+    }
+
+    /// Charges one bucket read back for evaluation: it must fit (it cannot spill again).
+    fn account_one(&mut self, shard: &Shard) -> Result<()> {
+        let now = shard.acc.row_bytes();
+        self.set_mine(now);
+        self.reservation.try_resize(now)?;
+        Ok(())
+    }
+
+    /// Drops this partition's charge.
+    fn release(&mut self) -> Result<()> {
+        self.set_mine(0);
+        self.reservation.free();
+        Ok(())
+    }
+
+    /// Sets this partition's share of `held`; returns the new total.
+    fn set_mine(&mut self, now: usize) -> usize {
+        let held = if now >= self.mine {
+            self.held.fetch_add(now - self.mine, Ordering::Relaxed) + (now - self.mine)
+        } else {
+            self.held.fetch_sub(self.mine - now, Ordering::Relaxed) - (self.mine - now)
+        };
+        self.mine = now;
+        held
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        self.set_mine(0);
+    }
 }
 
 /// A spill file that could not be written (a full or unwritable temporary folder): an I/O
@@ -88,10 +156,10 @@ impl Shard {
         }
     }
 
-    /// Moves the rows in memory to this bucket's spill file.
-    fn spill(&mut self, disk: &Arc<DiskManager>) -> Result<()> {
+    /// Moves the rows in memory to this bucket's spill file; returns how many.
+    fn spill(&mut self, disk: &Arc<DiskManager>) -> Result<usize> {
         if self.acc.row_bytes() == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let spill = match &mut self.spill {
             Some(s) => s,
@@ -103,8 +171,7 @@ impl Shard {
         };
         self.acc
             .spill(&mut spill.writer)
-            .map_err(|e| io_error("write", e))?;
-        Ok(())
+            .map_err(|e| io_error("write", e))
     }
 
     /// Reads this bucket's spilled rows back into memory.
@@ -205,45 +272,6 @@ fn source_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
     children.into_iter().map(source_rows).sum()
 }
 
-/// Feeds one partition's stream into its shards, spilling them when all partitions together
-/// hold more than the budget. With `collect`, also returns `(actor number, time)` of every
-/// row (the later steps' rows of a split funnel, see [`Input::Split`]).
-async fn run_partition(
-    plan: Arc<dyn ExecutionPlan>,
-    partition: usize,
-    task: Arc<TaskContext>,
-    mut shards: Vec<Shard>,
-    budget: Arc<Budget>,
-    collect: bool,
-) -> Result<(Vec<Shard>, Vec<(u32, i64)>)> {
-    let mut stream = plan.execute(partition, task)?;
-    let mut times = Vec::new();
-    // Row bytes this partition holds (its share of `budget.held`).
-    let mut mine = 0usize;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        if collect {
-            collect_times(batch.column(0), batch.column(1), &mut times)?;
-        }
-        push_batch(batch.column(0), &batch.columns()[1..], &mut shards)?;
-        let now: usize = shards.iter().map(|s| s.acc.row_bytes()).sum();
-        let held = if now >= mine {
-            budget.held.fetch_add(now - mine, Ordering::Relaxed) + (now - mine)
-        } else {
-            budget.held.fetch_sub(mine - now, Ordering::Relaxed) - (mine - now)
-        };
-        mine = now;
-        if held > budget.limit {
-            for s in &mut shards {
-                s.spill(&budget.disk)?;
-            }
-            budget.held.fetch_sub(mine, Ordering::Relaxed);
-            mine = 0;
-        }
-    }
-    Ok((shards, times))
-}
-
 /// Appends `(actor number, time)` of the rows with both.
 fn collect_times(actor: &ArrayRef, ts: &ArrayRef, out: &mut Vec<(u32, i64)>) -> Result<()> {
     let (Some(actor), Some(ts)) = (
@@ -337,6 +365,7 @@ impl Entries {
     }
 
     /// Takes in another partition's entries.
+    #[cfg(test)]
     fn merge(&mut self, other: Entries) {
         if other.first.len() > self.first.len() {
             self.first.resize(other.first.len(), i64::MAX);
@@ -371,35 +400,6 @@ impl Entries {
     }
 }
 
-/// Feeds one partition of a split funnel's first-step rows into its [`Entries`]; batches
-/// whose actors are not all numbers are returned whole, to be pushed row for row.
-async fn run_entries(
-    plan: Arc<dyn ExecutionPlan>,
-    partition: usize,
-    task: Arc<TaskContext>,
-    later: Arc<LaterTimes>,
-) -> Result<(Entries, Vec<RecordBatch>)> {
-    let mut stream = plan.execute(partition, task)?;
-    let mut entries = Entries::new(&later);
-    let mut whole = Vec::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        let actor = batch.column(0).as_primitive_opt::<UInt32Type>();
-        let ts = batch.column(1).as_primitive_opt::<Int64Type>();
-        match (actor, ts) {
-            (Some(actor), Some(ts)) if actor.null_count() == 0 => {
-                for (i, &n) in actor.values().iter().enumerate() {
-                    if ts.is_valid(i) {
-                        entries.add(&later, n, ts.value(i));
-                    }
-                }
-            }
-            _ => whole.push(batch),
-        }
-    }
-    Ok((entries, whole))
-}
-
 /// Pushes rows `values` (the aggregate's five argument columns) of actors `actor` into
 /// `shards`.
 fn push_batch(actor: &ArrayRef, values: &[ArrayRef], shards: &mut [Shard]) -> Result<()> {
@@ -412,7 +412,7 @@ fn push_batch(actor: &ArrayRef, values: &[ArrayRef], shards: &mut [Shard]) -> Re
     Ok(())
 }
 
-/// The rows of a funnel's aggregate.
+/// The rows of a funnel, as logical plans (see [`super::plan::FunnelNode`]).
 pub(crate) enum Input {
     /// All rows, columns `(actor, ts Int64, steps UInt32, excl UInt32, breakdown Utf8,
     /// bucket Int32)`.
@@ -431,126 +431,339 @@ pub(crate) enum Input {
     },
 }
 
-/// Runs the funnel aggregate over `input`: one list of output structs per actor (see
-/// [`super::udaf::FunnelUdaf`]), in arrays of any length. Rows beyond `memory` bytes spill to
-/// disk; `parallel` buckets are evaluated at a time. The guards print the input plans'
-/// metrics when [`crate::EXPLAIN_ENV`] is set.
-pub(crate) async fn run(
-    input: Input,
+/// The funnel operator: per output partition, the outcomes of the actors of that partition.
+///
+/// Its inputs are key-partitioned on the actor (`__actor`, column 0 of each): every row of an
+/// actor is in one partition, so partitions evaluate independently, and a split funnel's two
+/// inputs are co-partitioned (an actor's entries meet its later steps). No input ordering is
+/// required: rows are numbered per actor and sorted per actor when evaluated. A partition
+/// holds its rows in a few hash buckets, charged to the session's memory pool and to the
+/// funnel's own budget (`memory`, all partitions together); when either refuses more, the
+/// buckets are written to spill files from the session's disk manager. Buckets are then
+/// evaluated one at a time, each emitting one batch: a column `outcomes`, one list of
+/// outcome structs per actor (see [`super::udaf::FunnelUdaf`] for their fields).
+#[derive(Debug)]
+pub(crate) struct FunnelExec {
+    later: Arc<dyn ExecutionPlan>,
+    entries: Option<Arc<dyn ExecutionPlan>>,
     params: Params,
     mode: Mode,
-    parallel: usize,
+    /// Bytes of rows all partitions together hold before they spill.
     memory: usize,
-) -> Result<(Vec<ArrayRef>, Vec<Explain>)> {
-    let parallel = parallel.max(1);
-    let (df, entries) = match input {
-        Input::All(df) => (df, None),
-        Input::Split { later, entries } => (later, Some(entries)),
-    };
-    let task = Arc::new(df.task_ctx());
-    let budget = Arc::new(Budget {
-        held: AtomicUsize::new(0),
-        limit: memory,
-        disk: task.runtime_env().disk_manager.clone(),
-    });
-    let plan = df.create_physical_plan().await?;
-    let entries = match entries {
-        Some(e) => Some(e.create_physical_plan().await?),
-        None => None,
-    };
-    let mut explain = vec![Explain::new(plan.clone())];
-    explain.extend(entries.iter().map(|e| Explain::new(e.clone())));
-    let partitions = plan.output_partitioning().partition_count();
-    // Evaluation reads `parallel` buckets back at a time and copies each while sorting it:
-    // enough buckets that those fit the budget even if every source row were kept.
-    let rows = match &entries {
-        Some(e) => source_rows(&plan).zip(source_rows(e)).map(|(a, b)| a + b),
-        None => source_rows(&plan),
-    };
-    let buckets = match rows {
-        Some(rows) => {
-            let worst = rows.saturating_mul(ROW_BYTES).saturating_mul(2 * parallel);
-            (worst / memory.max(1)).saturating_add(1)
-        }
-        None => BUCKETS,
-    }
-    .clamp(parallel, BUCKETS.max(parallel));
-    // A JoinSet aborts the partition tasks if this future is dropped (a cancelled request).
-    let mut tasks = tokio::task::JoinSet::new();
-    let collect = entries.is_some();
-    for p in 0..partitions {
-        let own = (0..buckets).map(|_| Shard::new(&params, &mode)).collect();
-        let (plan, task, budget) = (plan.clone(), task.clone(), budget.clone());
-        tasks.spawn(async move { (p, run_partition(plan, p, task, own, budget, collect).await) });
-    }
-    let mut done = Vec::with_capacity(partitions);
-    let mut times = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (p, fed) = joined.map_err(|e| Error::Internal(format!("funnel partition: {e}")))?;
-        let (shards, mut t) = fed?;
-        times.append(&mut t);
-        done.push((p, shards));
-    }
-    // Partition order, so that merging does not depend on which finished first.
-    done.sort_by_key(|(p, _)| *p);
-    if let (Some(plan), Some((_, shards))) = (entries, done.first_mut()) {
-        feed_entries(plan, task, LaterTimes::new(times), shards).await?;
-    }
-    // per_bucket[b] = bucket b of every partition.
-    let mut per_bucket: Vec<Vec<Shard>> = (0..buckets).map(|_| Vec::new()).collect();
-    for (_, partition) in done {
-        for (b, shard) in partition.into_iter().enumerate() {
-            per_bucket[b].push(shard);
-        }
-    }
-    let evaluations = futures::stream::iter(per_bucket.into_iter().map(|mut parts| async move {
-        for part in &mut parts {
-            part.unspill().await?;
-        }
-        tokio::task::spawn_blocking(move || -> Result<ArrayRef> {
-            let mut parts = parts.into_iter();
-            let Some(mut base) = parts.next() else {
-                return Err(Error::Internal("funnel bucket without partitions".into()));
-            };
-            for other in parts {
-                let map = base.ids.absorb(&other.ids);
-                base.acc.absorb(other.acc, &map)?;
-            }
-            Ok(base.acc.evaluate_all()?)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("funnel evaluation: {e}")))?
-    }))
-    .buffered(parallel);
-    let out: Vec<ArrayRef> = evaluations.try_collect().await?;
-    Ok((out, explain))
+    /// Row bytes held by all partitions of one execution.
+    held: Arc<AtomicUsize>,
+    cache: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
-/// Runs a split funnel's first-step rows (`plan`) into per-partition [`Entries`] and pushes
-/// the kept ones into `shards`.
-async fn feed_entries(
-    plan: Arc<dyn ExecutionPlan>,
-    task: Arc<TaskContext>,
-    later: LaterTimes,
-    shards: &mut [Shard],
-) -> Result<()> {
-    let later = Arc::new(later);
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..plan.output_partitioning().partition_count() {
-        let (plan, task, later) = (plan.clone(), task.clone(), later.clone());
-        tasks.spawn(async move { run_entries(plan, p, task, later).await });
-    }
-    let mut all: Option<Entries> = None;
-    let mut whole = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (entries, mut batches) =
-            joined.map_err(|e| Error::Internal(format!("funnel partition: {e}")))??;
-        whole.append(&mut batches);
-        match &mut all {
-            Some(a) => a.merge(entries),
-            None => all = Some(entries),
+/// Name of [`FunnelExec`]'s output column.
+pub(crate) const OUTCOMES: &str = "outcomes";
+
+/// The schema of [`FunnelExec`]'s output.
+pub(crate) fn output_schema(params: &Params, mode: &Mode) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        OUTCOMES,
+        super::udaf::output_type(params, mode),
+        true,
+    )]))
+}
+
+impl FunnelExec {
+    /// The funnel over `later` (all rows, or a split funnel's later steps) and a split
+    /// funnel's `entries`.
+    pub(crate) fn new(
+        later: Arc<dyn ExecutionPlan>,
+        entries: Option<Arc<dyn ExecutionPlan>>,
+        params: Params,
+        mode: Mode,
+        memory: usize,
+    ) -> Self {
+        let cache = Arc::new(Self::properties_of(&later, &params, &mode));
+        Self {
+            later,
+            entries,
+            params,
+            mode,
+            memory,
+            held: Arc::default(),
+            cache,
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
+
+    fn properties_of(
+        later: &Arc<dyn ExecutionPlan>,
+        params: &Params,
+        mode: &Mode,
+    ) -> PlanProperties {
+        let schema = output_schema(params, mode);
+        PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(later.output_partitioning().partition_count()),
+            EmissionType::Final,
+            later.boundedness(),
+        )
+    }
+
+    /// The partitioning key: the actor, column 0 of each input.
+    fn actor_key() -> Vec<Arc<dyn PhysicalExpr>> {
+        vec![Arc::new(Column::new(super::ACTOR, 0))]
+    }
+
+    /// Hash buckets per partition: enough that evaluating one bucket per partition at once
+    /// (rows copied while sorted) fits the budget even if every source row were kept.
+    fn buckets(&self) -> usize {
+        let rows = match &self.entries {
+            Some(e) => source_rows(&self.later)
+                .zip(source_rows(e))
+                .map(|(a, b)| a + b),
+            None => source_rows(&self.later),
+        };
+        match rows {
+            Some(rows) => {
+                let worst = rows.saturating_mul(ROW_BYTES).saturating_mul(2);
+                (worst / self.memory.max(1)).saturating_add(1)
+            }
+            None => BUCKETS,
+        }
+        .clamp(1, BUCKETS)
+    }
+
+    fn order_name(&self) -> &'static str {
+        match self.params.order {
+            super::Order::Ordered => "ordered",
+            super::Order::Strict => "strict",
+            super::Order::Unordered => "unordered",
+        }
+    }
+}
+
+impl DisplayAs for FunnelExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let mode = match self.mode {
+            Mode::Steps => "steps".to_string(),
+            Mode::Trends { from_step, to_step } => format!("trends {from_step}->{to_step}"),
+        };
+        match t {
+            DisplayFormatType::TreeRender => write!(f, "steps={}", self.params.steps),
+            _ => write!(
+                f,
+                "FunnelExec: steps={}, order={}, window={}s, mode={mode}, split={}, memory={} MiB",
+                self.params.steps,
+                self.order_name(),
+                self.params.window / 1_000_000,
+                self.entries.is_some(),
+                self.memory >> 20
+            ),
+        }
+    }
+}
+
+impl ExecutionPlan for FunnelExec {
+    fn name(&self) -> &'static str {
+        "FunnelExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        let mut out = vec![&self.later];
+        out.extend(self.entries.iter());
+        out
+    }
+
+    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
+        let per_child: Vec<Distribution> = self
+            .children()
+            .into_iter()
+            .map(|_| Distribution::KeyPartitioned(Self::actor_key()))
+            .collect();
+        // A split funnel's two inputs: partition i of both holds the same actors.
+        match per_child.len() {
+            1 => InputDistributionRequirements::new(per_child),
+            _ => InputDistributionRequirements::co_partitioned(per_child),
+        }
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![true; self.children().len()]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let expected = self.children().len();
+        if children.len() != expected {
+            return Err(DataFusionError::Internal(format!(
+                "FunnelExec takes {expected} children, got {}",
+                children.len()
+            )));
+        }
+        let entries = (expected == 2).then(|| children.remove(1));
+        let later = children.remove(0);
+        Ok(Arc::new(Self::new(
+            later,
+            entries,
+            self.params.clone(),
+            self.mode.clone(),
+            self.memory,
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        if let Some(e) = &self.entries
+            && e.output_partitioning().partition_count()
+                != self.later.output_partitioning().partition_count()
+        {
+            return Err(DataFusionError::Internal(
+                "FunnelExec: its two inputs are not co-partitioned".into(),
+            ));
+        }
+        let reservation = MemoryConsumer::new(format!("FunnelExec[{partition}]"))
+            .with_can_spill(true)
+            .register(context.memory_pool());
+        let run = PartitionRun {
+            later: self.later.clone(),
+            entries: self.entries.clone(),
+            partition,
+            shards: (0..self.buckets())
+                .map(|_| Shard::new(&self.params, &self.mode))
+                .collect(),
+            budget: Budget {
+                held: self.held.clone(),
+                limit: self.memory,
+                disk: context.runtime_env().disk_manager.clone(),
+                reservation,
+                mine: 0,
+                spills: MetricBuilder::new(&self.metrics).spill_count(partition),
+                spilled_rows: MetricBuilder::new(&self.metrics).spilled_rows(partition),
+            },
+            baseline: BaselineMetrics::new(&self.metrics, partition),
+        };
+        let schema = self.schema();
+        let batches = futures::stream::once(run.run(context, schema.clone()))
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// One partition of a [`FunnelExec`] at work.
+struct PartitionRun {
+    later: Arc<dyn ExecutionPlan>,
+    entries: Option<Arc<dyn ExecutionPlan>>,
+    partition: usize,
+    shards: Vec<Shard>,
+    budget: Budget,
+    baseline: BaselineMetrics,
+}
+
+impl PartitionRun {
+    /// Consumes the partition's rows, then evaluates its buckets one at a time.
+    async fn run(self, task: Arc<TaskContext>, schema: SchemaRef) -> DFResult<Vec<RecordBatch>> {
+        self.run_inner(task, schema).await.map_err(|e| match e {
+            Error::DataFusion(e) => e,
+            other => DataFusionError::External(Box::new(other)),
+        })
+    }
+
+    async fn run_inner(
+        mut self,
+        task: Arc<TaskContext>,
+        schema: SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
+        let later = self.later.clone();
+        let collect = self.entries.is_some();
+        let mut stream = later.execute(self.partition, task.clone())?;
+        let mut times = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let _timer = self.baseline.elapsed_compute().timer();
+            if collect {
+                collect_times(batch.column(0), batch.column(1), &mut times)?;
+            }
+            push_batch(batch.column(0), &batch.columns()[1..], &mut self.shards)?;
+            self.budget.account(&mut self.shards)?;
+        }
+        if let Some(entries) = self.entries.take() {
+            let later = LaterTimes::new(times);
+            let (kept, whole) = run_entries(entries, self.partition, task, &later).await?;
+            let _timer = self.baseline.elapsed_compute().timer();
+            feed_entries(kept, whole, &later, &mut self.shards)?;
+            self.budget.account(&mut self.shards)?;
+        }
+        let mut out = Vec::with_capacity(self.shards.len());
+        for mut shard in std::mem::take(&mut self.shards) {
+            shard.unspill().await?;
+            let _timer = self.baseline.elapsed_compute().timer();
+            self.budget.account_one(&shard)?;
+            let outcomes = shard.acc.evaluate_all()?;
+            drop(shard);
+            self.budget.release()?;
+            let batch = RecordBatch::try_new(schema.clone(), vec![outcomes])?;
+            self.baseline.record_output(batch.num_rows());
+            out.push(batch);
+        }
+        self.baseline.done();
+        Ok(out)
+    }
+}
+
+/// Runs one partition of a split funnel's first-step rows (`plan`) into its [`Entries`];
+/// batches whose actors are not all numbers are returned whole, to be pushed row for row.
+async fn run_entries(
+    plan: Arc<dyn ExecutionPlan>,
+    partition: usize,
+    task: Arc<TaskContext>,
+    later: &LaterTimes,
+) -> Result<(Entries, Vec<RecordBatch>)> {
+    let mut stream = plan.execute(partition, task)?;
+    let mut entries = Entries::new(later);
+    let mut whole = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let actor = batch.column(0).as_primitive_opt::<UInt32Type>();
+        let ts = batch.column(1).as_primitive_opt::<Int64Type>();
+        match (actor, ts) {
+            (Some(actor), Some(ts)) if actor.null_count() == 0 => {
+                for (i, &n) in actor.values().iter().enumerate() {
+                    if ts.is_valid(i) {
+                        entries.add(later, n, ts.value(i));
+                    }
+                }
+            }
+            _ => whole.push(batch),
+        }
+    }
+    Ok((entries, whole))
+}
+
+/// Pushes a split funnel's kept entries (and the `whole` batches, every row) into `shards`
+/// with their known columns.
+fn feed_entries(
+    kept: Entries,
+    whole: Vec<RecordBatch>,
+    later: &LaterTimes,
+    shards: &mut [Shard],
+) -> Result<()> {
     const BATCH: usize = 8192;
     let steps: ArrayRef = Arc::new(UInt32Array::from(vec![1u32; BATCH]));
     let excl: ArrayRef = Arc::new(UInt32Array::from(vec![0u32; BATCH]));
@@ -571,13 +784,11 @@ async fn feed_entries(
         }
         Ok(())
     };
-    if let Some(all) = all {
-        let (actors, times) = all.rows(&later);
-        push(
-            &(Arc::new(actors) as ArrayRef),
-            &(Arc::new(times) as ArrayRef),
-        )?;
-    }
+    let (actors, times) = kept.rows(later);
+    push(
+        &(Arc::new(actors) as ArrayRef),
+        &(Arc::new(times) as ArrayRef),
+    )?;
     // Batches with actors that are not all numbers (not expected): every row, as an
     // unsplit funnel would.
     for batch in whole {

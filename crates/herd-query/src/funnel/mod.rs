@@ -5,15 +5,19 @@
 //! One DataFusion plan: the project's events in range (files + write buffer) → optional left
 //! joins to the current groups tables → a projection of the actor, the time, the bitmask of
 //! matched steps, the bitmask of matched exclusion spans, the breakdown value and the trends
-//! bucket → `GROUP BY actor` with the [`udaf::FunnelUdaf`] aggregate, which runs the per-actor
-//! state machine of [`machine`]. The per-actor outcomes are then folded into step counts and
-//! conversion times here.
+//! bucket → a hash repartition on the actor → [`exec::FunnelExec`] (planned from the logical
+//! [`plan::FunnelNode`]), which runs the per-actor state machine of [`machine`].
+//! [`QueryEngine::explain_funnel`] shows that plan. The per-actor outcomes are then folded
+//! into step counts and conversion times here. [`udaf::FunnelUdaf`] is the same state machine
+//! as an aggregate function, for SQL.
 
 mod exec;
 pub mod machine;
+pub(crate) mod plan;
 pub mod udaf;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Int32Array, Int64Array, StringArray, UInt32Array,
@@ -292,6 +296,115 @@ impl QueryEngine {
     ) -> Result<FunnelResult> {
         let mapping = self.db().group_types(project).await.unwrap_or_default();
         let r = resolve(query, &mapping, now)?;
+        let (input, mode, buckets) = self.funnel_input(project, query, &r).await?;
+        let lists = self.run_funnel(input, &r.params, &mode).await?;
+
+        let mut result = FunnelResult {
+            date_from: r.range.from,
+            date_to: r.range.to,
+            timezone: r.tz.name().to_string(),
+            ..Default::default()
+        };
+        match query.viz {
+            FunnelViz::Steps | FunnelViz::TimeToConvert => {
+                let mut fold = StepsFold::new(r.params.steps, r.from_step, r.to_step);
+                for list in &lists {
+                    fold.add(list)?;
+                }
+                if query.viz == FunnelViz::Steps {
+                    result.lines = fold.lines(query, &r);
+                } else {
+                    result.time_to_convert = Some(fold.time_to_convert(query.bin_count));
+                }
+            }
+            FunnelViz::Trends => {
+                let buckets = buckets.ok_or_else(|| Error::Internal("no buckets".into()))?;
+                let mut per: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
+                for list in &lists {
+                    let list = list
+                        .as_list_opt::<i32>()
+                        .ok_or_else(|| Error::Internal("funnel output is a list".into()))?;
+                    let items = list_items(list);
+                    let bd: StringArray = crate::column_as(&items, 0, &DataType::Utf8)?;
+                    let bucket: Int32Array = crate::column_as(&items, 1, &DataType::Int32)?;
+                    let conv: BooleanArray = crate::column_as(&items, 2, &DataType::Boolean)?;
+                    for i in 0..items.num_rows() {
+                        let value = if bd.is_null(i) { "" } else { bd.value(i) };
+                        let line = per
+                            .entry(value.to_string())
+                            .or_insert_with(|| vec![(0, 0); buckets.len()]);
+                        if let Some(slot) = usize::try_from(bucket.value(i))
+                            .ok()
+                            .and_then(|b| line.get_mut(b))
+                        {
+                            slot.0 += 1;
+                            if conv.value(i) {
+                                slot.1 += 1;
+                            }
+                        }
+                    }
+                }
+                let labels = buckets.labels(r.tz);
+                let mut values: Vec<String> = per.keys().cloned().collect();
+                if r.breakdown.is_none() {
+                    values = vec![String::new()];
+                }
+                values.sort();
+                for v in values {
+                    let line = per
+                        .remove(&v)
+                        .unwrap_or_else(|| vec![(0, 0); buckets.len()]);
+                    result.trends.push(FunnelTrendsLine {
+                        breakdown_value: r.breakdown.as_ref().map(|_| v.clone()),
+                        data: line
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (from, to))| FunnelTrendPoint {
+                                label: labels.get(i).cloned().unwrap_or_default(),
+                                start: buckets.starts().get(i).copied().unwrap_or_default(),
+                                reached_from_step_count: *from,
+                                reached_to_step_count: *to,
+                                conversion_rate: if *from == 0 {
+                                    0.0
+                                } else {
+                                    (*to as f64 / *from as f64 * 10_000.0).round() / 100.0
+                                },
+                            })
+                            .collect(),
+                    });
+                }
+            }
+        }
+        Ok(result)
+    }
+}
+
+impl QueryEngine {
+    /// The physical plan of a funnel query, as `EXPLAIN` shows it (one line per operator,
+    /// children indented), from the events scan to the [`exec::FunnelExec`].
+    pub async fn explain_funnel(
+        &self,
+        project: herd_core::ProjectId,
+        query: &FunnelQuery,
+        now: i64,
+    ) -> Result<String> {
+        let mapping = self.db().group_types(project).await.unwrap_or_default();
+        let r = resolve(query, &mapping, now)?;
+        let (input, mode, _) = self.funnel_input(project, query, &r).await?;
+        let plan = self.funnel_plan(input, &r.params, &mode).await?;
+        Ok(datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string())
+    }
+
+    /// The funnel's rows as logical plans (see [`exec::Input`]), what the aggregate computes,
+    /// and the buckets of a funnel trend.
+    async fn funnel_input(
+        &self,
+        project: herd_core::ProjectId,
+        query: &FunnelQuery,
+        r: &Resolved,
+    ) -> Result<(exec::Input, Mode, Option<Buckets>)> {
         let events = self.events_source(project).await?;
         let mut df = self.events_between(&events, r.range.from, r.scan_to)?;
 
@@ -484,87 +597,43 @@ impl QueryEngine {
             }
             exec::Input::All(df)
         };
-        let parallel = self.context().state().config().target_partitions();
-        let (lists, _explain) =
-            exec::run(input, r.params.clone(), mode, parallel, self.funnel_memory).await?;
+        Ok((input, mode, buckets))
+    }
 
-        let mut result = FunnelResult {
-            date_from: r.range.from,
-            date_to: r.range.to,
-            timezone: r.tz.name().to_string(),
-            ..Default::default()
+    /// The funnel's one physical plan: its rows and the [`exec::FunnelExec`] over them.
+    async fn funnel_plan(
+        &self,
+        input: exec::Input,
+        params: &Params,
+        mode: &Mode,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let (later, entries) = match input {
+            exec::Input::All(df) => (df, None),
+            exec::Input::Split { later, entries } => (later, Some(entries)),
         };
-        match query.viz {
-            FunnelViz::Steps | FunnelViz::TimeToConvert => {
-                let mut fold = StepsFold::new(r.params.steps, r.from_step, r.to_step);
-                for list in &lists {
-                    fold.add(list)?;
-                }
-                if query.viz == FunnelViz::Steps {
-                    result.lines = fold.lines(query, &r);
-                } else {
-                    result.time_to_convert = Some(fold.time_to_convert(query.bin_count));
-                }
-            }
-            FunnelViz::Trends => {
-                let buckets = buckets.ok_or_else(|| Error::Internal("no buckets".into()))?;
-                let mut per: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
-                for list in &lists {
-                    let list = list
-                        .as_list_opt::<i32>()
-                        .ok_or_else(|| Error::Internal("funnel output is a list".into()))?;
-                    let items = list_items(list);
-                    let bd: StringArray = crate::column_as(&items, 0, &DataType::Utf8)?;
-                    let bucket: Int32Array = crate::column_as(&items, 1, &DataType::Int32)?;
-                    let conv: BooleanArray = crate::column_as(&items, 2, &DataType::Boolean)?;
-                    for i in 0..items.num_rows() {
-                        let value = if bd.is_null(i) { "" } else { bd.value(i) };
-                        let line = per
-                            .entry(value.to_string())
-                            .or_insert_with(|| vec![(0, 0); buckets.len()]);
-                        if let Some(slot) = usize::try_from(bucket.value(i))
-                            .ok()
-                            .and_then(|b| line.get_mut(b))
-                        {
-                            slot.0 += 1;
-                            if conv.value(i) {
-                                slot.1 += 1;
-                            }
-                        }
-                    }
-                }
-                let labels = buckets.labels(r.tz);
-                let mut values: Vec<String> = per.keys().cloned().collect();
-                if r.breakdown.is_none() {
-                    values = vec![String::new()];
-                }
-                values.sort();
-                for v in values {
-                    let line = per
-                        .remove(&v)
-                        .unwrap_or_else(|| vec![(0, 0); buckets.len()]);
-                    result.trends.push(FunnelTrendsLine {
-                        breakdown_value: r.breakdown.as_ref().map(|_| v.clone()),
-                        data: line
-                            .iter()
-                            .enumerate()
-                            .map(|(i, (from, to))| FunnelTrendPoint {
-                                label: labels.get(i).cloned().unwrap_or_default(),
-                                start: buckets.starts().get(i).copied().unwrap_or_default(),
-                                reached_from_step_count: *from,
-                                reached_to_step_count: *to,
-                                conversion_rate: if *from == 0 {
-                                    0.0
-                                } else {
-                                    (*to as f64 / *from as f64 * 10_000.0).round() / 100.0
-                                },
-                            })
-                            .collect(),
-                    });
-                }
-            }
-        }
-        Ok(result)
+        let plan = plan::FunnelNode::plan(
+            later.into_unoptimized_plan(),
+            entries.map(DataFrame::into_unoptimized_plan),
+            params.clone(),
+            mode.clone(),
+            self.funnel_memory,
+        )?;
+        let df = DataFrame::new(self.context().state(), plan);
+        Ok(df.create_physical_plan().await?)
+    }
+
+    /// Runs the funnel's plan: the outcome lists of every actor.
+    async fn run_funnel(
+        &self,
+        input: exec::Input,
+        params: &Params,
+        mode: &Mode,
+    ) -> Result<Vec<datafusion::arrow::array::ArrayRef>> {
+        let physical = self.funnel_plan(input, params, mode).await?;
+        let _explain = crate::Explain::new(physical.clone());
+        let batches =
+            datafusion::physical_plan::collect(physical, self.context().task_ctx()).await?;
+        Ok(batches.iter().map(|b| b.column(0).clone()).collect())
     }
 }
 

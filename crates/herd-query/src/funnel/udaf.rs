@@ -87,21 +87,22 @@ impl FunnelUdaf {
         udaf.call(args)
     }
 
-    fn item_fields(&self) -> Fields {
-        item_fields(&self.params, &self.mode)
-    }
-
     fn output_type(&self) -> DataType {
-        DataType::List(Arc::new(Field::new(
-            "item",
-            DataType::Struct(self.item_fields()),
-            true,
-        )))
+        output_type(&self.params, &self.mode)
     }
 
     fn accumulator_state(&self) -> FunnelAccumulator {
         FunnelAccumulator::new(self.params.clone(), self.mode.clone())
     }
+}
+
+/// The aggregate's (and [`super::exec::FunnelExec`]'s) output: a list of outcome structs.
+pub(crate) fn output_type(params: &Params, mode: &Mode) -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(item_fields(params, mode)),
+        true,
+    )))
 }
 
 /// The fields of the aggregate's output structs for `params` and `mode`.
@@ -218,13 +219,6 @@ impl Rows {
         self.chunks.iter_mut().flatten()
     }
 
-    /// Moves `other`'s chunks here.
-    fn append(&mut self, other: Rows) {
-        self.len += other.len;
-        self.chunks
-            .extend(other.chunks.into_iter().filter(|c| !c.is_empty()));
-    }
-
     fn bytes(&self) -> usize {
         self.chunks.iter().map(Vec::capacity).sum::<usize>() * std::mem::size_of::<Row>()
     }
@@ -293,27 +287,6 @@ impl FunnelAccumulator {
         };
         self.groups = self.groups.max(groups);
         self.push_rows(ts, steps, excl, bd, bucket, rows.iter().copied())
-    }
-
-    /// Moves the rows of `other` into this accumulator; `other`'s group `g` becomes group
-    /// `group_map[g]` here.
-    pub(crate) fn absorb(&mut self, other: FunnelAccumulator, group_map: &[u32]) -> Result<()> {
-        let bd_map: Vec<u32> = other.values.iter().map(|v| self.intern(v)).collect();
-        let mut rows = other.rows;
-        for r in rows.iter_mut() {
-            r.group = *group_map
-                .get(r.group as usize)
-                .ok_or_else(|| internal("absorbed row without a group"))?;
-            if r.ev.bd != NO_VALUE {
-                r.ev.bd = *bd_map
-                    .get(r.ev.bd as usize)
-                    .ok_or_else(|| internal("absorbed row without a value"))?;
-            }
-        }
-        self.rows.append(rows);
-        let groups = group_map.iter().map(|g| *g as usize + 1).max().unwrap_or(0);
-        self.groups = self.groups.max(groups);
-        Ok(())
     }
 
     /// Bytes held by the rows.
