@@ -571,6 +571,32 @@ async fn funnel_and_retention_by_company_from_python_grpcio_and_herd_query() {
         .map(|s| s["count"].as_u64().expect("count"))
         .collect();
     assert_eq!(counts, [2, 2, 1]);
+    // Its plan (EXPLAIN): one plan from the scan to the funnel operator, partitioned on the
+    // company.
+    let plan = run(&[
+        "funnel",
+        "--step",
+        "signup",
+        "--step",
+        "install",
+        "--step",
+        "purchase",
+        "--group-type",
+        "company",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-07",
+        "--explain",
+    ]);
+    println!("herd query funnel --explain:\n{plan}");
+    let first = plan.lines().next().unwrap_or_default();
+    assert!(first.starts_with("FunnelExec: steps=3"), "{plan}");
+    assert!(plan.contains("as __actor"), "{plan}");
+    assert!(
+        plan.contains("$group_0"),
+        "actors are the companies: {plan}"
+    );
     let table = run(&[
         "retention",
         "--period",

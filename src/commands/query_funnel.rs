@@ -98,6 +98,9 @@ pub(crate) struct FunnelArgs {
     /// Let conversions finish after --to for entries made before it.
     #[arg(long)]
     window_past_date_to: bool,
+    /// Print the funnel's physical plan (EXPLAIN) instead of running it.
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -241,6 +244,7 @@ pub(crate) async fn funnel(args: FunnelArgs) -> anyhow::Result<()> {
         to_step: None,
         bin_count: args.bins,
         window_past_date_to: args.window_past_date_to,
+        explain: args.explain,
     };
     let mut client = InsightsServiceClient::new(channel(&args.client).await?);
     let r = client
@@ -248,6 +252,10 @@ pub(crate) async fn funnel(args: FunnelArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.explain {
+        print!("{}", r.plan);
+        return Ok(());
+    }
     if args.client.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&funnel_json(&r))?);
         return Ok(());

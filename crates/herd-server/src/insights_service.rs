@@ -407,8 +407,21 @@ impl InsightsService for Insights {
         request: Request<proto::FunnelRequest>,
     ) -> Result<Response<proto::FunnelResponse>, Status> {
         let project = authenticate(self.engine.db(), &request)?.project().id;
-        let query = funnel_query(request.into_inner())?;
+        let request = request.into_inner();
+        let explain = request.explain;
+        let query = funnel_query(request)?;
         let now = chrono::Utc::now().timestamp_micros();
+        if explain {
+            let plan = self
+                .engine
+                .explain_funnel(project, &query, now)
+                .await
+                .map_err(status)?;
+            return Ok(Response::new(proto::FunnelResponse {
+                plan,
+                ..Default::default()
+            }));
+        }
         let r = self
             .engine
             .funnel(project, &query, now)
@@ -467,6 +480,7 @@ impl InsightsService for Insights {
             date_from_unix_micros: r.date_from,
             date_to_unix_micros: r.date_to,
             timezone: r.timezone,
+            plan: String::new(),
         }))
     }
 

@@ -9,7 +9,7 @@
 //! [`plan::FunnelNode`]), which runs the per-actor state machine of [`machine`].
 //! [`QueryEngine::explain_funnel`] shows that plan. The per-actor outcomes are then folded
 //! into step counts and conversion times here. [`udaf::FunnelUdaf`] is the same state machine
-//! as an aggregate function, for SQL.
+//! as an aggregate function (its tests hold it to the same answers).
 
 mod exec;
 pub mod machine;
