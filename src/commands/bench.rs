@@ -30,6 +30,10 @@ pub(crate) struct BenchArgs {
     /// disk.
     #[arg(long, default_value_t = herd_query::funnel::DEFAULT_FUNNEL_MEMORY >> 20)]
     funnel_memory_mib: usize,
+    /// MiB of the query session's memory pool, shared by its operators (default: unbounded);
+    /// the funnel spills when its share is used up.
+    #[arg(long)]
+    memory_limit_mib: Option<usize>,
     /// Count and group actors by their strings even where every file has actor numbers
     /// (`$distinct_id_num`, `$group_N_num`): to compare the two in one session.
     #[arg(long)]
@@ -205,9 +209,13 @@ fn reset_peak_rss() {
 /// Runs `herd bench`.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (db, project) = args.store.open(1_000_000).await?;
-    let engine = QueryEngine::with_partitions(db.clone(), Some(args.threads))?
-        .with_funnel_memory(args.funnel_memory_mib << 20)
-        .with_actor_numbers(!args.by_strings);
+    let engine = QueryEngine::with_options(
+        db.clone(),
+        Some(args.threads),
+        args.memory_limit_mib.map(|m| m << 20),
+    )?
+    .with_funnel_memory(args.funnel_memory_mib << 20)
+    .with_actor_numbers(!args.by_strings);
     let now = chrono::Utc::now().timestamp_micros();
     let mut out = Vec::new();
     for name in &args.queries {

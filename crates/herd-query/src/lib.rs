@@ -38,6 +38,8 @@ use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use herd_core::ProjectId;
 use herd_core::schema::stored_events_schema;
@@ -114,14 +116,30 @@ impl QueryEngine {
 
     /// A session that plans with `partitions` parallel partitions (default: the CPU count).
     pub fn with_partitions(db: Arc<Db>, partitions: Option<usize>) -> Result<Self> {
+        Self::with_options(db, partitions, None)
+    }
+
+    /// A session with `partitions` parallel partitions (default: the CPU count) whose
+    /// operators share a memory pool of `memory_limit` bytes (default: unbounded); an operator
+    /// that can spill (the funnel's) spills when its fair share is used up.
+    pub fn with_options(
+        db: Arc<Db>,
+        partitions: Option<usize>,
+        memory_limit: Option<usize>,
+    ) -> Result<Self> {
         // DATAFUSION_* environment variables override DataFusion's defaults (for experiments,
         // e.g. DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS=false).
         let mut config = SessionConfig::from_env()?.with_information_schema(false);
         if let Some(n) = partitions {
             config = config.with_target_partitions(n.max(1));
         }
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = memory_limit {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
         let state = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(runtime.build_arc()?)
             .with_default_features()
             .with_query_planner(Arc::new(planner::HerdQueryPlanner))
             .build();

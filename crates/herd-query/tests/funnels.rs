@@ -7,7 +7,7 @@ mod common;
 use common::Fixture;
 use herd_query::{
     Attribution, Breakdown, Error, FunnelExclusion, FunnelQuery, FunnelResult, FunnelStep,
-    FunnelViz, Interval, Order, PropertySource, Window, WindowUnit,
+    FunnelViz, Interval, Order, PropertySource, QueryEngine, Window, WindowUnit,
 };
 
 fn steps(names: &[&str]) -> Vec<FunnelStep> {
@@ -37,7 +37,7 @@ fn days(n: i64) -> Window {
     }
 }
 
-/// Runs `q`, and again with a memory budget of 0 bytes (every batch's rows spill to disk
+/// Runs `q`, and again with a funnel budget of 0 bytes (every batch's rows spill to disk
 /// and are read back for evaluation): both must give the same answer.
 async fn run(f: &Fixture, q: &FunnelQuery) -> FunnelResult {
     let r = f.engine.funnel(f.project, q, 0).await.expect("funnel");
@@ -121,6 +121,22 @@ async fn example_b_by_company_and_by_person() {
     f.flush().await;
     q.aggregation_group_type = Some("company".into());
     assert_eq!(counts(&run(&f, &q).await), [2, 2, 1]);
+}
+
+/// A session whose memory pool holds 16 KiB: the pool refuses the funnel's rows (a bucket's
+/// first chunk is 32 KiB), so they spill, and the answers are the same.
+#[tokio::test]
+async fn a_small_memory_pool_makes_the_funnel_spill_with_the_same_answers() {
+    let f = example_b().await;
+    f.flush().await;
+    let small = QueryEngine::with_options(f.db.clone(), Some(2), Some(16 << 10)).expect("engine");
+    for group in [Some("company"), None] {
+        let mut q = funnel(&["signup", "install", "purchase"], days(1));
+        q.aggregation_group_type = group.map(str::to_string);
+        let want = f.engine.funnel(f.project, &q, 0).await.expect("funnel");
+        let got = small.funnel(f.project, &q, 0).await.expect("small pool");
+        assert_eq!(got, want, "{group:?}");
+    }
 }
 
 /// Spec §8 example C: one actor, A→B→C, window 14 days.

@@ -107,12 +107,13 @@ impl Budget {
         self.release()
     }
 
-    /// Charges one bucket read back for evaluation: it must fit (it cannot spill again).
-    fn account_one(&mut self, shard: &Shard) -> Result<()> {
+    /// Charges one bucket read back for evaluation. It cannot spill again, so it is charged
+    /// even past the pool's limit (buckets are sized for the budget, see
+    /// [`FunnelExec::buckets`]): the answer rather than an error.
+    fn account_one(&mut self, shard: &Shard) {
         let now = shard.acc.row_bytes();
         self.set_mine(now);
-        self.reservation.try_resize(now)?;
-        Ok(())
+        self.reservation.resize(now);
     }
 
     /// Drops this partition's charge.
@@ -714,7 +715,7 @@ impl PartitionRun {
         for mut shard in std::mem::take(&mut self.shards) {
             shard.unspill().await?;
             let _timer = self.baseline.elapsed_compute().timer();
-            self.budget.account_one(&shard)?;
+            self.budget.account_one(&shard);
             let outcomes = shard.acc.evaluate_all()?;
             drop(shard);
             self.budget.release()?;
