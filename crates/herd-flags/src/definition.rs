@@ -269,7 +269,7 @@ macro_rules! spelled_enum {
 }
 
 spelled_enum! {
-    /// A property filter's operator (spec §3.6).
+    /// A property filter's operator (protocol spec §3.6).
     Operator {
         /// Equal (case-insensitive text; a list value means "any of").
         Exact = "exact",
@@ -603,7 +603,7 @@ pub enum Problem {
     BadBucketingIdentifier(String),
 }
 
-/// The local-evaluation document of spec §3.5 (`GET /flags/definitions`,
+/// The local-evaluation document of protocol spec §3.5 (`GET /flags/definitions`,
 /// `/api/feature_flag/local_evaluation`), serialised once, with its entity tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Definitions {

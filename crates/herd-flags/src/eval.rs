@@ -1,4 +1,4 @@
-//! Server-side evaluation of flags for one actor (spec §3.3, insight semantics §6).
+//! Server-side evaluation of flags for one actor (protocol spec §3.3, insight semantics §6).
 //!
 //! ```text
 //!  deleted / inactive ─────────────────────────────► false  flag_disabled
@@ -182,7 +182,7 @@ pub struct Reason {
     pub description: String,
 }
 
-/// PostHog's reason codes (spec §3.2).
+/// PostHog's reason codes (protocol spec §3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
@@ -245,7 +245,7 @@ impl FlagResult {
         }
     }
 
-    /// The v2 record of a `/flags?v=2` (or v=4) response (spec §3.2).
+    /// The v2 record of a `/flags?v=2` (or v=4) response (protocol spec §3.2).
     pub fn to_v2_record(&self) -> Value {
         json!({
             "key": self.key,

@@ -35,7 +35,7 @@ fn scale(prefix: u64) -> f64 {
     prefix as f64 / LONG_SCALE as f64
 }
 
-/// `hash(key, id, salt)` of spec §3.4: where `bucketing_id` falls in [0, 1) for flag `key`.
+/// `hash(key, id, salt)` of protocol spec §3.4: where `bucketing_id` falls in [0, 1) for flag `key`.
 pub fn hash(key: &str, bucketing_id: &str, salt: &str) -> f64 {
     scale(sha1_prefix_15(&format!("{key}.{bucketing_id}{salt}")))
 }

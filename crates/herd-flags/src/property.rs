@@ -1,4 +1,4 @@
-//! One property filter, prepared once and matched many times (spec §3.6 operators).
+//! One property filter, prepared once and matched many times (protocol spec §3.6 operators).
 //!
 //! Coercions follow PostHog's flag service (`property_matching.rs`), which `/flags` answers
 //! with, and agree with the SDKs' local evaluation except where noted:

@@ -264,7 +264,7 @@ impl FlagsState {
         compiled
     }
 
-    /// The local-evaluation document of the project (spec §3.5).
+    /// The local-evaluation document of the project (protocol spec §3.5).
     pub async fn definitions(&self, project: ProjectId) -> Definitions {
         self.compiled(project).await.definitions.clone()
     }

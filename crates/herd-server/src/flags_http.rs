@@ -63,7 +63,7 @@ enum Endpoint {
     Decide,
 }
 
-/// The response shapes of spec §3.2.
+/// The response shapes of protocol spec §3.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
     /// `{"flags": {key: v2 record}}`.
@@ -259,7 +259,7 @@ fn object<'a>(value: &'a Value, name: &str) -> Result<&'a Map<String, Value>, Fl
     })
 }
 
-/// The request fields of spec §3.1, with PostHog's aliases.
+/// The request fields of protocol spec §3.1, with PostHog's aliases.
 fn actor_from(request: &Map<String, Value>) -> Result<Actor, FlagsError> {
     let bad = |m: String| FlagsError::BadRequest(m);
     let distinct_id = match field(request, &["distinct_id", "$distinct_id"]) {

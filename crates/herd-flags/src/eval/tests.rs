@@ -23,7 +23,7 @@ fn person_flag(rollout: f64, properties: Value) -> FeatureFlag {
     )
 }
 
-/// The spec §3.5 example: company (index 0) flag on `plan = enterprise`.
+/// The protocol spec §3.5 example: company (index 0) flag on `plan = enterprise`.
 fn group_flag(rollout: f64) -> FeatureFlag {
     flag(json!({"id": 1, "key": "group-flag", "filters": {
         "aggregation_group_type_index": 0,
@@ -303,7 +303,7 @@ fn invalid_flag_error_names_the_flag() {
 
 #[test]
 fn person_flag_rollout_follows_the_hash() {
-    // hash("person-flag", "user-1") = 0.5076: out at 50 %, in at 51 % (spec §6 item 13).
+    // hash("person-flag", "user-1") = 0.5076: out at 50 %, in at 51 % (insight spec §6 item 13).
     let out = decide(&person_flag(50.0, json!([])), &ctx("user-1"));
     assert!(!out.enabled);
     assert_eq!(
