@@ -42,7 +42,7 @@ enum Command {
     Compact(commands::compact::CompactArgs),
     /// Run the benchmark queries in-process on a data folder.
     Bench(commands::bench::BenchArgs),
-    /// Ask a running server (gRPC): trends, groups, group types.
+    /// Ask a running server (gRPC): trends, funnels, retention, groups, group types, info.
     Query {
         #[command(subcommand)]
         command: commands::query::QueryCommand,
@@ -152,13 +152,45 @@ fn blocking_threads() -> usize {
 /// 2 MiB); 8 MiB keeps the largest request the limits allow (200 filters) over 10x away.
 const THREAD_STACK: usize = 8 << 20;
 
-fn main() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+/// An error and its causes on one line, each cause once (many errors already include their
+/// source's text in their own).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Set to print an error's full chain and backtrace (for reporting a bug) instead of one line.
+const BACKTRACE_ENV: &str = "HERD_BACKTRACE";
+
+fn main() -> std::process::ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(THREAD_STACK)
         .max_blocking_threads(blocking_threads())
-        .build()?
-        .block_on(run())
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever RUST_BACKTRACE says: the causes after the message.
+            eprintln!("error: {}", one_line(&e));
+            if std::env::var_os(BACKTRACE_ENV).is_some_and(|v| v != "0") {
+                eprintln!("{e:?}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run() -> anyhow::Result<()> {

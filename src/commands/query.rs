@@ -1,10 +1,12 @@
-//! `herd query trends|funnel|retention|groups|group-types`: a gRPC client of a running `herd serve` that prints
-//! a table, or one JSON document (`--format json`, shape documented in the README).
+//! `herd query trends|funnel|retention|groups|group-types|info`: a gRPC client of a running
+//! `herd serve` that prints a table, or one JSON document (`--format json`, shape documented in
+//! the README).
 
 use anyhow::{Context, bail};
 use herd_server::grpc::proto;
 use proto::groups_service_client::GroupsServiceClient;
 use proto::insights_service_client::InsightsServiceClient;
+use proto::server_info_service_client::ServerInfoServiceClient;
 use serde_json::{Value, json};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -41,6 +43,8 @@ pub(crate) enum QueryCommand {
     Groups(GroupsArgs),
     /// The project's group types.
     GroupTypes(ClientArgs),
+    /// The server's version and the project: its group types and ingestion warnings.
+    Info(ClientArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -94,14 +98,14 @@ pub(crate) struct TrendsArgs {
     property: Option<String>,
     #[arg(long, value_enum, default_value_t = IntervalArg::Day)]
     interval: IntervalArg,
-    /// Start: YYYY-MM-DD, local date-time, RFC 3339, or relative like -7d (default -7d).
-    #[arg(long, default_value = "")]
+    /// Start: YYYY-MM-DD, local date-time, RFC 3339, or relative like -7d.
+    #[arg(long, default_value = "-7d", allow_hyphen_values = true)]
     from: String,
     /// End, inclusive (default now).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     to: String,
-    /// IANA timezone of the buckets (default UTC).
-    #[arg(long, default_value = "")]
+    /// IANA timezone of the buckets.
+    #[arg(long, default_value = "UTC")]
     tz: String,
     /// Weeks start on Monday instead of Sunday.
     #[arg(long)]
@@ -116,8 +120,8 @@ pub(crate) struct TrendsArgs {
     /// Break down by `[GROUP_TYPE:]KEY`, e.g. `company:plan` or `$browser`.
     #[arg(long)]
     breakdown: Option<String>,
-    /// Breakdown values shown (default 25).
-    #[arg(long, default_value_t = 0)]
+    /// Breakdown values shown.
+    #[arg(long, default_value_t = 25)]
     breakdown_limit: u32,
     /// Drop values beyond the limit instead of an "other" line.
     #[arg(long)]
@@ -132,13 +136,13 @@ pub(crate) struct GroupsArgs {
     #[arg(long)]
     group_type: String,
     /// Case-insensitive substring of the key or a property value.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     search: String,
     /// Page size (at most 1000).
     #[arg(long, default_value_t = 100)]
     limit: u32,
     /// `next_cursor` of the previous page.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     cursor: String,
 }
 
@@ -227,6 +231,7 @@ pub(crate) async fn run(command: QueryCommand) -> anyhow::Result<()> {
         QueryCommand::Funnel(args) => super::query_funnel::funnel(args).await,
         QueryCommand::Retention(args) => super::query_funnel::retention(args).await,
         QueryCommand::Groups(args) => groups(args).await,
+        QueryCommand::Info(args) => info(args).await,
         QueryCommand::GroupTypes(args) => {
             let mut client = GroupsServiceClient::new(channel(&args).await?);
             let r = client
@@ -250,6 +255,44 @@ pub(crate) async fn run(command: QueryCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs `herd query info`.
+async fn info(args: ClientArgs) -> anyhow::Result<()> {
+    let mut client = ServerInfoServiceClient::new(channel(&args).await?);
+    let r = client
+        .get_server_info(authorized(&args, proto::GetServerInfoRequest {})?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let project = r.project.unwrap_or_default();
+    let warnings: std::collections::BTreeMap<_, _> = project.ingestion_warnings.iter().collect();
+    if args.format == Format::Json {
+        let doc = json!({
+            "version": r.version,
+            "started_at": micros_rfc3339(r.started_at_unix_micros),
+            "project": {"id": project.id, "name": project.name,
+                        "group_types": project.group_types, "ingestion_warnings": warnings},
+        });
+        println!("{doc}");
+        return Ok(());
+    }
+    println!(
+        "herd {} (started {})",
+        r.version,
+        micros_rfc3339(r.started_at_unix_micros)
+    );
+    println!("project {} ({})", project.id, project.name);
+    println!("group types: {}", project.group_types.join(", "));
+    if warnings.is_empty() {
+        println!("ingestion warnings: none");
+    } else {
+        println!("ingestion warnings:");
+        for (kind, n) in warnings {
+            println!("  {kind:<28} {n}");
+        }
+    }
+    Ok(())
 }
 
 async fn trends(args: TrendsArgs) -> anyhow::Result<()> {
@@ -361,7 +404,25 @@ async fn trends(args: TrendsArgs) -> anyhow::Result<()> {
             println!();
         }
     }
+    let nothing = r
+        .results
+        .iter()
+        .all(|s| s.count == 0.0 && s.aggregated_value.unwrap_or(0.0) == 0.0);
+    if nothing {
+        empty_range_note(&args.from);
+    }
     Ok(())
+}
+
+/// Says so on stderr when a table of zeros came from the default range, which a new user's
+/// backfilled data often lies outside.
+pub(crate) fn empty_range_note(from: &str) {
+    if from == "-7d" {
+        eprintln!(
+            "note: nothing counted in the default range (the last 7 days); pass --from and --to \
+             to look elsewhere"
+        );
+    }
 }
 
 pub(crate) fn number(v: f64) -> String {

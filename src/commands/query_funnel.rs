@@ -71,17 +71,17 @@ pub(crate) struct FunnelArgs {
     /// first_touch, last_touch, all_events or step:N.
     #[arg(long, default_value = "first_touch")]
     attribution: String,
-    /// Breakdown values shown (default 25).
-    #[arg(long, default_value_t = 0)]
+    /// Breakdown values shown.
+    #[arg(long, default_value_t = 25)]
     breakdown_limit: u32,
-    /// Start (default -7d).
-    #[arg(long, default_value = "")]
+    /// Start: a date, a date-time or relative like -7d.
+    #[arg(long, default_value = "-7d", allow_hyphen_values = true)]
     from: String,
     /// End, inclusive (default now).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     to: String,
-    /// IANA timezone (default UTC).
-    #[arg(long, default_value = "")]
+    /// IANA timezone.
+    #[arg(long, default_value = "UTC")]
     tz: String,
     /// A filter on every event, `[GROUP_TYPE:]KEY OPERATOR [VALUE]`; repeat to AND.
     #[arg(long)]
@@ -108,10 +108,10 @@ pub(crate) struct RetentionArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// The event that puts an actor in a cohort (default: any event).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     target: String,
     /// The event that counts as coming back (default: any event).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     returning: String,
     #[arg(long, value_enum, default_value_t = IntervalArg::Day)]
     period: IntervalArg,
@@ -127,10 +127,10 @@ pub(crate) struct RetentionArgs {
     #[arg(long)]
     breakdown: Option<String>,
     /// The last period holds this date (default now).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     to: String,
-    /// IANA timezone (default UTC).
-    #[arg(long, default_value = "")]
+    /// IANA timezone.
+    #[arg(long, default_value = "UTC")]
     tz: String,
     /// A filter on every event; repeat to AND.
     #[arg(long)]
@@ -311,13 +311,26 @@ pub(crate) async fn funnel(args: FunnelArgs) -> anyhow::Result<()> {
             }
         }
         VizArg::TimeToConvert => {
-            let t = r.time_to_convert.unwrap_or_default();
+            let t = r.time_to_convert.clone().unwrap_or_default();
             println!("average {} s", seconds(t.average_conversion_time));
             println!("{:>14}  {:>8}", "from s", "actors");
             for b in &t.bins {
                 println!("{:>14}  {:>8}", number(b.start_seconds), b.actors);
             }
         }
+    }
+    let entered = r
+        .lines
+        .iter()
+        .any(|l| l.steps.first().is_some_and(|s| s.count > 0))
+        || r.trends
+            .iter()
+            .any(|l| l.data.iter().any(|p| p.reached_from_step_count > 0))
+        || r.time_to_convert
+            .as_ref()
+            .is_some_and(|t| t.bins.iter().any(|b| b.actors > 0));
+    if !entered {
+        super::query::empty_range_note(&args.from);
     }
     Ok(())
 }
