@@ -135,6 +135,9 @@ pub(crate) struct RetentionArgs {
     /// A filter on every event; repeat to AND.
     #[arg(long)]
     filter: Vec<String>,
+    /// Print the query's physical plan (EXPLAIN) instead of running it.
+    #[arg(long)]
+    explain: bool,
 }
 
 fn filters(list: &[String]) -> anyhow::Result<Option<proto::PropertyGroup>> {
@@ -390,6 +393,7 @@ pub(crate) async fn retention(args: RetentionArgs) -> anyhow::Result<()> {
         timezone: args.tz.clone(),
         week_start: proto::WeekStart::Sunday as i32,
         filters: filters(&args.filter)?,
+        explain: args.explain,
     };
     let mut client = InsightsServiceClient::new(channel(&args.client).await?);
     let r = client
@@ -397,6 +401,10 @@ pub(crate) async fn retention(args: RetentionArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.explain {
+        print!("{}", r.plan);
+        return Ok(());
+    }
     if args.client.format == Format::Json {
         let doc = json!({
             "timezone": r.timezone,

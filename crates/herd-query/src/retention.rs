@@ -25,7 +25,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator, JoinType,
     Signature, Volatility, cast as cast_expr, lit, when,
 };
-use datafusion::prelude::col;
+use datafusion::prelude::{DataFrame, col};
 use futures::StreamExt;
 use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
 
@@ -124,6 +124,19 @@ pub struct RetentionResult {
 }
 
 const ACTOR: &str = "__actor";
+
+/// What folding a retention plan's rows needs.
+struct RetentionPlan {
+    periods: usize,
+    period: Interval,
+    buckets: Buckets,
+    /// The scanned range, `[from, end)`, µs.
+    from: i64,
+    end: i64,
+    tz: chrono_tz::Tz,
+    /// Whether there is a breakdown.
+    by_value: bool,
+}
 const BD: &str = "__bd";
 
 fn period_name(p: Interval) -> &'static str {
@@ -143,6 +156,164 @@ impl QueryEngine {
         query: &RetentionQuery,
         now: i64,
     ) -> Result<RetentionResult> {
+        let (df, plan) = self.retention_plan(project, query, now).await?;
+        let RetentionPlan {
+            periods,
+            period,
+            buckets,
+            from,
+            end,
+            tz,
+            by_value,
+        } = plan;
+        let (mut stream, _explain) = crate::execute_stream(df).await?;
+
+        // Per breakdown value, per cohort, per period.
+        // Sparse: (cohort, period) → actors, so many breakdown values stay small.
+        let mut per: HashMap<Option<String>, HashMap<(usize, usize), u64>> = HashMap::new();
+        let words = periods.div_ceil(64);
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let r = batch
+                .column(1)
+                .as_struct_opt()
+                .ok_or_else(|| Error::Internal("retention output is a struct".into()))?;
+            let bits = r.column(0).as_binary::<i32>();
+            let first = r
+                .column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| Error::Internal("retention first time".into()))?;
+            let bd = r
+                .column(2)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| Error::Internal("retention breakdown is not text".into()))?;
+            for row in 0..batch.num_rows() {
+                let key = if !by_value {
+                    None
+                } else if bd.is_null(row) {
+                    Some(BREAKDOWN_NULL.to_string())
+                } else {
+                    Some(bd.value(row).to_string())
+                };
+                let raw = bits.value(row);
+                let word = |w: usize| -> u64 {
+                    raw.get(w * 8..w * 8 + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, u64::from_le_bytes)
+                };
+                let has = |set: usize, i: usize| word(set * words + i / 64) & (1 << (i % 64)) != 0;
+                let cohorts: Vec<usize> = match query.retention_type {
+                    RetentionType::Recurring => (0..periods).filter(|i| has(0, *i)).collect(),
+                    RetentionType::FirstTime => {
+                        if first.is_null(row) {
+                            continue;
+                        }
+                        let t = first.value(row);
+                        if t < from || t >= end {
+                            continue;
+                        }
+                        buckets.index_of(t).into_iter().collect()
+                    }
+                };
+                if cohorts.is_empty() {
+                    continue;
+                }
+                let table = per.entry(key).or_default();
+                for i in cohorts {
+                    *table.entry((i, 0)).or_default() += 1;
+                    for k in 1..periods - i {
+                        if has(1, i + k) {
+                            *table.entry((i, k)).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+
+        // Rank breakdown values by their cohorts' total size.
+        type Sparse = HashMap<(usize, usize), u64>;
+        let mut values: Vec<(Option<String>, Sparse)> = per.into_iter().collect();
+        if !by_value && values.is_empty() {
+            values.push((None, HashMap::new()));
+        }
+        let size = |t: &Sparse| {
+            t.iter()
+                .filter(|((_, k), _)| *k == 0)
+                .map(|(_, v)| *v)
+                .sum::<u64>()
+        };
+        values.sort_by(|a, b| size(&b.1).cmp(&size(&a.1)).then_with(|| a.0.cmp(&b.0)));
+        if let Some(b) = &query.breakdown {
+            let limit = if b.limit == 0 {
+                DEFAULT_BREAKDOWN_LIMIT
+            } else {
+                b.limit
+            };
+            if values.len() > limit {
+                let rest = values.split_off(limit);
+                if !b.hide_other {
+                    let mut other = Sparse::new();
+                    for (_, t) in rest {
+                        for (cell, v) in t {
+                            *other.entry(cell).or_default() += v;
+                        }
+                    }
+                    values.push((Some(BREAKDOWN_OTHER.to_string()), other));
+                }
+            }
+        }
+        let dates = buckets.labels(tz);
+        let name = period_name(period);
+        let mut cohorts = Vec::new();
+        for (value, sparse) in values {
+            let mut table = vec![vec![0u64; periods]; periods];
+            for ((i, k), v) in sparse {
+                table[i][k] = v;
+            }
+            for (i, c) in table.into_iter().enumerate() {
+                cohorts.push(Cohort {
+                    label: format!("{name} {i}"),
+                    start: buckets.starts().get(i).copied().unwrap_or_default(),
+                    date: dates.get(i).cloned().unwrap_or_default(),
+                    breakdown_value: value.clone(),
+                    values: c,
+                });
+            }
+        }
+        Ok(RetentionResult {
+            period,
+            timezone: tz.name().to_string(),
+            date_from: from,
+            date_to: end,
+            labels: (0..periods).map(|k| format!("{name} {k}")).collect(),
+            cohorts,
+        })
+    }
+
+    /// The physical plan of a retention query, as `EXPLAIN` shows it (one line per operator,
+    /// children indented), from the events scan to the per-actor aggregate.
+    pub async fn explain_retention(
+        &self,
+        project: herd_core::ProjectId,
+        query: &RetentionQuery,
+        now: i64,
+    ) -> Result<String> {
+        let (df, _) = self.retention_plan(project, query, now).await?;
+        let plan = df.create_physical_plan().await?;
+        Ok(datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string())
+    }
+
+    /// The retention query's one plan (events in range → group joins → filters → per-actor
+    /// cohort state), and what folding its rows needs.
+    async fn retention_plan(
+        &self,
+        project: herd_core::ProjectId,
+        query: &RetentionQuery,
+        now: i64,
+    ) -> Result<(DataFrame, RetentionPlan)> {
         let mut budget = FilterBudget::default();
         budget.add(&query.filters, "filters")?;
         budget.add(&query.target.filters, "target.filters")?;
@@ -287,129 +458,16 @@ impl QueryEngine {
             vec![col("__target"), col("__return"), col("__first"), col(BD)],
         );
         let df = df.aggregate(vec![col(ACTOR)], vec![agg.alias("__r")])?;
-        let (mut stream, _explain) = crate::execute_stream(df).await?;
-
-        // Per breakdown value, per cohort, per period.
-        // Sparse: (cohort, period) → actors, so many breakdown values stay small.
-        let mut per: HashMap<Option<String>, HashMap<(usize, usize), u64>> = HashMap::new();
-        let words = periods.div_ceil(64);
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            let r = batch
-                .column(1)
-                .as_struct_opt()
-                .ok_or_else(|| Error::Internal("retention output is a struct".into()))?;
-            let bits = r.column(0).as_binary::<i32>();
-            let first = r
-                .column(1)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| Error::Internal("retention first time".into()))?;
-            let bd = r
-                .column(2)
-                .as_string_opt::<i32>()
-                .ok_or_else(|| Error::Internal("retention breakdown is not text".into()))?;
-            for row in 0..batch.num_rows() {
-                let key = if breakdown.is_none() {
-                    None
-                } else if bd.is_null(row) {
-                    Some(BREAKDOWN_NULL.to_string())
-                } else {
-                    Some(bd.value(row).to_string())
-                };
-                let raw = bits.value(row);
-                let word = |w: usize| -> u64 {
-                    raw.get(w * 8..w * 8 + 8)
-                        .and_then(|b| b.try_into().ok())
-                        .map_or(0, u64::from_le_bytes)
-                };
-                let has = |set: usize, i: usize| word(set * words + i / 64) & (1 << (i % 64)) != 0;
-                let cohorts: Vec<usize> = match query.retention_type {
-                    RetentionType::Recurring => (0..periods).filter(|i| has(0, *i)).collect(),
-                    RetentionType::FirstTime => {
-                        if first.is_null(row) {
-                            continue;
-                        }
-                        let t = first.value(row);
-                        if t < from || t >= end {
-                            continue;
-                        }
-                        buckets.index_of(t).into_iter().collect()
-                    }
-                };
-                if cohorts.is_empty() {
-                    continue;
-                }
-                let table = per.entry(key).or_default();
-                for i in cohorts {
-                    *table.entry((i, 0)).or_default() += 1;
-                    for k in 1..periods - i {
-                        if has(1, i + k) {
-                            *table.entry((i, k)).or_default() += 1;
-                        }
-                    }
-                }
-            }
-        }
-
-        // Rank breakdown values by their cohorts' total size.
-        type Sparse = HashMap<(usize, usize), u64>;
-        let mut values: Vec<(Option<String>, Sparse)> = per.into_iter().collect();
-        if breakdown.is_none() && values.is_empty() {
-            values.push((None, HashMap::new()));
-        }
-        let size = |t: &Sparse| {
-            t.iter()
-                .filter(|((_, k), _)| *k == 0)
-                .map(|(_, v)| *v)
-                .sum::<u64>()
-        };
-        values.sort_by(|a, b| size(&b.1).cmp(&size(&a.1)).then_with(|| a.0.cmp(&b.0)));
-        if let Some(b) = &query.breakdown {
-            let limit = if b.limit == 0 {
-                DEFAULT_BREAKDOWN_LIMIT
-            } else {
-                b.limit
-            };
-            if values.len() > limit {
-                let rest = values.split_off(limit);
-                if !b.hide_other {
-                    let mut other = Sparse::new();
-                    for (_, t) in rest {
-                        for (cell, v) in t {
-                            *other.entry(cell).or_default() += v;
-                        }
-                    }
-                    values.push((Some(BREAKDOWN_OTHER.to_string()), other));
-                }
-            }
-        }
-        let dates = buckets.labels(tz);
-        let name = period_name(period);
-        let mut cohorts = Vec::new();
-        for (value, sparse) in values {
-            let mut table = vec![vec![0u64; periods]; periods];
-            for ((i, k), v) in sparse {
-                table[i][k] = v;
-            }
-            for (i, c) in table.into_iter().enumerate() {
-                cohorts.push(Cohort {
-                    label: format!("{name} {i}"),
-                    start: buckets.starts().get(i).copied().unwrap_or_default(),
-                    date: dates.get(i).cloned().unwrap_or_default(),
-                    breakdown_value: value.clone(),
-                    values: c,
-                });
-            }
-        }
-        Ok(RetentionResult {
+        let plan = RetentionPlan {
+            periods,
             period,
-            timezone: tz.name().to_string(),
-            date_from: from,
-            date_to: end,
-            labels: (0..periods).map(|k| format!("{name} {k}")).collect(),
-            cohorts,
-        })
+            buckets,
+            from,
+            end,
+            tz,
+            by_value: breakdown.is_some(),
+        };
+        Ok((df, plan))
     }
 }
 

@@ -6,7 +6,10 @@
 mod common;
 
 use common::Fixture;
-use herd_query::{FunnelExclusion, FunnelQuery, FunnelStep, QueryEngine, Window, WindowUnit};
+use herd_query::{
+    FunnelExclusion, FunnelQuery, FunnelStep, Interval, QueryEngine, RetentionEntity,
+    RetentionQuery, RetentionType, Window, WindowUnit,
+};
 
 /// Compares `plan` with the snapshot `name` (or writes it, with `HERD_UPDATE_PLANS=1`).
 fn check(f: &Fixture, name: &str, plan: &str) {
@@ -105,4 +108,29 @@ async fn ordered_funnel_by_user_split_in_two_inputs() {
         .expect("explain");
     assert!(plan.contains("split=true"), "{plan}");
     check(&f, "ordered_funnel_by_user_split", &plan);
+}
+
+#[tokio::test]
+async fn first_time_retention_by_company() {
+    let (f, engine) = fixture().await;
+    let entity = |name: &str| RetentionEntity {
+        event: Some(name.to_string()),
+        ..RetentionEntity::default()
+    };
+    let q = RetentionQuery {
+        target: entity("signup"),
+        returning: entity("purchase"),
+        period: Some(Interval::Day),
+        periods: 3,
+        retention_type: RetentionType::FirstTime,
+        aggregation_group_type: Some("company".into()),
+        date_to: "2024-01-03".into(),
+        ..RetentionQuery::default()
+    };
+    let plan = engine
+        .explain_retention(f.project, &q, 0)
+        .await
+        .expect("explain");
+    assert!(plan.contains("AggregateExec"), "{plan}");
+    check(&f, "first_time_retention_by_company", &plan);
 }

@@ -489,8 +489,21 @@ impl InsightsService for Insights {
         request: Request<proto::RetentionRequest>,
     ) -> Result<Response<proto::RetentionResponse>, Status> {
         let project = authenticate(self.engine.db(), &request)?.project().id;
-        let query = retention_query(request.into_inner())?;
+        let request = request.into_inner();
+        let explain = request.explain;
+        let query = retention_query(request)?;
         let now = chrono::Utc::now().timestamp_micros();
+        if explain {
+            let plan = self
+                .engine
+                .explain_retention(project, &query, now)
+                .await
+                .map_err(status)?;
+            return Ok(Response::new(proto::RetentionResponse {
+                plan,
+                ..Default::default()
+            }));
+        }
         let r = self
             .engine
             .retention(project, &query, now)
@@ -513,6 +526,7 @@ impl InsightsService for Insights {
             date_to_unix_micros: r.date_to,
             timezone: r.timezone,
             period: interval_to_proto(r.period) as i32,
+            plan: String::new(),
         }))
     }
 }
