@@ -238,6 +238,13 @@ async fn check_rows(data: &std::path::Path, project: u64, session: &Value) {
             .unwrap_or_else(|| panic!("no {name} in {types}")) as usize
     };
     let (company, playlist) = (slot("company"), slot("playlist"));
+    println!("stored events (event, distinct_id, $group_{company}, $group_{playlist}):");
+    for e in &events {
+        println!(
+            "  {:<22} {:<38} {:<6} {}",
+            e.event, e.distinct_id, e.groups[company], e.groups[playlist]
+        );
+    }
 
     // Nothing stored twice, and exactly what posthog-js captured.
     let mut uuids: Vec<_> = events.iter().map(|e| e.uuid).collect();
@@ -305,5 +312,9 @@ async fn check_rows(data: &std::path::Path, project: u64, session: &Value) {
         .max_by_key(|g| g.version)
         .expect("the playlist's group row");
     let properties: Value = serde_json::from_str(&row.group_properties).expect("JSON");
+    println!(
+        "groups row: $group_{playlist} {} {properties}",
+        row.group_key
+    );
     assert_eq!(properties, json!({"length": 77, "some": "properties"}));
 }
