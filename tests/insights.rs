@@ -184,6 +184,24 @@ async fn herd_query_prints_trends_and_groups_as_json_and_tables() {
     capture_example_a(&server).await;
     let url = format!("http://{}", server.grpc);
     let query = |args: &[&str]| herd_query(&url, args);
+    let plan = query(&[
+        "trends",
+        "--event",
+        "signed_up",
+        "--math",
+        "unique_group",
+        "--group-type",
+        "company",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-03",
+        "--explain",
+    ]);
+    assert!(
+        plan.contains("AggregateExec") && plan.contains("herd_unique"),
+        "{plan}"
+    );
     let doc: serde_json::Value = serde_json::from_str(&query(&[
         "trends",
         "--event",

@@ -126,6 +126,9 @@ pub(crate) struct TrendsArgs {
     /// Drop values beyond the limit instead of an "other" line.
     #[arg(long)]
     hide_other: bool,
+    /// Print the physical plans the query ran (EXPLAIN) instead of its results.
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -362,6 +365,7 @@ async fn trends(args: TrendsArgs) -> anyhow::Result<()> {
             DisplayArg::Total => proto::Display::TotalValue,
             DisplayArg::Cumulative => proto::Display::Cumulative,
         } as i32,
+        explain: args.explain,
     };
     let mut client = InsightsServiceClient::new(channel(&args.client).await?);
     let r = client
@@ -369,6 +373,10 @@ async fn trends(args: TrendsArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.explain {
+        print!("{}", r.plan);
+        return Ok(());
+    }
     if args.client.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&trends_json(&r))?);
         return Ok(());

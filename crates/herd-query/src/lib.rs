@@ -6,6 +6,7 @@
 //! insight planners (trends, funnels, retention) build their plans on these providers with
 //! DataFusion's APIs; no user input is ever spliced into SQL text.
 
+use std::future::Future;
 use std::sync::Arc;
 
 mod actors;
@@ -365,19 +366,43 @@ fn explain_enabled() -> bool {
     std::env::var_os(EXPLAIN_ENV).is_some_and(|v| v != "0")
 }
 
-/// Prints its plan with metrics to standard error when dropped (after the stream is drained).
+tokio::task_local! {
+    /// The physical plans an insight query ran, when it runs under [`record_plans`].
+    static RECORDED: std::cell::RefCell<Vec<String>>;
+}
+
+/// Runs `query` and returns the physical plans it ran, in order, each as `EXPLAIN` shows it.
+/// For insights whose later plans depend on what earlier ones found (a trend's breakdown
+/// values are ranked first, then counted), so their plans can only be shown by running them.
+pub(crate) async fn record_plans<T>(query: impl Future<Output = Result<T>>) -> Result<Vec<String>> {
+    RECORDED
+        .scope(std::cell::RefCell::new(Vec::new()), async {
+            query.await?;
+            Ok(RECORDED.with(|r| r.take()))
+        })
+        .await
+}
+
+/// Prints its plan with metrics to standard error when dropped (after the stream is drained)
+/// when [`EXPLAIN_ENV`] is set, and records it under [`record_plans`].
 pub(crate) struct Explain(Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>);
 
 impl Explain {
-    /// A guard for `plan` (printing only when [`EXPLAIN_ENV`] is set).
+    /// A guard for `plan`.
     pub(crate) fn new(plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Self {
-        Self(explain_enabled().then_some(plan))
+        let recording = RECORDED.try_with(|_| ()).is_ok();
+        Self((explain_enabled() || recording).then_some(plan))
     }
 }
 
 impl Drop for Explain {
     fn drop(&mut self) {
-        if let Some(plan) = &self.0 {
+        let Some(plan) = &self.0 else { return };
+        let _ = RECORDED.try_with(|r| {
+            let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(true);
+            r.borrow_mut().push(shown.to_string());
+        });
+        if explain_enabled() {
             let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
                 plan.as_ref(),
             )

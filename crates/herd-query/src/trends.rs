@@ -306,6 +306,19 @@ impl QueryEngine {
         })
     }
 
+    /// The physical plans a trends query runs, in order (each as `EXPLAIN` shows it): the
+    /// query runs, since a breakdown's values are ranked by one plan before another counts
+    /// them.
+    pub async fn explain_trends(
+        &self,
+        project: herd_core::ProjectId,
+        query: &TrendsQuery,
+        now: i64,
+    ) -> Result<String> {
+        let plans = crate::record_plans(self.trends(project, query, now)).await?;
+        Ok(plans.join("\n"))
+    }
+
     /// The rows of one series from `from` on, with `__bucket`, `__raw` (breakdown value),
     /// `__actor` and `__value`.
     fn series_frame(

@@ -7,8 +7,8 @@ mod common;
 
 use common::Fixture;
 use herd_query::{
-    FunnelExclusion, FunnelQuery, FunnelStep, Interval, QueryEngine, RetentionEntity,
-    RetentionQuery, RetentionType, Window, WindowUnit,
+    Breakdown, FunnelExclusion, FunnelQuery, FunnelStep, Interval, Math, MathSpec, QueryEngine,
+    RetentionEntity, RetentionQuery, RetentionType, Series, TrendsQuery, Window, WindowUnit,
 };
 
 /// Compares `plan` with the snapshot `name` (or writes it, with `HERD_UPDATE_PLANS=1`).
@@ -133,4 +133,34 @@ async fn first_time_retention_by_company() {
         .expect("explain");
     assert!(plan.contains("AggregateExec"), "{plan}");
     check(&f, "first_time_retention_by_company", &plan);
+}
+
+#[tokio::test]
+async fn unique_companies_by_their_plan() {
+    let (f, engine) = fixture().await;
+    f.group(0, "acme", serde_json::json!({"plan": "enterprise"}))
+        .await;
+    f.flush().await;
+    let q = TrendsQuery {
+        series: vec![Series {
+            event: Some("signup".into()),
+            math: MathSpec {
+                math: Math::UniqueGroup,
+                group_type: Some("company".into()),
+                ..MathSpec::default()
+            },
+            ..Series::default()
+        }],
+        interval: Some(Interval::Day),
+        date_from: "2024-01-01".into(),
+        date_to: "2024-01-07".into(),
+        breakdown: Some(Breakdown::group_property("company", "plan", 25)),
+        ..TrendsQuery::default()
+    };
+    let plan = engine
+        .explain_trends(f.project, &q, 0)
+        .await
+        .expect("explain");
+    assert!(plan.contains("DataSourceExec"), "{plan}");
+    check(&f, "unique_companies_by_their_plan", &plan);
 }

@@ -373,8 +373,21 @@ impl InsightsService for Insights {
         request: Request<proto::TrendsRequest>,
     ) -> Result<Response<proto::TrendsResponse>, Status> {
         let project = authenticate(self.engine.db(), &request)?.project().id;
-        let query = trends_query(request.into_inner())?;
+        let request = request.into_inner();
+        let explain = request.explain;
+        let query = trends_query(request)?;
         let now = chrono::Utc::now().timestamp_micros();
+        if explain {
+            let plan = self
+                .engine
+                .explain_trends(project, &query, now)
+                .await
+                .map_err(status)?;
+            return Ok(Response::new(proto::TrendsResponse {
+                plan,
+                ..Default::default()
+            }));
+        }
         let r = self
             .engine
             .trends(project, &query, now)
@@ -399,6 +412,7 @@ impl InsightsService for Insights {
             date_to_unix_micros: r.date_to,
             timezone: r.timezone,
             interval: interval_to_proto(r.interval) as i32,
+            plan: String::new(),
         }))
     }
 
