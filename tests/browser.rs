@@ -77,18 +77,7 @@ async fn cors_and_remote_config_answer_as_posthog_does() {
     assert_eq!(config["hasFeatureFlags"], false, "no flags yet");
     assert_eq!(config["supportedCompression"], json!(["gzip", "gzip-js"]));
     assert_eq!(config["sessionRecording"], false);
-    herd_flags(
-        &[
-            "create",
-            "--flag-key",
-            FLAG,
-            "--group-type",
-            "company",
-            "--rollout",
-            "50",
-        ],
-        &server,
-    );
+    create_flag(&server);
     let config: Value = http
         .get(server.url(&format!("/array/{TOKEN}/config")))
         .send()
@@ -121,6 +110,12 @@ async fn cors_and_remote_config_answer_as_posthog_does() {
         assert!(body["detail"].is_string(), "{path}: {body}");
     }
     server.terminate();
+}
+
+/// `FLAG`: a 50 % rollout to companies.
+fn create_flag(server: &Server) {
+    let args = ["create", "--flag-key", FLAG, "--group-type", "company"];
+    herd_flags(&[&args[..], &["--rollout", "50"]].concat(), server);
 }
 
 /// herd's own answer for `FLAG` with these groups (`POST /flags?v=2`).
@@ -167,18 +162,7 @@ async fn posthog_js_in_chromium_lands_groups_flags_and_reset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let project = create_project(dir.path())["id"].as_u64().expect("id");
     let server = Server::start(dir.path(), &["--flush-interval-ms", "200"]);
-    herd_flags(
-        &[
-            "create",
-            "--flag-key",
-            FLAG,
-            "--group-type",
-            "company",
-            "--rollout",
-            "50",
-        ],
-        &server,
-    );
+    create_flag(&server);
     let session = run_browser(&server);
     println!("browser session: {session:#}");
 

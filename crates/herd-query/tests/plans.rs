@@ -33,6 +33,16 @@ fn check(f: &Fixture, name: &str, plan: &str) {
     );
 }
 
+fn steps(names: &[&str]) -> Vec<FunnelStep> {
+    names
+        .iter()
+        .map(|n| FunnelStep {
+            event: Some((*n).to_string()),
+            ..FunnelStep::default()
+        })
+        .collect()
+}
+
 async fn fixture() -> (Fixture, QueryEngine) {
     let f = Fixture::new(&["company"]).await;
     f.events(&[
@@ -57,13 +67,7 @@ async fn fixture() -> (Fixture, QueryEngine) {
 async fn funnel_by_company_with_an_exclusion() {
     let (f, engine) = fixture().await;
     let q = FunnelQuery {
-        steps: ["signup", "install", "purchase"]
-            .iter()
-            .map(|n| FunnelStep {
-                event: Some((*n).to_string()),
-                ..FunnelStep::default()
-            })
-            .collect(),
+        steps: steps(&["signup", "install", "purchase"]),
         window: Some(Window {
             value: 7,
             unit: WindowUnit::Day,
@@ -91,13 +95,7 @@ async fn funnel_by_company_with_an_exclusion() {
 async fn ordered_funnel_by_user_split_in_two_inputs() {
     let (f, engine) = fixture().await;
     let q = FunnelQuery {
-        steps: ["signup", "install"]
-            .iter()
-            .map(|n| FunnelStep {
-                event: Some((*n).to_string()),
-                ..FunnelStep::default()
-            })
-            .collect(),
+        steps: steps(&["signup", "install"]),
         date_from: "2024-01-01".into(),
         date_to: "2024-01-31".into(),
         ..FunnelQuery::default()
