@@ -406,14 +406,6 @@ impl QueryEngine {
         r: &Resolved,
     ) -> Result<(exec::Input, Mode, Option<Buckets>)> {
         let events = self.events_source(project).await?;
-        let mut df = self.events_between(&events, r.range.from, r.scan_to)?;
-
-        let ts = |v: i64| {
-            lit(ScalarValue::TimestampMicrosecond(
-                Some(v),
-                Some("UTC".into()),
-            ))
-        };
         // Actors by their numbers when every row has them (no strings to hash).
         let numbered = events.numbered();
         // An ordered funnel without exclusions or breakdown over actor numbers keeps only the
@@ -423,6 +415,43 @@ impl QueryEngine {
             && !matches!(query.viz, FunnelViz::Trends)
             && r.breakdown.is_none()
             && query.exclusions.is_empty();
+        let df = self.events_between(&events, r.range.from, r.scan_to)?;
+        let df = self.funnel_events(project, df, r, numbered, split).await?;
+        let masks = Masks::new(query, r)?;
+        let (mode, buckets) = mode_of(query, r)?;
+        let columns = row_columns(r, numbered, &masks, buckets.as_ref());
+        // A split funnel's parts are each narrowed by their steps' event names, so that files
+        // sorted by event are read only where those are.
+        debug_assert!(!split || mode == Mode::Steps);
+        let input = if split {
+            split_input(df, query, columns, masks.first_by_name)?
+        } else {
+            let mut df = df.select(columns)?;
+            if query.order != Order::Strict && !masks.exact {
+                // Events of the funnel's names that pass none of the step or exclusion
+                // filters.
+                df = df.filter(
+                    col("__steps")
+                        .not_eq(u32_lit(0))
+                        .or(col("__excl").not_eq(u32_lit(0))),
+                )?;
+            }
+            exec::Input::All(df)
+        };
+        Ok((input, mode, buckets))
+    }
+
+    /// The events that can enter the funnel: of its names (unless split: each part narrows
+    /// by its own), with an actor, joined to the groups tables it needs, past the global
+    /// filters.
+    async fn funnel_events(
+        &self,
+        project: herd_core::ProjectId,
+        mut df: DataFrame,
+        r: &Resolved,
+        numbered: bool,
+        split: bool,
+    ) -> Result<DataFrame> {
         let mut pred = Vec::new();
         // A split funnel's parts are each narrowed by their own steps' names (below): the
         // list of all names would be one more string lookup per row.
@@ -454,150 +483,7 @@ impl QueryEngine {
         if let Some(g) = &r.global {
             df = df.filter(g.clone())?;
         }
-
-        // Steps and exclusions that are an event name alone go through one name → mask
-        // lookup; the others (property filters, any event, the bounded first step) through
-        // their condition. `exact`: every event the scan keeps matches a step or exclusion.
-        let mut exact = r.event_names.is_some();
-        let mut step_names = Vec::new();
-        let mut steps_mask = lit(ScalarValue::UInt32(Some(0)));
-        for (k, cond) in r.step_exprs.iter().enumerate() {
-            let step = &query.steps[k];
-            let bounded = k == 0 && r.scan_to > r.range.to;
-            match &step.event {
-                Some(name) if step.filters.is_empty() && !bounded => {
-                    step_names.push((name.clone(), 1 << k));
-                    continue;
-                }
-                _ => exact = false,
-            }
-            let mut cond = cond.clone();
-            if bounded {
-                // Entries only before date_to; later events can only complete them.
-                cond = cond.and(col(TIMESTAMP).lt_eq(ts(r.range.to)));
-            }
-            steps_mask = bit_or(
-                steps_mask,
-                when(cond, lit(ScalarValue::UInt32(Some(1 << k))))
-                    .otherwise(lit(ScalarValue::UInt32(Some(0))))?,
-            );
-        }
-        // Whether the first step is a plain event name (matched by name alone).
-        let first_by_name = step_names.iter().any(|(_, bit)| *bit == 1);
-        if !step_names.is_empty() {
-            steps_mask = bit_or(steps_mask, EventMaskUdf::expr(step_names, col(EVENT)));
-        }
-        let mut excl_names = Vec::new();
-        let mut excl_mask = lit(ScalarValue::UInt32(Some(0)));
-        for (x, (cond, mask)) in query.exclusions.iter().zip(&r.exclusion_exprs) {
-            match &x.event {
-                Some(name) if x.filters.is_empty() => {
-                    excl_names.push((name.clone(), *mask));
-                    continue;
-                }
-                _ => exact = false,
-            }
-            excl_mask = bit_or(
-                excl_mask,
-                when(cond.clone(), lit(ScalarValue::UInt32(Some(*mask))))
-                    .otherwise(lit(ScalarValue::UInt32(Some(0))))?,
-            );
-        }
-        if !excl_names.is_empty() {
-            excl_mask = bit_or(excl_mask, EventMaskUdf::expr(excl_names, col(EVENT)));
-        }
-        let actor = match (r.actor_group, numbered) {
-            (Some(n), true) => col(group_number_column(n)),
-            (None, true) => col(DISTINCT_ID_NUM),
-            (Some(n), false) => col(group_column(n)),
-            (None, false) => col(DISTINCT_ID),
-        };
-        let bd = match &r.breakdown {
-            Some(e) => cast_expr(e.clone(), DataType::Utf8),
-            None => lit(ScalarValue::Utf8(None)),
-        };
-        let (mode, buckets) = match query.viz {
-            FunnelViz::Trends => {
-                let b = Buckets::new(
-                    r.range,
-                    query.interval.unwrap_or(Interval::Day),
-                    query.week_start,
-                    0,
-                )?;
-                (
-                    Mode::Trends {
-                        from_step: r.from_step,
-                        to_step: r.to_step,
-                    },
-                    Some(b),
-                )
-            }
-            _ => (Mode::Steps, None),
-        };
-        let bucket = match &buckets {
-            Some(b) => BucketUdf::expr(b, col(TIMESTAMP)),
-            None => lit(0i32),
-        };
-        let columns = vec![
-            actor.alias(ACTOR),
-            cast_expr(col(TIMESTAMP), DataType::Int64).alias("__ts"),
-            steps_mask.alias("__steps"),
-            excl_mask.alias("__excl"),
-            bd.alias("__bd"),
-            bucket.alias("__bucket"),
-        ];
-        let steps_col = || col("__steps");
-        let u32_lit = |v: u32| lit(ScalarValue::UInt32(Some(v)));
-        // A split funnel's parts are each narrowed by their steps' event names, so that files
-        // sorted by event are read only where those are.
-        debug_assert!(!split || mode == Mode::Steps);
-        let input = if split {
-            let named = |steps: &[FunnelStep]| -> Option<Expr> {
-                let names: Option<Vec<Expr>> =
-                    steps.iter().map(|s| s.event.as_deref().map(lit)).collect();
-                names.map(|n| col(EVENT).in_list(n, false))
-            };
-            let narrow = |df: DataFrame, e: Option<Expr>| match e {
-                Some(e) => df.filter(e),
-                None => Ok(df),
-            };
-            let later = narrow(df.clone(), named(&query.steps[1..]))?
-                .select(columns.clone())?
-                .filter(steps_col().gt_eq(u32_lit(2)))?;
-            // Only the entries' actors and times are used (their other columns are known).
-            // When the first step is a plain event name that no later step can match, its
-            // rows are exactly the events of that name: no step mask to compute per row.
-            let first = &query.steps[0];
-            let plain_first = first.event.as_ref().filter(|name| {
-                first_by_name
-                    && query.steps[1..]
-                        .iter()
-                        .all(|s| s.event.as_ref().is_some_and(|later| later != *name))
-            });
-            let entries = match plain_first {
-                Some(name) => df
-                    .filter(col(EVENT).eq(lit(name.as_str())))?
-                    .select(columns[..2].to_vec())?,
-                None => narrow(df, named(&query.steps[..1]))?
-                    .select(columns)?
-                    .filter(steps_col().eq(u32_lit(1)))?
-                    .select_columns(&[ACTOR, "__ts"])?,
-            };
-            exec::Input::Split { later, entries }
-        } else {
-            df = df.select(columns)?;
-            if query.order != Order::Strict && !exact {
-                // Events of the funnel's names that pass none of the step or exclusion
-                // filters.
-                df = df.filter(
-                    steps_col()
-                        .not_eq(u32_lit(0))
-                        .or(col("__excl").not_eq(u32_lit(0))),
-                )?;
-            }
-            exec::Input::All(df)
-        };
-        Ok((input, mode, buckets))
+        Ok(df)
     }
 
     /// The funnel's one physical plan: its rows and the [`exec::FunnelExec`] over them.
@@ -650,6 +536,164 @@ fn list_items(list: &datafusion::arrow::array::ListArray) -> datafusion::arrow::
         .as_struct()
         .clone()
         .into()
+}
+
+fn u32_lit(v: u32) -> Expr {
+    lit(ScalarValue::UInt32(Some(v)))
+}
+
+/// The steps and exclusions matched by each row, as bitmasks. Steps and exclusions that are an
+/// event name alone go through one name → mask lookup; the others (property filters, any
+/// event, the bounded first step) through their condition.
+struct Masks {
+    steps: Expr,
+    excl: Expr,
+    /// Every event the scan keeps matches a step or exclusion.
+    exact: bool,
+    /// The first step is a plain event name (matched by name alone).
+    first_by_name: bool,
+}
+
+impl Masks {
+    fn new(query: &FunnelQuery, r: &Resolved) -> Result<Self> {
+        let mut exact = r.event_names.is_some();
+        let mut step_names = Vec::new();
+        let mut steps = u32_lit(0);
+        for (k, cond) in r.step_exprs.iter().enumerate() {
+            let step = &query.steps[k];
+            let bounded = k == 0 && r.scan_to > r.range.to;
+            match &step.event {
+                Some(name) if step.filters.is_empty() && !bounded => {
+                    step_names.push((name.clone(), 1 << k));
+                    continue;
+                }
+                _ => exact = false,
+            }
+            let mut cond = cond.clone();
+            if bounded {
+                // Entries only before date_to; later events can only complete them.
+                let to = ScalarValue::TimestampMicrosecond(Some(r.range.to), Some("UTC".into()));
+                cond = cond.and(col(TIMESTAMP).lt_eq(lit(to)));
+            }
+            steps = bit_or(steps, when(cond, u32_lit(1 << k)).otherwise(u32_lit(0))?);
+        }
+        let first_by_name = step_names.iter().any(|(_, bit)| *bit == 1);
+        if !step_names.is_empty() {
+            steps = bit_or(steps, EventMaskUdf::expr(step_names, col(EVENT)));
+        }
+        let mut excl_names = Vec::new();
+        let mut excl = u32_lit(0);
+        for (x, (cond, mask)) in query.exclusions.iter().zip(&r.exclusion_exprs) {
+            match &x.event {
+                Some(name) if x.filters.is_empty() => {
+                    excl_names.push((name.clone(), *mask));
+                    continue;
+                }
+                _ => exact = false,
+            }
+            excl = bit_or(
+                excl,
+                when(cond.clone(), u32_lit(*mask)).otherwise(u32_lit(0))?,
+            );
+        }
+        if !excl_names.is_empty() {
+            excl = bit_or(excl, EventMaskUdf::expr(excl_names, col(EVENT)));
+        }
+        Ok(Self {
+            steps,
+            excl,
+            exact,
+            first_by_name,
+        })
+    }
+}
+
+/// What the aggregate computes, and a funnel trend's buckets.
+fn mode_of(query: &FunnelQuery, r: &Resolved) -> Result<(Mode, Option<Buckets>)> {
+    Ok(match query.viz {
+        FunnelViz::Trends => {
+            let interval = query.interval.unwrap_or(Interval::Day);
+            let b = Buckets::new(r.range, interval, query.week_start, 0)?;
+            let mode = Mode::Trends {
+                from_step: r.from_step,
+                to_step: r.to_step,
+            };
+            (mode, Some(b))
+        }
+        _ => (Mode::Steps, None),
+    })
+}
+
+/// The funnel's row: `(__actor, __ts, __steps, __excl, __bd, __bucket)`.
+fn row_columns(
+    r: &Resolved,
+    numbered: bool,
+    masks: &Masks,
+    buckets: Option<&Buckets>,
+) -> Vec<Expr> {
+    let actor = match (r.actor_group, numbered) {
+        (Some(n), true) => col(group_number_column(n)),
+        (None, true) => col(DISTINCT_ID_NUM),
+        (Some(n), false) => col(group_column(n)),
+        (None, false) => col(DISTINCT_ID),
+    };
+    let bd = match &r.breakdown {
+        Some(e) => cast_expr(e.clone(), DataType::Utf8),
+        None => lit(ScalarValue::Utf8(None)),
+    };
+    let bucket = match buckets {
+        Some(b) => BucketUdf::expr(b, col(TIMESTAMP)),
+        None => lit(0i32),
+    };
+    vec![
+        actor.alias(ACTOR),
+        cast_expr(col(TIMESTAMP), DataType::Int64).alias("__ts"),
+        masks.steps.clone().alias("__steps"),
+        masks.excl.clone().alias("__excl"),
+        bd.alias("__bd"),
+        bucket.alias("__bucket"),
+    ]
+}
+
+/// A split funnel's two parts (see [`exec::Input::Split`]), each narrowed by its steps'
+/// event names.
+fn split_input(
+    df: DataFrame,
+    query: &FunnelQuery,
+    columns: Vec<Expr>,
+    first_by_name: bool,
+) -> Result<exec::Input> {
+    let named = |steps: &[FunnelStep]| -> Option<Expr> {
+        let names: Option<Vec<Expr>> = steps.iter().map(|s| s.event.as_deref().map(lit)).collect();
+        names.map(|n| col(EVENT).in_list(n, false))
+    };
+    let narrow = |df: DataFrame, e: Option<Expr>| match e {
+        Some(e) => df.filter(e),
+        None => Ok(df),
+    };
+    let later = narrow(df.clone(), named(&query.steps[1..]))?
+        .select(columns.clone())?
+        .filter(col("__steps").gt_eq(u32_lit(2)))?;
+    // Only the entries' actors and times are used (their other columns are known). When the
+    // first step is a plain event name that no later step can match, its rows are exactly the
+    // events of that name: no step mask to compute per row.
+    let first = &query.steps[0];
+    let plain_first = first.event.as_ref().filter(|name| {
+        first_by_name
+            && query.steps[1..]
+                .iter()
+                .all(|s| s.event.as_ref().is_some_and(|later| later != *name))
+    });
+    let entries = match plain_first {
+        Some(name) => df
+            .filter(col(EVENT).eq(lit(name.as_str())))?
+            .select(columns[..2].to_vec())?,
+        None => narrow(df, named(&query.steps[..1]))?
+            .select(columns)?
+            .filter(col("__steps").eq(u32_lit(1)))?
+            .select_columns(&[ACTOR, "__ts"])?,
+    };
+    Ok(exec::Input::Split { later, entries })
 }
 
 fn bit_or(a: Expr, b: Expr) -> Expr {
