@@ -22,8 +22,8 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Int32Type,
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator, JoinType,
-    Signature, Volatility, cast as cast_expr, lit, when,
+    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator, Signature,
+    Volatility, cast as cast_expr, lit, when,
 };
 use datafusion::prelude::{DataFrame, col};
 use futures::StreamExt;
@@ -33,7 +33,7 @@ use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, End, Interval, TimeRange, WeekStart, parse_date, parse_timezone};
 use crate::filters::{
     FilterBudget, PropertyGroup, PropertySource, event_condition, group_column, group_index,
-    group_key_column, property_expr,
+    property_expr,
 };
 use crate::trends::{BREAKDOWN_NULL, BREAKDOWN_OTHER, Breakdown, DEFAULT_BREAKDOWN_LIMIT};
 use crate::{Error, QueryEngine, Result};
@@ -413,18 +413,7 @@ impl QueryEngine {
         }
         let events = self.events_table(project).await?;
         let mut df = self.context().read_table(events)?.filter(pred)?;
-        for n in &joins {
-            let table = self.groups_table(project, *n).await?;
-            let right = self.context().read_table(table)?;
-            let key = group_key_column(*n);
-            df = df.join(
-                right,
-                JoinType::Left,
-                &[group_column(*n)],
-                &[key.as_str()],
-                None,
-            )?;
-        }
+        df = self.join_groups(project, df, &joins).await?;
         if let Some(g) = global {
             df = df.filter(g)?;
         }

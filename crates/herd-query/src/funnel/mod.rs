@@ -24,9 +24,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
-use datafusion::logical_expr::{
-    BinaryExpr, Expr, JoinType, Operator, cast as cast_expr, lit, when,
-};
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, cast as cast_expr, lit, when};
 use datafusion::prelude::{DataFrame, col};
 use herd_core::GroupTypeMapping;
 use herd_core::schema::{DISTINCT_ID, DISTINCT_ID_NUM, EVENT, TIMESTAMP};
@@ -36,7 +34,7 @@ use crate::calendar::{Buckets, Interval, TimeRange, WeekStart, parse_range, pars
 use crate::event_mask::EventMaskUdf;
 use crate::filters::{
     FilterBudget, PropertyGroup, PropertySource, event_condition, group_column, group_index,
-    group_key_column, group_number_column, property_expr,
+    group_number_column, property_expr,
 };
 use crate::trends::{Breakdown, DEFAULT_BREAKDOWN_LIMIT};
 use crate::{Error, QueryEngine, Result};
@@ -468,18 +466,7 @@ impl QueryEngine {
         if let Some(pred) = pred.into_iter().reduce(Expr::and) {
             df = df.filter(pred)?;
         }
-        for n in &r.joins {
-            let table = self.groups_table(project, *n).await?;
-            let right = self.context().read_table(table)?;
-            let key = group_key_column(*n);
-            df = df.join(
-                right,
-                JoinType::Left,
-                &[group_column(*n)],
-                &[key.as_str()],
-                None,
-            )?;
-        }
+        df = self.join_groups(project, df, &r.joins).await?;
         if let Some(g) = &r.global {
             df = df.filter(g.clone())?;
         }
