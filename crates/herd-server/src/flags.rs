@@ -1,5 +1,5 @@
-//! Feature flags at the server edge: the state the HTTP routes ([`crate::flags_http`]) and the
-//! gRPC service ([`crate::flags_service`]) share, and the one mapping of flag errors to HTTP
+//! Feature flags at the server edge: the state the HTTP routes ([`crate::http::flags`]) and the
+//! gRPC service ([`crate::grpc::flags`]) share, and the one mapping of flag errors to HTTP
 //! statuses and gRPC codes ([`FlagsError`]).
 //!
 //! Server-side evaluation of one request (protocol spec §3.3):

@@ -1,23 +1,18 @@
 //! herd-server: herd's network edge.
 //!
-//! Owns the HTTP capture endpoints ([`http`]), the gRPC listener with the standard health
-//! service ([`grpc`]), configuration ([`config`]), the background flusher, and graceful
-//! shutdown: stop accepting, finish in-flight requests, flush the write buffer, stop the WAL.
-//! Feature flags: the shared state and its error mapping ([`flags`]), the SDK endpoints
-//! ([`flags_http`]) and the gRPC service ([`flags_service`]); posthog-js's remote config
-//! ([`remote_config`]).
-//! Every library error is mapped to a status exactly once, in [`http::ApiError`].
+//! Owns the HTTP edge ([`http`]: capture, the SDKs' flag endpoints in [`http::flags`],
+//! posthog-js's remote config in [`http::remote_config`]), the gRPC edge ([`grpc`]: auth, the
+//! insights, groups and flags services, health, reflection), configuration ([`config`]), the
+//! background flusher, and graceful shutdown: stop accepting, finish in-flight requests, flush
+//! the write buffer, stop the WAL. Feature flags' shared state and its error mapping live in
+//! [`flags`]. Every library error is mapped to a status exactly once at each edge
+//! ([`http::ApiError`], [`grpc::insights::status`], [`flags::FlagsError`]).
 
 pub mod codec;
 pub mod config;
 pub mod flags;
-pub mod flags_http;
-pub mod flags_service;
-pub mod groups_service;
 pub mod grpc;
 pub mod http;
-pub mod insights_service;
-pub mod remote_config;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -163,7 +158,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
             http::serve(
                 http_listener,
                 ingestor,
-                flags_http::router(flags.clone()).merge(remote_config::router(flags.clone())),
+                http::flags::router(flags.clone())
+                    .merge(http::remote_config::router(flags.clone())),
                 stopped(stop_rx.clone()),
             ),
             stopped(stop_rx.clone()),

@@ -1,5 +1,5 @@
 //! `herd.v1.FlagsService`: create, update, list, get and delete a project's flag definitions,
-//! and evaluate them for one actor. Errors go through [`FlagsError`]'s one mapping.
+//! and evaluate them for one actor. Errors go through [`crate::flags::FlagsError`]'s one mapping.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -39,7 +39,7 @@ impl Groups {
 
 fn type_index(mapping: &GroupTypeMapping, group_type: &str) -> Result<u8, Status> {
     herd_query::filters::group_index(mapping, "group_type", group_type)
-        .map_err(crate::insights_service::status)
+        .map_err(crate::grpc::insights::status)
 }
 
 /// serde_json → google.protobuf.Value.
@@ -202,7 +202,7 @@ impl GroupsService for Groups {
             .engine
             .related_actors(project, index, &req.key, now, limit)
             .await
-            .map_err(crate::insights_service::status)?;
+            .map_err(crate::grpc::insights::status)?;
         Ok(Response::new(RelatedActorsResponse {
             users: related.users,
             groups: related

@@ -16,6 +16,10 @@ use tonic::{Request, Response, Status};
 use crate::{Error, Result};
 
 /// Generated code of `proto/herd/v1`.
+pub mod flags;
+pub mod groups;
+pub mod insights;
+
 pub mod proto {
     #![allow(missing_docs, unreachable_pub, clippy::all)]
     tonic::include_proto!("herd.v1");
@@ -106,13 +110,13 @@ pub async fn serve(
         .set_serving::<ServerInfoServiceServer<ServerInfo>>()
         .await;
     reporter
-        .set_serving::<proto::groups_service_server::GroupsServiceServer<crate::groups_service::Groups>>()
+        .set_serving::<proto::groups_service_server::GroupsServiceServer<crate::grpc::groups::Groups>>()
         .await;
     reporter
-        .set_serving::<proto::insights_service_server::InsightsServiceServer<crate::insights_service::Insights>>()
+        .set_serving::<proto::insights_service_server::InsightsServiceServer<crate::grpc::insights::Insights>>()
         .await;
     reporter
-        .set_serving::<proto::flags_service_server::FlagsServiceServer<crate::flags_service::Flags>>()
+        .set_serving::<proto::flags_service_server::FlagsServiceServer<crate::grpc::flags::Flags>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -127,8 +131,8 @@ pub async fn serve(
         .map_err(|e| Error::Grpc(format!("reflection: {e}")))?;
     let engine = herd_query::QueryEngine::new(db.clone())
         .map_err(|e| Error::Grpc(format!("query engine: {e}")))?;
-    let groups = crate::groups_service::Groups::new(db.clone(), engine.clone());
-    let insights = crate::insights_service::Insights::new(engine);
+    let groups = crate::grpc::groups::Groups::new(db.clone(), engine.clone());
+    let insights = crate::grpc::insights::Insights::new(engine);
     let info = ServerInfo {
         db,
         started_at: chrono::Utc::now().timestamp_micros(),
@@ -145,7 +149,7 @@ pub async fn serve(
             insights,
         ))
         .add_service(proto::flags_service_server::FlagsServiceServer::new(
-            crate::flags_service::Flags::new(flags),
+            crate::grpc::flags::Flags::new(flags),
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await

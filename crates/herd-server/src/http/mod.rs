@@ -4,6 +4,9 @@
 //! `{"type", "code", "detail"}` with 400, 401, 413 or 503. Every HTTP route answers CORS
 //! (preflights included) as PostHog's capture does.
 
+pub mod flags;
+pub mod remote_config;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
