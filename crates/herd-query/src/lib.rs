@@ -393,19 +393,40 @@ fn explain_enabled() -> bool {
 
 tokio::task_local! {
     /// The physical plans an insight query ran, when it runs under [`record_plans`].
-    static RECORDED: std::cell::RefCell<Vec<String>>;
+    static RECORDED: std::cell::RefCell<Vec<Arc<dyn datafusion::physical_plan::ExecutionPlan>>>;
 }
 
-/// Runs `query` and returns the physical plans it ran, in order, each as `EXPLAIN` shows it.
-/// For insights whose later plans depend on what earlier ones found (a trend's breakdown
-/// values are ranked first, then counted), so their plans can only be shown by running them.
-pub(crate) async fn record_plans<T>(query: impl Future<Output = Result<T>>) -> Result<Vec<String>> {
+/// Runs `query` and returns its answer and the physical plans it ran, in order, with their
+/// execution metrics. For insights whose later plans depend on what earlier ones found (a
+/// trend's breakdown values are ranked first, then counted), so their plans can only be shown
+/// by running them, and for `EXPLAIN ANALYZE`.
+pub(crate) async fn record_plans<T>(
+    query: impl Future<Output = Result<T>>,
+) -> Result<(T, Vec<Arc<dyn datafusion::physical_plan::ExecutionPlan>>)> {
     RECORDED
         .scope(std::cell::RefCell::new(Vec::new()), async {
-            query.await?;
-            Ok(RECORDED.with(|r| r.take()))
+            let answer = query.await?;
+            Ok((answer, RECORDED.with(|r| r.take())))
         })
         .await
+}
+
+/// Plans one per line as `EXPLAIN` shows them (children indented), a blank line between;
+/// with `metrics`, as `EXPLAIN ANALYZE` does.
+pub(crate) fn show_plans(
+    plans: &[Arc<dyn datafusion::physical_plan::ExecutionPlan>],
+    metrics: bool,
+) -> String {
+    use datafusion::physical_plan::display::DisplayableExecutionPlan;
+    let shown: Vec<String> = plans
+        .iter()
+        .map(|p| match metrics {
+            true => DisplayableExecutionPlan::with_metrics(p.as_ref()),
+            false => DisplayableExecutionPlan::new(p.as_ref()),
+        })
+        .map(|d| d.indent(true).to_string())
+        .collect();
+    shown.join("\n")
 }
 
 /// Prints its plan with metrics to standard error when dropped (after the stream is drained)
@@ -423,16 +444,12 @@ impl Explain {
 impl Drop for Explain {
     fn drop(&mut self) {
         let Some(plan) = &self.0 else { return };
-        let _ = RECORDED.try_with(|r| {
-            let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(true);
-            r.borrow_mut().push(shown.to_string());
-        });
+        let _ = RECORDED.try_with(|r| r.borrow_mut().push(plan.clone()));
         if explain_enabled() {
-            let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
-                plan.as_ref(),
-            )
-            .indent(true);
-            eprintln!("{EXPLAIN_ENV}:\n{shown}");
+            eprintln!(
+                "{EXPLAIN_ENV}:\n{}",
+                show_plans(std::slice::from_ref(plan), true)
+            );
         }
     }
 }

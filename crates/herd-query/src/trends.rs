@@ -315,8 +315,8 @@ impl QueryEngine {
         query: &TrendsQuery,
         now: i64,
     ) -> Result<String> {
-        let plans = crate::record_plans(self.trends(project, query, now)).await?;
-        Ok(plans.join("\n"))
+        let (_, plans) = crate::record_plans(self.trends(project, query, now)).await?;
+        Ok(crate::show_plans(&plans, false))
     }
 
     /// The rows of one series from `from` on, with `__bucket`, `__raw` (breakdown value),

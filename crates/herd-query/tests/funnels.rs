@@ -130,12 +130,25 @@ async fn a_small_memory_pool_makes_the_funnel_spill_with_the_same_answers() {
     let f = example_b().await;
     f.flush().await;
     let small = QueryEngine::with_options(f.db.clone(), Some(2), Some(16 << 10)).expect("engine");
+    let spills = regex::Regex::new(r"FunnelExec: .*spill_count=([1-9][0-9]*),").expect("re");
     for group in [Some("company"), None] {
         let mut q = funnel(&["signup", "install", "purchase"], days(1));
         q.aggregation_group_type = group.map(str::to_string);
-        let want = f.engine.funnel(f.project, &q, 0).await.expect("funnel");
-        let got = small.funnel(f.project, &q, 0).await.expect("small pool");
+        let (want, plan) = f
+            .engine
+            .analyze_funnel(f.project, &q, 0)
+            .await
+            .expect("funnel");
+        assert!(
+            plan.contains("spill_count=0,"),
+            "no spills unbounded: {plan}"
+        );
+        let (got, plan) = small
+            .analyze_funnel(f.project, &q, 0)
+            .await
+            .expect("small pool");
         assert_eq!(got, want, "{group:?}");
+        assert!(spills.is_match(&plan), "the small pool spills: {plan}");
     }
 }
 

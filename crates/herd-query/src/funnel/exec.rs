@@ -104,7 +104,8 @@ impl Budget {
                 self.spilled_rows.add(rows);
             }
         }
-        self.release()
+        self.release();
+        Ok(())
     }
 
     /// Charges one bucket read back for evaluation. It cannot spill again, so it is charged
@@ -117,10 +118,9 @@ impl Budget {
     }
 
     /// Drops this partition's charge.
-    fn release(&mut self) -> Result<()> {
+    fn release(&mut self) {
         self.set_mine(0);
         self.reservation.free();
-        Ok(())
     }
 
     /// Sets this partition's share of `held`; returns the new total.
@@ -453,6 +453,8 @@ pub(crate) struct FunnelExec {
     memory: usize,
     /// Row bytes held by all partitions of one execution.
     held: Arc<AtomicUsize>,
+    /// Hash buckets per partition (see [`FunnelExec::buckets`]).
+    buckets: usize,
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -480,6 +482,7 @@ impl FunnelExec {
         memory: usize,
     ) -> Self {
         let cache = Arc::new(Self::properties_of(&later, &params, &mode));
+        let buckets = Self::buckets(&later, entries.as_ref(), memory);
         Self {
             later,
             entries,
@@ -487,6 +490,7 @@ impl FunnelExec {
             mode,
             memory,
             held: Arc::default(),
+            buckets,
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
         }
@@ -513,17 +517,19 @@ impl FunnelExec {
 
     /// Hash buckets per partition: enough that evaluating one bucket per partition at once
     /// (rows copied while sorted) fits the budget even if every source row were kept.
-    fn buckets(&self) -> usize {
-        let rows = match &self.entries {
-            Some(e) => source_rows(&self.later)
-                .zip(source_rows(e))
-                .map(|(a, b)| a + b),
-            None => source_rows(&self.later),
+    fn buckets(
+        later: &Arc<dyn ExecutionPlan>,
+        entries: Option<&Arc<dyn ExecutionPlan>>,
+        memory: usize,
+    ) -> usize {
+        let rows = match entries {
+            Some(e) => source_rows(later).zip(source_rows(e)).map(|(a, b)| a + b),
+            None => source_rows(later),
         };
         match rows {
             Some(rows) => {
                 let worst = rows.saturating_mul(ROW_BYTES).saturating_mul(2);
-                (worst / self.memory.max(1)).saturating_add(1)
+                (worst / memory.max(1)).saturating_add(1)
             }
             None => BUCKETS,
         }
@@ -641,7 +647,7 @@ impl ExecutionPlan for FunnelExec {
             later: self.later.clone(),
             entries: self.entries.clone(),
             partition,
-            shards: (0..self.buckets())
+            shards: (0..self.buckets)
                 .map(|_| Shard::new(&self.params, &self.mode))
                 .collect(),
             budget: Budget {
@@ -718,7 +724,7 @@ impl PartitionRun {
             self.budget.account_one(&shard);
             let outcomes = shard.acc.evaluate_all()?;
             drop(shard);
-            self.budget.release()?;
+            self.budget.release();
             let batch = RecordBatch::try_new(schema.clone(), vec![outcomes])?;
             self.baseline.record_output(batch.num_rows());
             out.push(batch);

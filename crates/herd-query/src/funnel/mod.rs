@@ -395,6 +395,18 @@ impl QueryEngine {
             .to_string())
     }
 
+    /// Runs a funnel query (`EXPLAIN ANALYZE`): its answer and its physical plan with each
+    /// operator's execution metrics (rows, time, the funnel's spills).
+    pub async fn analyze_funnel(
+        &self,
+        project: herd_core::ProjectId,
+        query: &FunnelQuery,
+        now: i64,
+    ) -> Result<(FunnelResult, String)> {
+        let (answer, plans) = crate::record_plans(self.funnel(project, query, now)).await?;
+        Ok((answer, crate::show_plans(&plans, true)))
+    }
+
     /// The funnel's rows as logical plans (see [`exec::Input`]), what the aggregate computes,
     /// and the buckets of a funnel trend.
     async fn funnel_input(
