@@ -13,6 +13,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
 use crate::funnel::plan::FunnelPlanner;
+use crate::trends::breakdown::BreakdownPlanner;
 
 /// DataFusion's physical planner with herd's extension planners.
 #[derive(Debug, Default)]
@@ -25,7 +26,7 @@ impl QueryPlanner for HerdQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(FunnelPlanner)])
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(FunnelPlanner), Arc::new(BreakdownPlanner)])
             .create_physical_plan(logical_plan, session)
             .await
     }

@@ -1,7 +1,9 @@
 //! Property test: random events, a random timezone (DST and half-/quarter-hour offsets
 //! included), interval and week start → total, unique users and unique groups per bucket
 //! equal a brute-force count written plainly here with chrono-tz; and unique groups and users
-//! broken down by the company's current `plan` equal a brute-force count per plan.
+//! broken down by the company's current `plan` equal a brute-force count per plan; and a
+//! breakdown by an event property with a random limit, "other" shown or hidden, in every
+//! display (weekly active companies on daily charts too) equals a brute-force ranking.
 
 mod common;
 
@@ -11,7 +13,9 @@ use chrono::{Datelike, Duration, NaiveDate, TimeZone, Timelike};
 use chrono_tz::Tz;
 use common::Fixture;
 use herd_core::Event;
-use herd_query::{Breakdown, Interval, Math, MathSpec, Series, TrendsQuery, WeekStart};
+use herd_query::{
+    Breakdown, Display, Interval, Math, MathSpec, Series, TrendsQuery, WeekStart,
+};
 use proptest::prelude::*;
 
 const ZONES: [&str; 7] = [
@@ -41,6 +45,11 @@ struct Case {
     flush_after: usize,
     /// Per company c1..c4: 0 no group row, 1 properties without `plan`, 2 free, 3 pro.
     plans: Vec<u8>,
+    /// The event-property breakdown: limit, hide "other", display (0 series, 1 total, 2
+    /// cumulative).
+    limit: usize,
+    hide_other: bool,
+    display: u8,
 }
 
 /// Distinct companies and distinct users.
@@ -71,10 +80,25 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec((0i64..(12 * 24 * 60), 0u8..6, 0u8..5), 0..80),
         0usize..80,
         prop::collection::vec(0u8..4, 4),
+        (1usize..4, any::<bool>(), 0u8..3),
     )
         .prop_map(
-            |(zone, start, interval, week_start, from_day, days, events, flush_after, plans)| {
+            |(
+                zone,
+                start,
+                interval,
+                week_start,
+                from_day,
+                days,
+                events,
+                flush_after,
+                plans,
+                (limit, hide_other, display),
+            )| {
                 Case {
+                    limit,
+                    hide_other,
+                    display,
                     zone,
                     start,
                     interval,
@@ -142,7 +166,10 @@ fn check(c: Case) {
             event: "e".into(),
             distinct_id: format!("u{user}"),
             timestamp: base + minute * 60_000_000 + (i as i64 % 60) * 1_000_000,
-            properties: "{}".into(),
+            properties: match source(i) {
+                Some(v) => serde_json::json!({ "src": v }).to_string(),
+                None => "{}".into(),
+            },
             groups: [
                 if *company == 0 {
                     String::new()
@@ -355,7 +382,189 @@ fn check(c: Case) {
             want.insert((2, plan.to_string(), l.clone()), users.len() as f64);
         }
         assert_eq!(got, want, "breakdown by plan, case {c:?}");
+
+        let q = TrendsQuery {
+            series: match c.interval {
+                Interval::Day => vec![
+                    s(Math::Total, None),
+                    s(Math::Dau, None),
+                    s(Math::WeeklyActive, Some("company")),
+                ],
+                _ => vec![s(Math::Total, None), s(Math::Dau, None)],
+            },
+            breakdown: Some(Breakdown {
+                property: "src".into(),
+                source: herd_query::PropertySource::Event,
+                limit: c.limit,
+                hide_other: c.hide_other,
+            }),
+            display: [Display::TimeSeries, Display::TotalValue, Display::Cumulative]
+                [usize::from(c.display)],
+            ..q
+        };
+        let r = f
+            .engine
+            .trends(f.project, &q, 0)
+            .await
+            .expect("event breakdown");
+        let want = brute_breakdown(&c, tz, &events, &q, &r.labels, (from, to), &first_label);
+        let got: Vec<(usize, String, Vec<f64>)> = r
+            .results
+            .iter()
+            .map(|l| {
+                let data = match q.display {
+                    Display::TotalValue => vec![l.aggregated_value.expect("total")],
+                    _ => l.data.clone(),
+                };
+                (l.series_index, l.breakdown_value.clone().expect("value"), data)
+            })
+            .collect();
+        assert_eq!(got, want, "breakdown by src, case {c:?}\nlabels {:?}", r.labels);
     });
+}
+
+/// The `src` property of event `i` (none for every fifth).
+fn source(i: usize) -> Option<String> {
+    (i % 5 != 0).then(|| format!("s{}", (i * 7 + i / 3) % 4))
+}
+
+/// Lines of a breakdown by `src`, computed plainly: rank the values in range by the
+/// series' math, keep the top `limit`, label the rest "other" (when shown and there are
+/// more), then each display's values per line.
+fn brute_breakdown(
+    c: &Case,
+    tz: Tz,
+    events: &[Event],
+    q: &TrendsQuery,
+    labels: &[String],
+    (from, to): (NaiveDate, NaiveDate),
+    first_label: &str,
+) -> Vec<(usize, String, Vec<f64>)> {
+    use herd_query::trends::{BREAKDOWN_NULL, BREAKDOWN_OTHER};
+    let day_of = |e: &Event| {
+        tz.timestamp_micros(e.timestamp)
+            .single()
+            .expect("instant")
+            .date_naive()
+    };
+    let visible = |e: &Event| {
+        let (_, l) = label(tz, e.timestamp, c.interval, c.week_start);
+        day_of(e) <= to
+            && match c.interval {
+                Interval::Hour => day_of(e) >= from,
+                _ => l.as_str() >= first_label,
+            }
+    };
+    let src = |i: usize| source(i);
+    let mut out = Vec::new();
+    for (k, series) in q.series.iter().enumerate() {
+        let math = series.math.math;
+        // The actor an event counts for (None: it does not count).
+        let actor = |e: &Event| -> Option<String> {
+            match math {
+                Math::Total => Some(e.uuid.to_string()),
+                Math::Dau => Some(e.distinct_id.clone()),
+                _ => (!e.groups[0].is_empty()).then(|| e.groups[0].clone()),
+            }
+        };
+        let mut rank: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (i, e) in events.iter().enumerate() {
+            if let (true, Some(v), Some(a)) = (visible(e), src(i), actor(e)) {
+                rank.entry(v).or_default().insert(a);
+            }
+        }
+        let mut ranked: Vec<(String, usize)> =
+            rank.into_iter().map(|(v, a)| (v, a.len())).collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let more = ranked.len() > c.limit;
+        let top: Vec<String> = ranked.into_iter().take(c.limit).map(|(v, _)| v).collect();
+        let line_of = |i: usize| -> Option<String> {
+            match src(i) {
+                None => Some(BREAKDOWN_NULL.to_string()),
+                Some(v) if top.contains(&v) => Some(v),
+                Some(_) if more && !c.hide_other => Some(BREAKDOWN_OTHER.to_string()),
+                Some(_) => None,
+            }
+        };
+        let mut order: Vec<String> = top.clone();
+        order.push(BREAKDOWN_NULL.into());
+        order.push(BREAKDOWN_OTHER.into());
+        // Per line, the actors of each bucket (or of the range).
+        let mut cells: BTreeMap<String, Vec<BTreeSet<String>>> = BTreeMap::new();
+        for (i, e) in events.iter().enumerate() {
+            let (Some(line), Some(a)) = (line_of(i), actor(e)) else {
+                continue;
+            };
+            let weekly = math == Math::WeeklyActive;
+            let total = q.display == Display::TotalValue;
+            let (_, l) = label(tz, e.timestamp, c.interval, c.week_start);
+            let day = day_of(e);
+            // Which buckets the event counts in (a total: slot 0, the period or the range).
+            let hits: Vec<usize> = match (weekly, total) {
+                (_, true) if !visible(e) => continue,
+                (true, true) => match day > to - Duration::days(7) {
+                    true => vec![0],
+                    false => vec![],
+                },
+                (false, true) => vec![0],
+                (false, false) if !visible(e) => continue,
+                (false, false) => labels.iter().position(|bl| *bl == l).into_iter().collect(),
+                (true, false) => (0..labels.len())
+                    .filter(|b| {
+                        let d = NaiveDate::parse_from_str(&labels[*b], "%Y-%m-%d").expect("day");
+                        day <= to && day <= d && day > d - Duration::days(7)
+                    })
+                    .collect(),
+            };
+            // A line shows when it has rows: visible events, or a window reaching the range.
+            if weekly && !total && hits.is_empty() {
+                continue;
+            }
+            let slots = cells
+                .entry(line)
+                .or_insert_with(|| vec![BTreeSet::new(); labels.len().max(1)]);
+            for b in hits {
+                slots[b].insert(a.clone());
+            }
+        }
+        for line in order {
+            let Some(slots) = cells.remove(&line) else {
+                continue;
+            };
+            let data = match q.display {
+                Display::TotalValue => vec![slots[0].len() as f64],
+                // A running sum of each bucket's weekly actives (as PostHog).
+                Display::Cumulative if math == Math::WeeklyActive => {
+                    let mut acc = 0.0;
+                    slots
+                        .iter()
+                        .map(|s| {
+                            acc += s.len() as f64;
+                            acc
+                        })
+                        .collect()
+                }
+                Display::Cumulative => {
+                    let mut seen = BTreeSet::new();
+                    let mut acc = 0.0;
+                    slots
+                        .iter()
+                        .map(|s| {
+                            let new = match math {
+                                Math::Total => s.len(),
+                                _ => s.iter().filter(|a| seen.insert((*a).clone())).count(),
+                            };
+                            acc += new as f64;
+                            acc
+                        })
+                        .collect()
+                }
+                Display::TimeSeries => slots.iter().map(|s| s.len() as f64).collect(),
+            };
+            out.push((k, line, data));
+        }
+    }
+    out
 }
 
 proptest! {
