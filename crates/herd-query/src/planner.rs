@@ -26,8 +26,11 @@ impl QueryPlanner for HerdQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(FunnelPlanner), Arc::new(BreakdownPlanner)])
-            .create_physical_plan(logical_plan, session)
-            .await
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(FunnelPlanner),
+            Arc::new(BreakdownPlanner),
+        ])
+        .create_physical_plan(logical_plan, session)
+        .await
     }
 }

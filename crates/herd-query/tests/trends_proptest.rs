@@ -13,9 +13,7 @@ use chrono::{Datelike, Duration, NaiveDate, TimeZone, Timelike};
 use chrono_tz::Tz;
 use common::Fixture;
 use herd_core::Event;
-use herd_query::{
-    Breakdown, Display, Interval, Math, MathSpec, Series, TrendsQuery, WeekStart,
-};
+use herd_query::{Breakdown, Display, Interval, Math, MathSpec, Series, TrendsQuery, WeekStart};
 use proptest::prelude::*;
 
 const ZONES: [&str; 7] = [
@@ -398,8 +396,11 @@ fn check(c: Case) {
                 limit: c.limit,
                 hide_other: c.hide_other,
             }),
-            display: [Display::TimeSeries, Display::TotalValue, Display::Cumulative]
-                [usize::from(c.display)],
+            display: [
+                Display::TimeSeries,
+                Display::TotalValue,
+                Display::Cumulative,
+            ][usize::from(c.display)],
             ..q
         };
         let r = f
@@ -416,10 +417,18 @@ fn check(c: Case) {
                     Display::TotalValue => vec![l.aggregated_value.expect("total")],
                     _ => l.data.clone(),
                 };
-                (l.series_index, l.breakdown_value.clone().expect("value"), data)
+                (
+                    l.series_index,
+                    l.breakdown_value.clone().expect("value"),
+                    data,
+                )
             })
             .collect();
-        assert_eq!(got, want, "breakdown by src, case {c:?}\nlabels {:?}", r.labels);
+        assert_eq!(
+            got, want,
+            "breakdown by src, case {c:?}\nlabels {:?}",
+            r.labels
+        );
     });
 }
 

@@ -11,17 +11,17 @@
 //! into step counts and conversion times here. [`udaf::FunnelUdaf`] is the same state machine
 //! as an aggregate function (its tests hold it to the same answers).
 
+mod answer;
 mod exec;
+mod fold;
+mod fold_exec;
 pub mod machine;
 pub(crate) mod plan;
 pub mod udaf;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, AsArray, BooleanArray, Int32Array, Int64Array, StringArray, UInt32Array,
-};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, cast as cast_expr, lit, when};
@@ -36,7 +36,7 @@ use crate::filters::{
     FilterBudget, PropertyGroup, PropertySource, event_condition, group_column, group_index,
     group_number_column, property_expr,
 };
-use crate::trends::{Breakdown, DEFAULT_BREAKDOWN_LIMIT};
+use crate::trends::Breakdown;
 use crate::{Error, QueryEngine, Result};
 
 pub use exec::DEFAULT_FUNNEL_MEMORY;
@@ -295,85 +295,40 @@ impl QueryEngine {
         let mapping = self.db().group_types(project).await.unwrap_or_default();
         let r = resolve(query, &mapping, now)?;
         let (input, mode, buckets) = self.funnel_input(project, query, &r).await?;
-        let lists = self.run_funnel(input, &r.params, &mode).await?;
-
+        let kind = fold_kind(&r, &mode, buckets.as_ref());
+        let fold = self.run_funnel(input, &r.params, &mode, kind).await?;
         let mut result = FunnelResult {
             date_from: r.range.from,
             date_to: r.range.to,
             timezone: r.tz.name().to_string(),
             ..Default::default()
         };
-        match query.viz {
-            FunnelViz::Steps | FunnelViz::TimeToConvert => {
-                let mut fold = StepsFold::new(r.params.steps, r.from_step, r.to_step);
-                for list in &lists {
-                    fold.add(list)?;
-                }
-                if query.viz == FunnelViz::Steps {
-                    result.lines = fold.lines(query, &r);
-                } else {
-                    result.time_to_convert = Some(fold.time_to_convert(query.bin_count));
-                }
+        let breakdown = r.breakdown.is_some();
+        match (query.viz, buckets) {
+            (FunnelViz::Steps, _) => result.lines = answer::step_lines(fold, query, breakdown),
+            (FunnelViz::TimeToConvert, _) => {
+                result.time_to_convert = Some(answer::time_to_convert(fold, query.bin_count))
             }
-            FunnelViz::Trends => {
-                let buckets = buckets.ok_or_else(|| Error::Internal("no buckets".into()))?;
-                let mut per: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
-                for list in &lists {
-                    let list = list
-                        .as_list_opt::<i32>()
-                        .ok_or_else(|| Error::Internal("funnel output is a list".into()))?;
-                    let items = list_items(list);
-                    let bd: StringArray = crate::column_as(&items, 0, &DataType::Utf8)?;
-                    let bucket: Int32Array = crate::column_as(&items, 1, &DataType::Int32)?;
-                    let conv: BooleanArray = crate::column_as(&items, 2, &DataType::Boolean)?;
-                    for i in 0..items.num_rows() {
-                        let value = if bd.is_null(i) { "" } else { bd.value(i) };
-                        let line = per
-                            .entry(value.to_string())
-                            .or_insert_with(|| vec![(0, 0); buckets.len()]);
-                        if let Some(slot) = usize::try_from(bucket.value(i))
-                            .ok()
-                            .and_then(|b| line.get_mut(b))
-                        {
-                            slot.0 += 1;
-                            if conv.value(i) {
-                                slot.1 += 1;
-                            }
-                        }
-                    }
-                }
-                let labels = buckets.labels(r.tz);
-                let mut values: Vec<String> = per.keys().cloned().collect();
-                if r.breakdown.is_none() {
-                    values = vec![String::new()];
-                }
-                values.sort();
-                for v in values {
-                    let line = per
-                        .remove(&v)
-                        .unwrap_or_else(|| vec![(0, 0); buckets.len()]);
-                    result.trends.push(FunnelTrendsLine {
-                        breakdown_value: r.breakdown.as_ref().map(|_| v.clone()),
-                        data: line
-                            .iter()
-                            .enumerate()
-                            .map(|(i, (from, to))| FunnelTrendPoint {
-                                label: labels.get(i).cloned().unwrap_or_default(),
-                                start: buckets.starts().get(i).copied().unwrap_or_default(),
-                                reached_from_step_count: *from,
-                                reached_to_step_count: *to,
-                                conversion_rate: if *from == 0 {
-                                    0.0
-                                } else {
-                                    (*to as f64 / *from as f64 * 10_000.0).round() / 100.0
-                                },
-                            })
-                            .collect(),
-                    });
-                }
+            (FunnelViz::Trends, Some(b)) => {
+                result.trends = answer::trend_lines(fold, &b, r.tz, breakdown)
             }
+            (FunnelViz::Trends, None) => return Err(Error::Internal("no buckets".into())),
         }
         Ok(result)
+    }
+}
+
+/// What the plan's fold computes for `mode`.
+fn fold_kind(r: &Resolved, mode: &Mode, buckets: Option<&Buckets>) -> fold::FoldKind {
+    match mode {
+        Mode::Steps => fold::FoldKind::Steps {
+            steps: r.params.steps,
+            from_step: r.from_step,
+            to_step: r.to_step,
+        },
+        Mode::Trends { .. } => fold::FoldKind::Trends {
+            buckets: buckets.map_or(0, Buckets::len),
+        },
     }
 }
 
@@ -388,8 +343,9 @@ impl QueryEngine {
     ) -> Result<String> {
         let mapping = self.db().group_types(project).await.unwrap_or_default();
         let r = resolve(query, &mapping, now)?;
-        let (input, mode, _) = self.funnel_input(project, query, &r).await?;
-        let plan = self.funnel_plan(input, &r.params, &mode).await?;
+        let (input, mode, buckets) = self.funnel_input(project, query, &r).await?;
+        let kind = fold_kind(&r, &mode, buckets.as_ref());
+        let plan = self.funnel_plan(input, &r.params, &mode, kind).await?;
         Ok(datafusion::physical_plan::displayable(plan.as_ref())
             .indent(true)
             .to_string())
@@ -491,6 +447,7 @@ impl QueryEngine {
         input: exec::Input,
         params: &Params,
         mode: &Mode,
+        kind: fold::FoldKind,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         let (later, entries) = match input {
             exec::Input::All(df) => (df, None),
@@ -501,40 +458,27 @@ impl QueryEngine {
             entries.map(DataFrame::into_unoptimized_plan),
             params.clone(),
             mode.clone(),
+            kind,
             self.funnel_memory,
         )?;
         let df = DataFrame::new(self.context().state(), plan);
         Ok(df.create_physical_plan().await?)
     }
 
-    /// Runs the funnel's plan: the outcome lists of every actor.
+    /// Runs the funnel's plan: its fold's final state.
     async fn run_funnel(
         &self,
         input: exec::Input,
         params: &Params,
         mode: &Mode,
-    ) -> Result<Vec<datafusion::arrow::array::ArrayRef>> {
-        let physical = self.funnel_plan(input, params, mode).await?;
+        kind: fold::FoldKind,
+    ) -> Result<fold::Fold> {
+        let physical = self.funnel_plan(input, params, mode, kind).await?;
         let _explain = crate::Explain::new(physical.clone());
         let batches =
             datafusion::physical_plan::collect(physical, self.context().task_ctx()).await?;
-        Ok(batches.iter().map(|b| b.column(0).clone()).collect())
+        fold_exec::read_back(kind, &batches)
     }
-}
-
-/// The items of the rows of a list of structs as one batch: only the range its offsets cover
-/// (an output batch may be a slice of a larger array, sharing all of its values).
-fn list_items(list: &datafusion::arrow::array::ListArray) -> datafusion::arrow::array::RecordBatch {
-    let offsets = list.value_offsets();
-    let (start, end) = (
-        offsets.first().copied().unwrap_or(0) as usize,
-        offsets.last().copied().unwrap_or(0) as usize,
-    );
-    list.values()
-        .slice(start, end - start)
-        .as_struct()
-        .clone()
-        .into()
 }
 
 fn u32_lit(v: u32) -> Expr {
@@ -701,218 +645,6 @@ fn bit_or(a: Expr, b: Expr) -> Expr {
         Operator::BitwiseOr,
         Box::new(b),
     ))
-}
-
-/// Per breakdown value: step counts and conversion times.
-#[derive(Default)]
-struct Line {
-    counts: Vec<u64>,
-    times: Vec<Vec<f64>>,
-}
-
-struct StepsFold {
-    steps: usize,
-    from_step: usize,
-    to_step: usize,
-    lines: HashMap<String, Line>,
-    /// Seconds from `from_step` to `to_step` of converting actors.
-    ttc: Vec<f64>,
-}
-
-impl StepsFold {
-    fn new(steps: usize, from_step: usize, to_step: usize) -> Self {
-        Self {
-            steps,
-            from_step,
-            to_step,
-            lines: HashMap::new(),
-            ttc: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, list: &datafusion::arrow::array::ArrayRef) -> Result<()> {
-        let list = list
-            .as_list_opt::<i32>()
-            .ok_or_else(|| Error::Internal("funnel output is a list".into()))?;
-        let items = list_items(list);
-        let bd: StringArray = crate::column_as(&items, 0, &DataType::Utf8)?;
-        let bits: UInt32Array = crate::column_as(&items, 1, &DataType::UInt32)?;
-        let times = (0..self.steps)
-            .map(|k| crate::column_as::<Int64Array>(&items, 2 + k, &DataType::Int64))
-            .collect::<Result<Vec<_>>>()?;
-        let n = self.steps;
-        for i in 0..items.num_rows() {
-            let value = if bd.is_null(i) { "" } else { bd.value(i) };
-            let line = match self.lines.get_mut(value) {
-                Some(l) => l,
-                None => self.lines.entry(value.to_string()).or_insert_with(|| Line {
-                    counts: vec![0; n],
-                    times: vec![Vec::new(); n],
-                }),
-            };
-            let b = bits.value(i);
-            let at = |k: usize| (!times[k].is_null(i)).then(|| times[k].value(i));
-            let mut prev: Option<i64> = None;
-            for k in 0..n {
-                if b & (1 << k) == 0 {
-                    continue;
-                }
-                line.counts[k] += 1;
-                let t = at(k);
-                if let (Some(p), Some(t)) = (prev, t) {
-                    let dt = (t - p) as f64 / 1e6;
-                    if dt > 0.0 {
-                        line.times[k].push(dt);
-                    }
-                }
-                prev = t;
-            }
-            let (f, t) = (self.from_step, self.to_step);
-            if b & (1 << f) != 0
-                && b & (1 << t) != 0
-                && let (Some(a), Some(z)) = (at(f), at(t))
-            {
-                self.ttc.push((z - a) as f64 / 1e6);
-            }
-        }
-        Ok(())
-    }
-
-    fn lines(mut self, query: &FunnelQuery, r: &Resolved) -> Vec<FunnelLine> {
-        let step_result = |k: usize, line: &mut Line| {
-            let times = &mut line.times[k];
-            let (avg, median) = if k == 0 || times.is_empty() {
-                (None, None)
-            } else {
-                times.sort_by(f64::total_cmp);
-                let avg = times.iter().sum::<f64>() / times.len() as f64;
-                let m = times.len();
-                let median = if m % 2 == 1 {
-                    times[m / 2]
-                } else {
-                    (times[m / 2 - 1] + times[m / 2]) / 2.0
-                };
-                (Some(avg), Some(median))
-            };
-            let step = &query.steps[k];
-            let (name, event) = if query.order == Order::Unordered {
-                (
-                    format!("Completed {} step{}", k + 1, if k == 0 { "" } else { "s" }),
-                    None,
-                )
-            } else {
-                (
-                    step.name
-                        .clone()
-                        .or_else(|| step.event.clone())
-                        .unwrap_or_else(|| "All events".into()),
-                    step.event.clone(),
-                )
-            };
-            FunnelStepResult {
-                order: k,
-                name,
-                event,
-                optional: step.optional,
-                count: line.counts[k],
-                average_conversion_time: avg,
-                median_conversion_time: median,
-            }
-        };
-        let n = self.steps;
-        if r.breakdown.is_none() {
-            let mut line = self.lines.remove("").unwrap_or_else(|| Line {
-                counts: vec![0; n],
-                times: vec![Vec::new(); n],
-            });
-            return vec![FunnelLine {
-                breakdown_value: None,
-                steps: (0..n).map(|k| step_result(k, &mut line)).collect(),
-            }];
-        }
-        let mut values: Vec<(String, Line)> = self.lines.into_iter().collect();
-        // Ranked by the last step's count, then the earlier ones, descending.
-        values.sort_by(|a, b| {
-            (0..n)
-                .rev()
-                .map(|k| b.1.counts[k].cmp(&a.1.counts[k]))
-                .find(|o| o.is_ne())
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then_with(|| a.0.cmp(&b.0))
-        });
-        let (limit, hide_other) =
-            query
-                .breakdown
-                .as_ref()
-                .map_or((DEFAULT_BREAKDOWN_LIMIT, false), |b| {
-                    (
-                        if b.limit == 0 {
-                            DEFAULT_BREAKDOWN_LIMIT
-                        } else {
-                            b.limit
-                        },
-                        b.hide_other,
-                    )
-                });
-        let rest = if values.len() > limit {
-            values.split_off(limit)
-        } else {
-            Vec::new()
-        };
-        if !rest.is_empty() && !hide_other {
-            let mut other = Line {
-                counts: vec![0; n],
-                times: vec![Vec::new(); n],
-            };
-            for (_, l) in rest {
-                for k in 0..n {
-                    other.counts[k] += l.counts[k];
-                    other.times[k].extend(l.times[k].iter().copied());
-                }
-            }
-            values.push((FUNNEL_OTHER.to_string(), other));
-        }
-        values
-            .into_iter()
-            .map(|(v, mut line)| FunnelLine {
-                breakdown_value: Some(v),
-                steps: (0..n).map(|k| step_result(k, &mut line)).collect(),
-            })
-            .collect()
-    }
-
-    fn time_to_convert(mut self, bin_count: Option<usize>) -> TimeToConvert {
-        let values = &mut self.ttc;
-        if values.is_empty() {
-            return TimeToConvert {
-                bins: Vec::new(),
-                average_conversion_time: None,
-            };
-        }
-        values.sort_by(f64::total_cmp);
-        let (min, max) = (values[0], values[values.len() - 1]);
-        let bins = match bin_count {
-            Some(b) => b.clamp(1, 90),
-            None => ((values.len() as f64).cbrt().ceil() as usize).clamp(1, 60),
-        };
-        let mut width = ((max - min) / bins as f64).ceil();
-        if width <= 0.0 {
-            width = 60.0;
-        }
-        let mut counts = vec![0u64; bins + 1];
-        for v in values.iter() {
-            let i = (((v - min) / width).floor() as usize).min(bins);
-            counts[i] += 1;
-        }
-        TimeToConvert {
-            bins: counts
-                .into_iter()
-                .enumerate()
-                .map(|(j, c)| ((min + j as f64 * width).round(), c))
-                .collect(),
-            average_conversion_time: Some(values.iter().sum::<f64>() / values.len() as f64),
-        }
-    }
 }
 
 /// Whether filters `a` are a subset of filters `b` (an event passing `b` passes `a`).

@@ -1,5 +1,6 @@
 //! The funnel in DataFusion's plans: [`FunnelNode`], a logical extension node over the
-//! funnel's rows, and [`FunnelPlanner`], which plans it as a [`FunnelExec`] (see
+//! funnel's rows, and [`FunnelPlanner`], which plans it as a [`FunnelExec`] under the two
+//! stages of its fold ([`FunnelFoldExec`]) (see
 //! [`crate::planner`] for the session's query planner that knows it).
 
 use std::cmp::Ordering;
@@ -17,19 +18,22 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 
-use super::exec::{FunnelExec, output_schema};
+use super::exec::FunnelExec;
+use super::fold::{FoldKind, state_schema};
+use super::fold_exec::{FunnelFoldExec, Stage};
 use super::machine::Params;
 use super::udaf::Mode;
 
 /// The funnel over `later` (all rows, or a split funnel's later steps: `(__actor, __ts,
 /// __steps, __excl, __bd, __bucket)`) and a split funnel's `entries` (`(__actor, __ts)`).
-/// Output: one column of outcome lists, one per actor.
+/// Output: the fold's merged state (see [`super::fold::state_schema`]).
 #[derive(Debug, Clone)]
 pub(crate) struct FunnelNode {
     later: LogicalPlan,
     entries: Option<LogicalPlan>,
     params: Params,
     mode: Mode,
+    fold: FoldKind,
     memory: usize,
     schema: DFSchemaRef,
 }
@@ -41,16 +45,16 @@ impl FunnelNode {
         entries: Option<LogicalPlan>,
         params: Params,
         mode: Mode,
+        fold: FoldKind,
         memory: usize,
     ) -> Result<LogicalPlan> {
-        let schema = Arc::new(DFSchema::try_from(
-            output_schema(&params, &mode).as_ref().clone(),
-        )?);
+        let schema = Arc::new(DFSchema::try_from(state_schema(fold).as_ref().clone())?);
         let node = Self {
             later,
             entries,
             params,
             mode,
+            fold,
             memory,
             schema,
         };
@@ -66,6 +70,7 @@ impl PartialEq for FunnelNode {
             && self.entries == other.entries
             && self.params == other.params
             && self.mode == other.mode
+            && self.fold == other.fold
             && self.memory == other.memory
     }
 }
@@ -78,6 +83,7 @@ impl Hash for FunnelNode {
         self.entries.hash(state);
         self.params.hash(state);
         self.mode.hash(state);
+        self.fold.hash(state);
         self.memory.hash(state);
     }
 }
@@ -175,12 +181,24 @@ impl ExtensionPlanner for FunnelPlanner {
                 ));
             }
         };
-        Ok(Some(Arc::new(FunnelExec::new(
+        let funnel_exec = Arc::new(FunnelExec::new(
             later,
             entries,
             funnel.params.clone(),
             funnel.mode.clone(),
             funnel.memory,
+        ));
+        // The fold: a state per partition, merged in one (the optimizer puts the coalescing
+        // of partitions between the two, as the final stage requires one partition).
+        let partial = Arc::new(FunnelFoldExec::new(
+            funnel_exec,
+            Stage::Partial,
+            funnel.fold,
+        ));
+        Ok(Some(Arc::new(FunnelFoldExec::new(
+            partial,
+            Stage::Final,
+            funnel.fold,
         ))))
     }
 }

@@ -18,8 +18,8 @@ use datafusion::functions_aggregate::expr_fn::sum;
 use datafusion::functions_nested::expr_fn::make_array;
 use datafusion::functions_window::expr_fn::lag;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ExprFunctionExt, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, Volatility, lit, when,
+    ColumnarValue, Expr, ExprFunctionExt, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility, lit, when,
 };
 use datafusion::prelude::{DataFrame, col};
 
@@ -53,7 +53,11 @@ pub(crate) fn covers(units: &Buckets, window: usize, visible: &Buckets) -> Vec<(
 pub(crate) fn changes(rows: DataFrame, keys: &[Expr], cover: Vec<(i32, i32)>) -> Result<DataFrame> {
     let (lo, hi) = CoverUdf::pair(cover);
     let with_actor = |rest: Vec<Expr>| -> Vec<Expr> {
-        keys.iter().cloned().chain([col(ACTOR)]).chain(rest).collect()
+        keys.iter()
+            .cloned()
+            .chain([col(ACTOR)])
+            .chain(rest)
+            .collect()
     };
     let units = rows
         .select(with_actor(vec![col(BUCKET)]))?
@@ -83,14 +87,16 @@ pub(crate) fn changes(rows: DataFrame, keys: &[Expr], cover: Vec<(i32, i32)>) ->
         )?
         .filter(col(LO).lt_eq(col(HI)))?;
     // Both ends in one list (even codes +1 at a bucket, odd codes -1 after one), unnested.
-    let code = make_array(vec![
-        col(LO) * lit(2),
-        (col(HI) + lit(1)) * lit(2) + lit(1),
-    ]);
+    let code = make_array(vec![col(LO) * lit(2), (col(HI) + lit(1)) * lit(2) + lit(1)]);
     let by: Vec<Expr> = keys.iter().cloned().chain([col(BUCKET)]).collect();
     let delta = lit(1i64) - (col(CODE) % lit(2)) * lit(2i64);
     Ok(increments
-        .select(keys.iter().cloned().chain([code.alias(CODE)]).collect::<Vec<Expr>>())?
+        .select(
+            keys.iter()
+                .cloned()
+                .chain([code.alias(CODE)])
+                .collect::<Vec<Expr>>(),
+        )?
         .unnest_columns(&[CODE])?
         .select(
             keys.iter()

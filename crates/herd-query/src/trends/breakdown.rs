@@ -141,7 +141,11 @@ impl UserDefinedLogicalNodeCore for BreakdownNode {
         )
     }
 
-    fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+    fn with_exprs_and_inputs(
+        &self,
+        mut exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
         if exprs.len() != 1 || inputs.len() != 1 {
             return Err(DataFusionError::Internal(
                 "Breakdown: one expression and one input".into(),
@@ -302,8 +306,7 @@ impl ExecutionPlan for BreakdownExec {
                 "BreakdownExec has one partition, not {partition}"
             )));
         }
-        let reservation =
-            MemoryConsumer::new("BreakdownExec").register(context.memory_pool());
+        let reservation = MemoryConsumer::new("BreakdownExec").register(context.memory_pool());
         let input = self.input.execute(0, context.clone())?;
         let run = Run {
             rank: self.rank.clone(),
@@ -316,7 +319,10 @@ impl ExecutionPlan for BreakdownExec {
         let batches = futures::stream::once(run.run(input, context))
             .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
             .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), batches)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            batches,
+        )))
     }
 }
 
@@ -404,7 +410,11 @@ impl Run {
                     continue;
                 }
                 // PostHog's ifNull(agg, 0).
-                let rank = if ranks.is_null(row) { 0.0 } else { ranks.value(row) };
+                let rank = if ranks.is_null(row) {
+                    0.0
+                } else {
+                    ranks.value(row)
+                };
                 ranked.push((values.value(row).to_string(), rank));
             }
         }

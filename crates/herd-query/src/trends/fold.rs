@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::{Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::datatypes::DataType;
 
 use super::plan::Shape;
@@ -85,7 +87,11 @@ fn add_rows(
             false => (order.value(row), labels.value(row).to_string()),
         };
         let line = lines.entry(key).or_insert_with(|| empty(buckets));
-        let v = if values.is_null(row) { 0.0 } else { values.value(row) };
+        let v = if values.is_null(row) {
+            0.0
+        } else {
+            values.value(row)
+        };
         if bucket.is_null(row) {
             line.total += v;
         } else if let Some(slot) = usize::try_from(bucket.value(row))

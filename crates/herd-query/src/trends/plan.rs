@@ -160,7 +160,8 @@ impl QueryEngine {
                 Some(all) => all.union(df)?,
             });
         }
-        let df = union.ok_or_else(|| Error::invalid("series", "at least one series is required"))?;
+        let df =
+            union.ok_or_else(|| Error::invalid("series", "at least one series is required"))?;
         Ok((df, shapes))
     }
 
@@ -217,7 +218,8 @@ impl QueryEngine {
                 (out, Shape::Values, true)
             }
             Kind::PerBucket => {
-                let out = rows.aggregate(with(vec![col(BUCKET)]), vec![aggregate(how.math, None)?])?;
+                let out =
+                    rows.aggregate(with(vec![col(BUCKET)]), vec![aggregate(how.math, None)?])?;
                 (out, Shape::Values, true)
             }
         };

@@ -37,8 +37,11 @@ pub(super) struct Resolved {
     pub breakdown: Option<(Expr, Breakdown)>,
 }
 
-
-pub(super) fn resolve(query: &TrendsQuery, mapping: &GroupTypeMapping, now: i64) -> Result<Resolved> {
+pub(super) fn resolve(
+    query: &TrendsQuery,
+    mapping: &GroupTypeMapping,
+    now: i64,
+) -> Result<Resolved> {
     if query.series.is_empty() {
         return Err(Error::invalid("series", "at least one series is required"));
     }
