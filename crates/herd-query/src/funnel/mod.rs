@@ -17,31 +17,28 @@ mod fold;
 mod fold_exec;
 pub mod machine;
 pub(crate) mod plan;
+mod resolve;
 pub mod udaf;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, cast as cast_expr, lit, when};
 use datafusion::prelude::{DataFrame, col};
-use herd_core::GroupTypeMapping;
 use herd_core::schema::{DISTINCT_ID, DISTINCT_ID_NUM, EVENT, TIMESTAMP};
 
 use crate::bucket::BucketUdf;
-use crate::calendar::{Buckets, Interval, TimeRange, WeekStart, parse_range, parse_timezone};
+use crate::calendar::{Buckets, Interval, WeekStart};
 use crate::event_mask::EventMaskUdf;
-use crate::filters::{
-    FilterBudget, PropertyGroup, PropertySource, event_condition, group_column, group_index,
-    group_number_column, property_expr,
-};
+use crate::filters::{PropertyGroup, group_column, group_number_column};
 use crate::trends::Breakdown;
 use crate::{Error, QueryEngine, Result};
 
 pub use exec::DEFAULT_FUNNEL_MEMORY;
 use machine::Params;
 pub use machine::{Attribution, MAX_STEPS, Order};
+use resolve::{Resolved, resolve};
 use udaf::Mode;
 
 /// Breakdown line collecting the values beyond the limit (PostHog's funnel label).
@@ -264,25 +261,6 @@ pub struct FunnelResult {
 }
 
 const ACTOR: &str = "__actor";
-
-/// A validated request.
-struct Resolved {
-    params: Params,
-    tz: chrono_tz::Tz,
-    range: TimeRange,
-    /// Last instant scanned (after `date_to` with `window_past_date_to`).
-    scan_to: i64,
-    actor_group: Option<u8>,
-    joins: BTreeSet<u8>,
-    step_exprs: Vec<Expr>,
-    exclusion_exprs: Vec<(Expr, u32)>,
-    /// Event names to pre-filter on; `None` when every event must be seen.
-    event_names: Option<Vec<String>>,
-    global: Option<Expr>,
-    breakdown: Option<Expr>,
-    from_step: usize,
-    to_step: usize,
-}
 
 impl QueryEngine {
     /// Answers a funnel query on `project`; `now` (µs) resolves relative dates.
@@ -645,267 +623,4 @@ fn bit_or(a: Expr, b: Expr) -> Expr {
         Operator::BitwiseOr,
         Box::new(b),
     ))
-}
-
-/// Whether filters `a` are a subset of filters `b` (an event passing `b` passes `a`).
-fn filters_subset(a: &PropertyGroup, b: &PropertyGroup) -> bool {
-    if a.is_empty() {
-        return true;
-    }
-    a.groups.is_empty()
-        && b.groups.is_empty()
-        && a.op == crate::BoolOp::And
-        && b.op == crate::BoolOp::And
-        && a.filters.iter().all(|f| b.filters.contains(f))
-}
-
-fn resolve(query: &FunnelQuery, mapping: &GroupTypeMapping, now: i64) -> Result<Resolved> {
-    let n = query.steps.len();
-    if n < 2 {
-        return Err(Error::invalid(
-            "steps",
-            format!("a funnel needs at least 2 steps (got {n})"),
-        ));
-    }
-    if n > MAX_STEPS {
-        return Err(Error::invalid(
-            "steps",
-            format!("a funnel has at most {MAX_STEPS} steps (got {n})"),
-        ));
-    }
-    let mut budget = FilterBudget::default();
-    budget.add(&query.filters, "filters")?;
-    for (k, s) in query.steps.iter().enumerate() {
-        budget.add(&s.filters, &format!("steps[{k}].filters"))?;
-    }
-    for (k, e) in query.exclusions.iter().enumerate() {
-        budget.add(&e.filters, &format!("exclusions[{k}].filters"))?;
-    }
-    let window = query
-        .window
-        .unwrap_or(Window {
-            value: 14,
-            unit: WindowUnit::Day,
-        })
-        .micros("window")?;
-    let tz = parse_timezone(&query.timezone)?;
-    let (from, to) = parse_range(&query.date_from, &query.date_to, tz, now)?;
-    let actor_group = query
-        .aggregation_group_type
-        .as_deref()
-        .map(|g| group_index(mapping, "aggregation_group_type", g))
-        .transpose()?;
-
-    let mut joins = BTreeSet::new();
-    query
-        .filters
-        .group_indexes(mapping, "filters", &mut joins)?;
-    let global = query.filters.to_expr(mapping, "filters")?;
-
-    let mut optional = 0u32;
-    let mut step_windows = Vec::with_capacity(n);
-    let mut step_exprs = Vec::with_capacity(n);
-    let mut names: BTreeSet<String> = BTreeSet::new();
-    let mut any_event = false;
-    for (k, s) in query.steps.iter().enumerate() {
-        let field = format!("steps[{k}]");
-        if s.optional {
-            if k == 0 {
-                return Err(Error::invalid(
-                    &format!("{field}.optional"),
-                    "the first step cannot be optional",
-                ));
-            }
-            if query.order == Order::Unordered {
-                return Err(Error::invalid(
-                    &format!("{field}.optional"),
-                    "optional steps need an ordered or strict funnel",
-                ));
-            }
-            optional |= 1 << k;
-        }
-        step_windows.push(match &s.window {
-            None => None,
-            Some(_) if k == 0 => {
-                return Err(Error::invalid(
-                    &format!("{field}.window"),
-                    "the first step has no window (it starts the attempt)",
-                ));
-            }
-            Some(w) => Some(w.micros(&format!("{field}.window"))?),
-        });
-        let cond = event_condition(mapping, &field, s.event.as_deref(), &s.filters, &mut joins)?;
-        match &s.event {
-            Some(e) => {
-                names.insert(e.clone());
-            }
-            None => any_event = true,
-        }
-        step_exprs.push(cond);
-    }
-    if optional & (1 << (n - 1)) != 0 {
-        return Err(Error::invalid(
-            &format!("steps[{}].optional", n - 1),
-            "the last step cannot be optional",
-        ));
-    }
-
-    let mut exclusion_exprs = Vec::new();
-    for (j, x) in query.exclusions.iter().enumerate() {
-        let field = format!("exclusions[{j}]");
-        if x.from_step >= x.to_step || x.to_step >= n {
-            return Err(Error::invalid(
-                &field,
-                format!(
-                    "from_step {} and to_step {} must satisfy 0 ≤ from_step < to_step ≤ {} (the last step)",
-                    x.from_step,
-                    x.to_step,
-                    n - 1
-                ),
-            ));
-        }
-        if query.order == Order::Unordered && (x.from_step != 0 || x.to_step != n - 1) {
-            return Err(Error::invalid(
-                &field,
-                format!(
-                    "unordered funnels only accept exclusions over all steps (from_step 0, to_step {})",
-                    n - 1
-                ),
-            ));
-        }
-        for k in x.from_step..=x.to_step {
-            let s = &query.steps[k];
-            let same_event = x.event.is_none() || x.event == s.event;
-            if same_event && filters_subset(&x.filters, &s.filters) {
-                return Err(Error::invalid(
-                    &field,
-                    format!(
-                        "the exclusion matches every event of step {k} inside its range, so no attempt could pass"
-                    ),
-                ));
-            }
-        }
-        let cond = event_condition(mapping, &field, x.event.as_deref(), &x.filters, &mut joins)?;
-        match &x.event {
-            Some(e) => {
-                names.insert(e.clone());
-            }
-            None => any_event = true,
-        }
-        let mask = ((x.from_step + 1)..=x.to_step).fold(0u32, |m, k| m | (1 << k));
-        exclusion_exprs.push((cond, mask));
-    }
-
-    let breakdown = match &query.breakdown {
-        None => None,
-        Some(b) => {
-            if let PropertySource::Group(name) = &b.source {
-                joins.insert(group_index(mapping, "breakdown.group_type", name)?);
-            }
-            if query.viz == FunnelViz::TimeToConvert {
-                return Err(Error::invalid(
-                    "breakdown",
-                    "time to convert has no breakdown",
-                ));
-            }
-            Some(property_expr(mapping, "breakdown", &b.source, &b.property)?)
-        }
-    };
-    if let Attribution::Step(k) = query.attribution {
-        if k >= n {
-            return Err(Error::invalid(
-                "attribution.step",
-                format!(
-                    "step {k} is out of range (the funnel has steps 0..={})",
-                    n - 1
-                ),
-            ));
-        }
-        if query.order == Order::Unordered && k != 0 {
-            return Err(Error::invalid(
-                "attribution.step",
-                "unordered funnels only accept step 0 for breakdown attribution",
-            ));
-        }
-    }
-    let from_step = query.from_step.unwrap_or(0);
-    let to_step = query.to_step.unwrap_or(n - 1);
-    if from_step >= to_step || to_step >= n {
-        return Err(Error::invalid(
-            "from_step",
-            format!(
-                "from_step {from_step} and to_step {to_step} must satisfy 0 ≤ from_step < to_step ≤ {}",
-                n - 1
-            ),
-        ));
-    }
-    if query.viz == FunnelViz::Trends {
-        if query.order == Order::Unordered {
-            return Err(Error::invalid(
-                "viz",
-                "funnel trends need an ordered or strict funnel",
-            ));
-        }
-        if optional != 0 || step_windows.iter().any(Option::is_some) {
-            return Err(Error::invalid(
-                "viz",
-                "funnel trends take no optional steps and no per-step windows",
-            ));
-        }
-    }
-    if query.order == Order::Unordered && step_windows.iter().any(Option::is_some) {
-        return Err(Error::invalid(
-            "steps",
-            "per-step windows need an ordered or strict funnel",
-        ));
-    }
-    if query.window_past_date_to && query.order == Order::Unordered {
-        return Err(Error::invalid(
-            "window_past_date_to",
-            "needs an ordered or strict funnel (any step may start an unordered one)",
-        ));
-    }
-    if query.viz == FunnelViz::TimeToConvert && query.order == Order::Unordered {
-        return Err(Error::invalid(
-            "viz",
-            "time to convert needs an ordered or strict funnel",
-        ));
-    }
-    if let Some(b) = query.bin_count
-        && !(1..=90).contains(&b)
-    {
-        return Err(Error::invalid(
-            "bin_count",
-            format!("bins must be 1..=90 (got {b})"),
-        ));
-    }
-    let scan_to = if query.window_past_date_to {
-        to.saturating_add(window)
-    } else {
-        to
-    };
-    let event_names =
-        (!any_event && query.order != Order::Strict).then(|| names.into_iter().collect());
-    Ok(Resolved {
-        params: Params {
-            steps: n,
-            order: query.order,
-            window,
-            step_windows,
-            optional,
-            attribution: query.breakdown.as_ref().map(|_| query.attribution),
-        },
-        tz,
-        range: TimeRange { tz, from, to },
-        scan_to,
-        actor_group,
-        joins,
-        step_exprs,
-        exclusion_exprs,
-        event_names,
-        global,
-        breakdown,
-        from_step,
-        to_step,
-    })
 }
