@@ -133,7 +133,7 @@ impl Fold {
             .map(|k| crate::column_as::<Int64Array>(items, 2 + k, &DataType::Int64))
             .collect::<Result<Vec<_>>>()?;
         for i in 0..items.num_rows() {
-            let line = self.line(if bd.is_null(i) { "" } else { bd.value(i) }, n);
+            let line = self.line(if bd.is_null(i) { "" } else { bd.value(i) }, n)?;
             let b = bits.value(i);
             let at = |k: usize| (!times[k].is_null(i)).then(|| times[k].value(i));
             let mut prev: Option<i64> = None;
@@ -158,11 +158,14 @@ impl Fold {
         Ok(())
     }
 
-    fn line(&mut self, value: &str, steps: usize) -> &mut Line {
+    /// The line of `value`, made when new (a lookup without an allocation otherwise).
+    fn line(&mut self, value: &str, steps: usize) -> Result<&mut Line> {
         if !self.lines.contains_key(value) {
             self.lines.insert(value.to_string(), Line::new(steps));
         }
-        self.lines.entry(value.to_string()).or_default()
+        self.lines
+            .get_mut(value)
+            .ok_or_else(|| Error::Internal("funnel fold: a line just made is missing".into()))
     }
 
     fn add_trends(&mut self, items: &RecordBatch, buckets: usize) -> Result<()> {
@@ -210,7 +213,7 @@ impl Fold {
                         .map(|k| f64s(&per_step.value(k)))
                         .collect::<Result<_>>()?;
                     other.ttc = f64s(&ttc.value(row))?;
-                    self.line(bd.value(row), steps).absorb(other);
+                    self.line(bd.value(row), steps)?.absorb(other);
                 }
             }
             FoldKind::Trends { buckets } => {
