@@ -106,7 +106,7 @@ impl FlagsError {
         }
     }
 
-    fn log(&self) {
+    pub(crate) fn log(&self) {
         if matches!(self, Self::Internal(_)) {
             tracing::error!(error = %self, "flags request failed");
         } else {
@@ -121,21 +121,6 @@ impl IntoResponse for FlagsError {
         let (status, kind, code) = self.parts();
         let body = json!({"type": kind, "code": code, "detail": herd_core::message::clip(self.to_string())});
         (status, axum::Json(body)).into_response()
-    }
-}
-
-impl From<FlagsError> for tonic::Status {
-    fn from(e: FlagsError) -> Self {
-        e.log();
-        let message = herd_core::message::clip(e.to_string());
-        match e {
-            FlagsError::BadRequest(_) => Self::invalid_argument(message),
-            FlagsError::Unauthorized(_) => Self::unauthenticated(message),
-            FlagsError::NotFound(_) => Self::not_found(message),
-            FlagsError::AlreadyExists(_) => Self::already_exists(message),
-            FlagsError::TooLarge(_) => Self::resource_exhausted(message),
-            FlagsError::Internal(_) => Self::internal(message),
-        }
     }
 }
 

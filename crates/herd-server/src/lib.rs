@@ -6,7 +6,7 @@
 //! background flusher, and graceful shutdown: stop accepting, finish in-flight requests, flush
 //! the write buffer, stop the WAL. Feature flags' shared state and its error mapping live in
 //! [`flags`]. Every library error is mapped to a status exactly once at each edge
-//! ([`http::ApiError`], [`grpc::insights::status`], [`flags::FlagsError`]).
+//! ([`http::ApiError`] for HTTP, [`grpc::status`] for every gRPC service).
 
 pub mod codec;
 pub mod config;

@@ -8,6 +8,8 @@ use herd_query::QueryEngine;
 use herd_storage::Db;
 use tonic::{Request, Response, Status};
 
+use crate::grpc::status;
+
 use crate::grpc::authenticate;
 use crate::grpc::proto::groups_service_server::GroupsService;
 use crate::grpc::proto::{
@@ -38,8 +40,7 @@ impl Groups {
 }
 
 fn type_index(mapping: &GroupTypeMapping, group_type: &str) -> Result<u8, Status> {
-    herd_query::filters::group_index(mapping, "group_type", group_type)
-        .map_err(crate::grpc::insights::status)
+    herd_query::filters::group_index(mapping, "group_type", group_type).map_err(status::query)
 }
 
 /// serde_json → google.protobuf.Value.
@@ -120,9 +121,7 @@ impl GroupsService for Groups {
         let page = match req.page_size as usize {
             0 => DEFAULT_PAGE,
             n if n > MAX_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size: at most {MAX_PAGE}"
-                )));
+                return Err(status::invalid("page_size", format!("at most {MAX_PAGE}")));
             }
             n => n,
         };
@@ -166,10 +165,10 @@ impl GroupsService for Groups {
         let index = type_index(&mapping, &req.group_type)?;
         let state = self.db.current_group(project, index, &req.key).await;
         let state = state.ok_or_else(|| {
-            Status::not_found(herd_core::message::clip(format!(
+            status::not_found(format!(
                 "no {} group with key {:?}",
                 req.group_type, req.key
-            )))
+            ))
         })?;
         Ok(Response::new(group(
             index,
@@ -188,12 +187,12 @@ impl GroupsService for Groups {
         let mapping = self.mapping(project).await;
         let index = type_index(&mapping, &req.group_type)?;
         if req.key.is_empty() {
-            return Err(Status::invalid_argument("key: required"));
+            return Err(status::invalid("key", "required"));
         }
         let limit = match req.limit as usize {
             0 => 1000,
             n if n > 10_000 => {
-                return Err(Status::invalid_argument("limit: at most 10000"));
+                return Err(status::invalid("limit", "at most 10000"));
             }
             n => n,
         };
@@ -202,7 +201,7 @@ impl GroupsService for Groups {
             .engine
             .related_actors(project, index, &req.key, now, limit)
             .await
-            .map_err(crate::grpc::insights::status)?;
+            .map_err(status::query)?;
         Ok(Response::new(RelatedActorsResponse {
             users: related.users,
             groups: related

@@ -5,7 +5,6 @@
 //! errors to gRPC statuses. A client deadline (`grpc-timeout`, enforced by tonic) or a
 //! cancelled call drops the handler's future, which drops the running DataFusion streams.
 
-use herd_core::message::clip;
 use herd_query::{
     Attribution, BoolOp, Breakdown, Display, FunnelExclusion, FunnelQuery, FunnelStep, FunnelViz,
     Interval, Math, MathSpec, Operator, Order, PropertyFilter, PropertyGroup, PropertySource,
@@ -14,9 +13,9 @@ use herd_query::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::grpc::authenticate;
 use crate::grpc::proto;
 use crate::grpc::proto::insights_service_server::InsightsService;
+use crate::grpc::{authenticate, status};
 
 /// The insights service over one query engine.
 #[derive(Debug)]
@@ -29,32 +28,6 @@ impl Insights {
     pub fn new(engine: QueryEngine) -> Self {
         Self { engine }
     }
-}
-
-/// The one place query errors become statuses.
-pub fn status(e: herd_query::Error) -> Status {
-    use herd_query::Error as E;
-    let text = clip(e.to_string());
-    match e {
-        E::Invalid { .. } => Status::invalid_argument(text),
-        E::UnknownProject(_) => Status::not_found(text),
-        E::DataFusion(datafusion_error)
-            if matches!(
-                datafusion_error.find_root(),
-                datafusion::error::DataFusionError::ResourcesExhausted(_)
-            ) =>
-        {
-            Status::resource_exhausted(text)
-        }
-        other => {
-            tracing::error!(error = %other, "query failed");
-            Status::internal(text)
-        }
-    }
-}
-
-fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(clip(format!("{field}: {message}")))
 }
 
 fn operator(value: i32, field: &str) -> Result<Operator, Status> {
@@ -74,8 +47,8 @@ fn operator(value: i32, field: &str) -> Result<Operator, Status> {
         Ok(P::IsNotSet) => Operator::IsNotSet,
         Ok(P::IsDateBefore) => Operator::IsDateBefore,
         Ok(P::IsDateAfter) => Operator::IsDateAfter,
-        Ok(P::Unspecified) => return Err(invalid(field, "operator required")),
-        Err(_) => return Err(invalid(field, format!("unknown operator {value}"))),
+        Ok(P::Unspecified) => return Err(status::invalid(field, "operator required")),
+        Err(_) => return Err(status::invalid(field, format!("unknown operator {value}"))),
     })
 }
 
@@ -98,7 +71,12 @@ pub fn property_group(
     let op = match proto::BoolOp::try_from(g.op) {
         Ok(proto::BoolOp::And) => BoolOp::And,
         Ok(proto::BoolOp::Or) => BoolOp::Or,
-        Err(_) => return Err(invalid(&format!("{field}.op"), format!("unknown {}", g.op))),
+        Err(_) => {
+            return Err(status::invalid(
+                &format!("{field}.op"),
+                format!("unknown {}", g.op),
+            ));
+        }
     };
     let filters = g
         .filters
@@ -142,7 +120,7 @@ fn math(value: i32, field: &str) -> Result<Math, Status> {
         Ok(P::P90) => Math::P90,
         Ok(P::P95) => Math::P95,
         Ok(P::P99) => Math::P99,
-        Err(_) => return Err(invalid(field, format!("unknown math {value}"))),
+        Err(_) => return Err(status::invalid(field, format!("unknown math {value}"))),
     })
 }
 
@@ -155,7 +133,7 @@ pub fn interval(value: i32, field: &str) -> Result<Option<Interval>, Status> {
         Ok(P::Day) => Some(Interval::Day),
         Ok(P::Week) => Some(Interval::Week),
         Ok(P::Month) => Some(Interval::Month),
-        Err(_) => return Err(invalid(field, format!("unknown interval {value}"))),
+        Err(_) => return Err(status::invalid(field, format!("unknown interval {value}"))),
     })
 }
 
@@ -176,7 +154,7 @@ fn week_start(value: i32) -> Result<WeekStart, Status> {
     match proto::WeekStart::try_from(value) {
         Ok(proto::WeekStart::Sunday) => Ok(WeekStart::Sunday),
         Ok(proto::WeekStart::Monday) => Ok(WeekStart::Monday),
-        Err(_) => Err(invalid("week_start", format!("unknown {value}"))),
+        Err(_) => Err(status::invalid("week_start", format!("unknown {value}"))),
     }
 }
 
@@ -199,7 +177,7 @@ fn window(w: proto::ConversionWindow, field: &str) -> Result<Window, Status> {
         Ok(P::Week) => WindowUnit::Week,
         Ok(P::Month) => WindowUnit::Month,
         Err(_) => {
-            return Err(invalid(
+            return Err(status::invalid(
                 &format!("{field}.unit"),
                 format!("unknown unit {}", w.unit),
             ));
@@ -248,7 +226,12 @@ pub fn funnel_query(req: proto::FunnelRequest) -> Result<FunnelQuery, Status> {
         Ok(proto::FunnelOrder::Ordered) => Order::Ordered,
         Ok(proto::FunnelOrder::Strict) => Order::Strict,
         Ok(proto::FunnelOrder::Unordered) => Order::Unordered,
-        Err(_) => return Err(invalid("order", format!("unknown order {}", req.order))),
+        Err(_) => {
+            return Err(status::invalid(
+                "order",
+                format!("unknown order {}", req.order),
+            ));
+        }
     };
     let attribution = match proto::Attribution::try_from(req.attribution) {
         Ok(proto::Attribution::FirstTouch) => Attribution::FirstTouch,
@@ -256,7 +239,7 @@ pub fn funnel_query(req: proto::FunnelRequest) -> Result<FunnelQuery, Status> {
         Ok(proto::Attribution::AllEvents) => Attribution::AllEvents,
         Ok(proto::Attribution::Step) => Attribution::Step(req.attribution_step as usize),
         Err(_) => {
-            return Err(invalid(
+            return Err(status::invalid(
                 "attribution",
                 format!("unknown attribution {}", req.attribution),
             ));
@@ -266,7 +249,7 @@ pub fn funnel_query(req: proto::FunnelRequest) -> Result<FunnelQuery, Status> {
         Ok(proto::FunnelViz::Steps) => FunnelViz::Steps,
         Ok(proto::FunnelViz::Trends) => FunnelViz::Trends,
         Ok(proto::FunnelViz::TimeToConvert) => FunnelViz::TimeToConvert,
-        Err(_) => return Err(invalid("viz", format!("unknown viz {}", req.viz))),
+        Err(_) => return Err(status::invalid("viz", format!("unknown viz {}", req.viz))),
     };
     Ok(FunnelQuery {
         steps,
@@ -304,7 +287,7 @@ pub fn retention_query(req: proto::RetentionRequest) -> Result<RetentionQuery, S
         Ok(proto::RetentionType::Recurring) => RetentionType::Recurring,
         Ok(proto::RetentionType::FirstTime) => RetentionType::FirstTime,
         Err(_) => {
-            return Err(invalid(
+            return Err(status::invalid(
                 "retention_type",
                 format!("unknown retention type {}", req.retention_type),
             ));
@@ -350,7 +333,12 @@ pub fn trends_query(req: proto::TrendsRequest) -> Result<TrendsQuery, Status> {
         Ok(proto::Display::TimeSeries) => Display::TimeSeries,
         Ok(proto::Display::TotalValue) => Display::TotalValue,
         Ok(proto::Display::Cumulative) => Display::Cumulative,
-        Err(_) => return Err(invalid("display", format!("unknown {}", req.display))),
+        Err(_) => {
+            return Err(status::invalid(
+                "display",
+                format!("unknown {}", req.display),
+            ));
+        }
     };
     let breakdown = req.breakdown.map(breakdown);
     Ok(TrendsQuery {
@@ -382,7 +370,7 @@ impl InsightsService for Insights {
                 .engine
                 .explain_trends(project, &query, now)
                 .await
-                .map_err(status)?;
+                .map_err(status::query)?;
             return Ok(Response::new(proto::TrendsResponse {
                 plan,
                 ..Default::default()
@@ -392,7 +380,7 @@ impl InsightsService for Insights {
             .engine
             .trends(project, &query, now)
             .await
-            .map_err(status)?;
+            .map_err(status::query)?;
         Ok(Response::new(proto::TrendsResponse {
             labels: r.labels,
             bucket_starts_unix_micros: r.bucket_starts,
@@ -430,7 +418,7 @@ impl InsightsService for Insights {
                 .engine
                 .explain_funnel(project, &query, now)
                 .await
-                .map_err(status)?;
+                .map_err(status::query)?;
             return Ok(Response::new(proto::FunnelResponse {
                 plan,
                 ..Default::default()
@@ -440,7 +428,7 @@ impl InsightsService for Insights {
             .engine
             .funnel(project, &query, now)
             .await
-            .map_err(status)?;
+            .map_err(status::query)?;
         Ok(Response::new(proto::FunnelResponse {
             lines: r
                 .lines
@@ -512,7 +500,7 @@ impl InsightsService for Insights {
                 .engine
                 .explain_retention(project, &query, now)
                 .await
-                .map_err(status)?;
+                .map_err(status::query)?;
             return Ok(Response::new(proto::RetentionResponse {
                 plan,
                 ..Default::default()
@@ -522,7 +510,7 @@ impl InsightsService for Insights {
             .engine
             .retention(project, &query, now)
             .await
-            .map_err(status)?;
+            .map_err(status::query)?;
         Ok(Response::new(proto::RetentionResponse {
             labels: r.labels,
             cohorts: r

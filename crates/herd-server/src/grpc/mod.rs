@@ -19,6 +19,7 @@ use crate::{Error, Result};
 pub mod flags;
 pub mod groups;
 pub mod insights;
+pub mod status;
 
 pub mod proto {
     #![allow(missing_docs, unreachable_pub, clippy::all)]
@@ -34,22 +35,22 @@ use proto::{GetServerInfoRequest, GetServerInfoResponse, Project};
 /// The project a request's `authorization: Bearer <secret key>` selects.
 pub fn authenticate<T>(db: &Db, request: &Request<T>) -> Result<Arc<ProjectHandle>, Status> {
     let header = request.metadata().get("authorization").ok_or_else(|| {
-        Status::unauthenticated(
+        status::unauthenticated(
             "missing authorization metadata: send `authorization: Bearer <project secret key>`",
         )
     })?;
     let value = header
         .to_str()
-        .map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
+        .map_err(|_| status::unauthenticated("authorization metadata is not ASCII"))?;
     let key = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(|| {
-            Status::unauthenticated("authorization must be `Bearer <project secret key>`")
+            status::unauthenticated("authorization must be `Bearer <project secret key>`")
         })?
         .trim();
     db.project_by_secret(key)
-        .ok_or_else(|| Status::unauthenticated("unknown secret key"))
+        .ok_or_else(|| status::unauthenticated("unknown secret key"))
 }
 
 /// `herd.v1.ServerInfoService`.
@@ -78,7 +79,7 @@ impl ServerInfoService for ServerInfo {
             .db
             .warnings(project.id)
             .await
-            .map_err(|e| Status::unavailable(format!("reading ingestion warnings: {e}")))?
+            .map_err(|e| status::unavailable("reading ingestion warnings", e))?
         {
             *ingestion_warnings.entry(w.kind).or_insert(0u64) += 1;
         }
