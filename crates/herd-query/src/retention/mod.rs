@@ -22,7 +22,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::functions_aggregate::expr_fn::count;
-use datafusion::logical_expr::{cast as cast_expr, lit, when};
+use datafusion::logical_expr::{Expr, cast as cast_expr, lit, when};
 use datafusion::prelude::{DataFrame, col};
 
 use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
@@ -269,79 +269,20 @@ impl QueryEngine {
         query: &RetentionQuery,
         now: i64,
     ) -> Result<(DataFrame, RetentionPlan)> {
-        let mut budget = FilterBudget::default();
-        budget.add(&query.filters, "filters")?;
-        budget.add(&query.target.filters, "target.filters")?;
-        budget.add(&query.returning.filters, "returning.filters")?;
         let mapping = self.db().group_types(project).await.unwrap_or_default();
-        let periods = if query.periods == 0 {
-            DEFAULT_PERIODS
-        } else {
-            query.periods
-        };
-        if periods > MAX_PERIODS {
-            return Err(Error::invalid(
-                "periods",
-                format!("at most {MAX_PERIODS} periods (got {periods})"),
-            ));
-        }
-        let period = query.period.unwrap_or(Interval::Day);
-        let tz = parse_timezone(&query.timezone)?;
-        let to_text = if query.date_to.is_empty() {
-            "now"
-        } else {
-            &query.date_to
-        };
-        let to = parse_date("date_to", to_text, End::To, tz, now)?;
-        // The period holding date_to and the periods before it, as visible buckets.
-        let first = Buckets::new(
-            TimeRange { tz, from: to, to },
+        let Resolved {
+            periods,
             period,
-            query.week_start,
-            periods - 1,
-        )?
-        .scan_from();
-        let buckets = Buckets::new(
-            TimeRange {
-                tz,
-                from: first,
-                to,
-            },
-            period,
-            query.week_start,
-            0,
-        )?;
-        let (from, end) = (buckets.scan_from(), *buckets.bounds.last().unwrap_or(&to));
-        let actor_group = query
-            .aggregation_group_type
-            .as_deref()
-            .map(|g| group_index(&mapping, "aggregation_group_type", g))
-            .transpose()?;
-        let mut joins = BTreeSet::new();
-        query
-            .filters
-            .group_indexes(&mapping, "filters", &mut joins)?;
-        let entity = |e: &RetentionEntity, field: &str, joins: &mut BTreeSet<u8>| {
-            event_condition(&mapping, field, e.event.as_deref(), &e.filters, joins)
-        };
-        let target = entity(&query.target, "target", &mut joins)?;
-        let returning = entity(&query.returning, "returning", &mut joins)?;
-        let breakdown = match &query.breakdown {
-            None => None,
-            Some(b) => {
-                if let PropertySource::Group(name) = &b.source {
-                    joins.insert(group_index(&mapping, "breakdown.group_type", name)?);
-                }
-                Some(property_expr(
-                    &mapping,
-                    "breakdown",
-                    &b.source,
-                    &b.property,
-                )?)
-            }
-        };
-        let global = query.filters.to_expr(&mapping, "filters")?;
-
+            tz,
+            buckets,
+            actor_group,
+            joins,
+            target,
+            returning,
+            breakdown,
+            global,
+        } = resolve(query, &mapping, now)?;
+        let (from, end) = (buckets.scan_from(), *buckets.bounds.last().unwrap_or(&0));
         let ts = |v: i64| {
             lit(ScalarValue::TimestampMicrosecond(
                 Some(v),
@@ -422,4 +363,104 @@ impl QueryEngine {
         };
         Ok((df, plan))
     }
+}
+
+/// A validated retention request.
+struct Resolved {
+    periods: usize,
+    period: Interval,
+    tz: chrono_tz::Tz,
+    /// The cohort periods: the one holding `date_to` and those before it.
+    buckets: Buckets,
+    actor_group: Option<u8>,
+    joins: BTreeSet<u8>,
+    target: Expr,
+    returning: Expr,
+    breakdown: Option<Expr>,
+    global: Option<Expr>,
+}
+
+fn resolve(
+    query: &RetentionQuery,
+    mapping: &herd_core::GroupTypeMapping,
+    now: i64,
+) -> Result<Resolved> {
+    let mut budget = FilterBudget::default();
+    budget.add(&query.filters, "filters")?;
+    budget.add(&query.target.filters, "target.filters")?;
+    budget.add(&query.returning.filters, "returning.filters")?;
+    let periods = if query.periods == 0 {
+        DEFAULT_PERIODS
+    } else {
+        query.periods
+    };
+    if periods > MAX_PERIODS {
+        return Err(Error::invalid(
+            "periods",
+            format!("at most {MAX_PERIODS} periods (got {periods})"),
+        ));
+    }
+    let period = query.period.unwrap_or(Interval::Day);
+    let tz = parse_timezone(&query.timezone)?;
+    let to_text = if query.date_to.is_empty() {
+        "now"
+    } else {
+        &query.date_to
+    };
+    let to = parse_date("date_to", to_text, End::To, tz, now)?;
+    // The period holding date_to and the periods before it, as visible buckets.
+    let first = Buckets::new(
+        TimeRange { tz, from: to, to },
+        period,
+        query.week_start,
+        periods - 1,
+    )?
+    .scan_from();
+    let buckets = Buckets::new(
+        TimeRange {
+            tz,
+            from: first,
+            to,
+        },
+        period,
+        query.week_start,
+        0,
+    )?;
+    let actor_group = query
+        .aggregation_group_type
+        .as_deref()
+        .map(|g| group_index(mapping, "aggregation_group_type", g))
+        .transpose()?;
+    let mut joins = BTreeSet::new();
+    query
+        .filters
+        .group_indexes(mapping, "filters", &mut joins)?;
+    let entity = |e: &RetentionEntity, field: &str, joins: &mut BTreeSet<u8>| {
+        event_condition(mapping, field, e.event.as_deref(), &e.filters, joins)
+    };
+    let target = entity(&query.target, "target", &mut joins)?;
+    let returning = entity(&query.returning, "returning", &mut joins)?;
+    let breakdown = match &query.breakdown {
+        None => None,
+        Some(b) => {
+            if let PropertySource::Group(name) = &b.source {
+                joins.insert(group_index(mapping, "breakdown.group_type", name)?);
+            }
+            Some(property_expr(mapping, "breakdown", &b.source, &b.property)?)
+        }
+    };
+    let global = query.filters.to_expr(mapping, "filters")?;
+
+    Ok(Resolved {
+        periods,
+        period,
+        tz,
+        buckets,
+        actor_group,
+        joins,
+        target,
+        returning,
+        breakdown,
+        global,
+    })
 }
