@@ -8,6 +8,8 @@
 //! These functions are pure: the aggregate (`udaf.rs`) groups rows by actor, sorts them and
 //! calls them; the property tests compare them with a plain reference.
 
+use std::collections::BTreeMap;
+
 /// Most steps a funnel may have.
 pub const MAX_STEPS: usize = 20;
 
@@ -535,105 +537,25 @@ fn trends_one(
     let mut entries: Vec<Entry> = Vec::new();
     // Entries that can no longer change: their bucket is over and their window has closed.
     let mut finished: Vec<Entry> = Vec::new();
-    let mut results: std::collections::BTreeMap<i32, bool> = std::collections::BTreeMap::new();
+    let mut results: BTreeMap<i32, bool> = BTreeMap::new();
     for e in events {
-        let mut i = 0;
-        while i < entries.len() {
-            let x = &entries[i];
-            let latest = x.slots.iter().flatten().map(|(s, _)| *s).max();
-            if x.bucket < e.bucket && latest.is_none_or(|s| e.ts - s > p.window) {
-                finished.push(entries.swap_remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        let mut matched: Vec<(usize, bool)> = Vec::new();
-        for k in (1..n).rev() {
-            if e.excl & (1 << k) != 0 {
-                matched.push((k + 1, true));
-            }
-        }
-        for k in (0..n).rev() {
-            if e.steps & (1 << k) != 0 {
-                matched.push((k + 1, false));
-            }
-        }
-        for (step, exclusion) in matched {
+        retire(&mut entries, &mut finished, e, p.window);
+        for (step, exclusion) in matched_steps(e, n) {
             let unmatched = matches!(p.attribution, Some(Attribution::Step(s)) if s + 1 == step)
                 && e.bd != value;
             if step == 1 {
-                if unmatched || results.contains_key(&e.bucket) {
-                    continue;
-                }
-                let existing = entries.iter().position(|x| x.bucket == e.bucket);
-                match existing {
-                    Some(i)
-                        if !(entries[i].max_step == 1
-                            && entries[i].max_excluded != Exclusion::Not) =>
-                    {
-                        entries[i].slots[1] = Some((e.ts, false));
-                    }
-                    _ => {
-                        let mut slots = vec![None; n + 1];
-                        slots[1] = Some((e.ts, false));
-                        let entry = Entry {
-                            bucket: e.bucket,
-                            slots,
-                            max_step: 1,
-                            max_start: e.ts,
-                            max_excluded: Exclusion::Not,
-                        };
-                        match existing {
-                            Some(i) => entries[i] = entry,
-                            None => entries.push(entry),
-                        }
-                    }
+                if !unmatched && !results.contains_key(&e.bucket) {
+                    enter(&mut entries, e, n);
                 }
                 continue;
             }
-            let mut done = Vec::new();
-            for (idx, x) in entries.iter_mut().enumerate() {
-                let Some((prev_start, prev_excluded)) = x.slots[step - 1] else {
-                    continue;
-                };
-                let in_window = e.ts - prev_start <= p.window;
-                let already = x.slots[step].is_some_and(|(s, _)| s == prev_start);
-                if !in_window || already {
-                    continue;
-                }
-                if exclusion {
-                    if !prev_excluded {
-                        x.slots[step - 1] = Some((prev_start, true));
-                        if x.max_step == step - 1 && e.ts - x.max_start <= p.window {
-                            x.max_excluded = Exclusion::Partial;
-                        }
-                    }
-                    continue;
-                }
-                if unmatched {
-                    continue;
-                }
-                if !prev_excluded {
-                    x.slots[step] = Some((prev_start, false));
-                }
-                if x.slots[n].is_some() {
-                    results.insert(x.bucket, true);
-                    done.push(idx);
-                } else if step > x.max_step
-                    || (step == x.max_step && x.max_excluded == Exclusion::Partial)
-                {
-                    x.max_step = step;
-                    x.max_start = e.ts;
-                    x.max_excluded = if prev_excluded {
-                        Exclusion::Full
-                    } else {
-                        Exclusion::Not
-                    };
-                }
-            }
-            for idx in done.into_iter().rev() {
-                entries.remove(idx);
-            }
+            let step = Step {
+                step,
+                exclusion,
+                unmatched,
+                n,
+            };
+            advance(&mut entries, e, &step, p.window, &mut results);
         }
         if p.order == Order::Strict {
             for x in entries.iter_mut() {
@@ -664,6 +586,119 @@ fn trends_one(
             converted,
         })
         .collect()
+}
+
+/// Moves the entries whose bucket is before `e`'s and whose window has closed to `finished`.
+fn retire(entries: &mut Vec<Entry>, finished: &mut Vec<Entry>, e: &Ev, window: i64) {
+    let mut i = 0;
+    while i < entries.len() {
+        let x = &entries[i];
+        let latest = x.slots.iter().flatten().map(|(s, _)| *s).max();
+        if x.bucket < e.bucket && latest.is_none_or(|s| e.ts - s > window) {
+            finished.push(entries.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// The (1-based step, is an exclusion) pairs `e` matches among the first `n` steps,
+/// exclusions first, each from the last step down.
+fn matched_steps(e: &Ev, n: usize) -> Vec<(usize, bool)> {
+    let exclusions = (1..n).rev().filter(|k| e.excl & (1 << k) != 0);
+    let steps = (0..n).rev().filter(|k| e.steps & (1 << k) != 0);
+    exclusions
+        .map(|k| (k + 1, true))
+        .chain(steps.map(|k| (k + 1, false)))
+        .collect()
+}
+
+/// `e` enters the funnel in its bucket: a new entry, or the bucket's entry restarted.
+fn enter(entries: &mut Vec<Entry>, e: &Ev, n: usize) {
+    let existing = entries.iter().position(|x| x.bucket == e.bucket);
+    match existing {
+        Some(i) if !(entries[i].max_step == 1 && entries[i].max_excluded != Exclusion::Not) => {
+            entries[i].slots[1] = Some((e.ts, false));
+        }
+        _ => {
+            let mut slots = vec![None; n + 1];
+            slots[1] = Some((e.ts, false));
+            let entry = Entry {
+                bucket: e.bucket,
+                slots,
+                max_step: 1,
+                max_start: e.ts,
+                max_excluded: Exclusion::Not,
+            };
+            match existing {
+                Some(i) => entries[i] = entry,
+                None => entries.push(entry),
+            }
+        }
+    }
+}
+
+/// A later step (or exclusion) an event matched.
+struct Step {
+    step: usize,
+    exclusion: bool,
+    /// The step's breakdown value is not the one evaluated (step attribution).
+    unmatched: bool,
+    n: usize,
+}
+
+/// Every entry that reached the step before `m.step` within the window moves on (or, for an
+/// exclusion, is marked); entries reaching the last step convert in their bucket.
+fn advance(
+    entries: &mut Vec<Entry>,
+    e: &Ev,
+    m: &Step,
+    window: i64,
+    results: &mut BTreeMap<i32, bool>,
+) {
+    let step = m.step;
+    let mut done = Vec::new();
+    for (idx, x) in entries.iter_mut().enumerate() {
+        let Some((prev_start, prev_excluded)) = x.slots[step - 1] else {
+            continue;
+        };
+        let in_window = e.ts - prev_start <= window;
+        let already = x.slots[step].is_some_and(|(s, _)| s == prev_start);
+        if !in_window || already {
+            continue;
+        }
+        if m.exclusion {
+            if !prev_excluded {
+                x.slots[step - 1] = Some((prev_start, true));
+                if x.max_step == step - 1 && e.ts - x.max_start <= window {
+                    x.max_excluded = Exclusion::Partial;
+                }
+            }
+            continue;
+        }
+        if m.unmatched {
+            continue;
+        }
+        if !prev_excluded {
+            x.slots[step] = Some((prev_start, false));
+        }
+        if x.slots[m.n].is_some() {
+            results.insert(x.bucket, true);
+            done.push(idx);
+        } else if step > x.max_step || (step == x.max_step && x.max_excluded == Exclusion::Partial)
+        {
+            x.max_step = step;
+            x.max_start = e.ts;
+            x.max_excluded = if prev_excluded {
+                Exclusion::Full
+            } else {
+                Exclusion::Not
+            };
+        }
+    }
+    for idx in done.into_iter().rev() {
+        entries.remove(idx);
+    }
 }
 
 #[cfg(test)]
