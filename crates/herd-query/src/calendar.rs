@@ -15,7 +15,8 @@ use chrono_tz::Tz;
 use crate::Error;
 
 /// Bucket width.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Interval {
     /// Clock hours.
     Hour,
@@ -28,7 +29,8 @@ pub enum Interval {
 }
 
 /// First day of a week.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WeekStart {
     /// PostHog's default (`toStartOfWeek` mode 0).
     #[default]

@@ -23,7 +23,8 @@ use herd_core::GroupTypeMapping;
 use crate::Error;
 
 /// Comparison of a property with the filter's values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Operator {
     /// Equal to any of the values.
     Exact,
@@ -56,30 +57,36 @@ pub enum Operator {
 }
 
 /// Where a property is read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PropertySource {
     /// The event's own properties.
+    #[default]
     Event,
     /// The current properties of the event's group of this type (by name).
     Group(String),
 }
 
 /// One property filter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct PropertyFilter {
     /// Property name.
     pub key: String,
     /// Event or group property.
+    #[serde(default)]
     pub source: PropertySource,
     /// Comparison.
     pub operator: Operator,
     /// Values to compare with: any of them for `exact` / `is_not`, exactly one for the other
     /// comparisons, none for `is_set` / `is_not_set`.
+    #[serde(default)]
     pub values: Vec<String>,
 }
 
 /// How the members of a [`PropertyGroup`] combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BoolOp {
     /// All must hold.
     #[default]
@@ -89,7 +96,8 @@ pub enum BoolOp {
 }
 
 /// Filters and nested groups combined with AND or OR. An empty group is true.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PropertyGroup {
     /// AND or OR.
     pub op: BoolOp,

@@ -1,11 +1,14 @@
 //! Related actors of a group (spec §5): the users (`distinct_id`) and the groups of the other
-//! types that shared at least one event with the group in a recent window (PostHog: 90 days).
+//! types that shared at least one event with the group in a recent window (PostHog: 90 days),
+//! and the group's latest events.
 
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::lit;
 use datafusion::prelude::col;
 use herd_core::ProjectId;
-use herd_core::schema::{DISTINCT_ID, TIMESTAMP};
+use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use herd_core::schema::{DISTINCT_ID, EVENT, PROPERTIES, TIMESTAMP};
 
 use crate::filters::group_column;
 use crate::{Error, QueryEngine, Result};
@@ -14,7 +17,7 @@ use crate::{Error, QueryEngine, Result};
 pub const RELATED_WINDOW_DAYS: i64 = 90;
 
 /// Users and groups that shared an event with one group.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct RelatedActors {
     /// `distinct_id`s, sorted.
     pub users: Vec<String>,
@@ -90,4 +93,58 @@ impl QueryEngine {
         }
         Ok(out)
     }
+
+    /// The latest `limit` events of group `key` of type `index`, newest first.
+    pub async fn group_events(
+        &self,
+        project: ProjectId,
+        index: u8,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<EventRow>> {
+        if key.is_empty() {
+            return Err(Error::invalid("key", "group key required"));
+        }
+        let batches = self
+            .events(project)
+            .await?
+            .filter(col(group_column(index)).eq(lit(key)))?
+            .select(vec![col(TIMESTAMP), col(EVENT), col(DISTINCT_ID), col(PROPERTIES)])?
+            .sort(vec![col(TIMESTAMP).sort(false, true)])?
+            .limit(0, Some(limit))?
+            .collect()
+            .await?;
+        let mut out = Vec::new();
+        for b in &batches {
+            let ts: TimestampMicrosecondArray = crate::column_as(
+                b,
+                0,
+                &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            )?;
+            let text = |i| crate::column_as::<StringArray>(b, i, &DataType::Utf8);
+            let (event, user, props) = (text(1)?, text(2)?, text(3)?);
+            for row in 0..b.num_rows() {
+                out.push(EventRow {
+                    timestamp: ts.value(row),
+                    event: event.value(row).to_string(),
+                    distinct_id: user.value(row).to_string(),
+                    properties: props.value(row).to_string(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One event as a group's page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventRow {
+    /// µs since the epoch.
+    pub timestamp: i64,
+    /// Event name.
+    pub event: String,
+    /// The person.
+    pub distinct_id: String,
+    /// Properties (JSON text).
+    pub properties: String,
 }

@@ -10,7 +10,9 @@
 
 pub mod codec;
 pub mod config;
+pub mod console;
 pub mod flags;
+pub mod groups;
 pub mod grpc;
 pub mod http;
 
@@ -153,19 +155,29 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
 
     let (stop, stop_rx) = watch::channel(false);
     let ingestor = Arc::new(Ingestor::new(db.clone()));
+    // One query session for the gRPC services and the console (they share its caches).
+    let engine = herd_query::QueryEngine::new(db.clone())
+        .map_err(|e| Error::Grpc(format!("query engine: {e}")))?;
     let tasks = vec![
         tokio::spawn(with_grace(
             http::serve(
                 http_listener,
                 ingestor,
                 http::flags::router(flags.clone())
-                    .merge(http::remote_config::router(flags.clone())),
+                    .merge(http::remote_config::router(flags.clone()))
+                    .merge(console::router(db.clone(), engine.clone())),
                 stopped(stop_rx.clone()),
             ),
             stopped(stop_rx.clone()),
         )),
         tokio::spawn(with_grace(
-            grpc::serve(grpc_listener, db.clone(), flags, stopped(stop_rx.clone())),
+            grpc::serve(
+                grpc_listener,
+                db.clone(),
+                engine,
+                flags,
+                stopped(stop_rx.clone()),
+            ),
             stopped(stop_rx.clone()),
         )),
         tokio::spawn(flusher(db.clone(), stopped(stop_rx.clone()))),

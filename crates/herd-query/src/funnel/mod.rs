@@ -45,7 +45,8 @@ use udaf::Mode;
 pub const FUNNEL_OTHER: &str = "Other";
 
 /// Unit of a conversion window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WindowUnit {
     /// Seconds.
     Second,
@@ -77,11 +78,13 @@ impl WindowUnit {
 }
 
 /// A window length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Window {
     /// How many units (> 0).
     pub value: i64,
     /// The unit.
+    #[serde(default)]
     pub unit: WindowUnit,
 }
 
@@ -101,7 +104,8 @@ impl Window {
 }
 
 /// One step of a funnel.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FunnelStep {
     /// Event name; `None` for any event.
     pub event: Option<String>,
@@ -116,7 +120,8 @@ pub struct FunnelStep {
 }
 
 /// An exclusion: an event that disqualifies an attempt between two steps.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FunnelExclusion {
     /// Event name; `None` for any event.
     pub event: Option<String>,
@@ -129,7 +134,8 @@ pub struct FunnelExclusion {
 }
 
 /// What the funnel answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FunnelViz {
     /// Counts and conversion times per step.
     #[default]
@@ -141,7 +147,8 @@ pub enum FunnelViz {
 }
 
 /// A funnel request.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FunnelQuery {
     /// Two or more steps.
     pub steps: Vec<FunnelStep>,
@@ -182,7 +189,7 @@ pub struct FunnelQuery {
 }
 
 /// One step of a result line.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FunnelStepResult {
     /// 0-based position.
     pub order: usize,
@@ -201,7 +208,7 @@ pub struct FunnelStepResult {
 }
 
 /// The steps of one breakdown value (or of the whole funnel).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FunnelLine {
     /// Breakdown value (`''` when missing, [`FUNNEL_OTHER`] beyond the limit); `None` without
     /// a breakdown.
@@ -211,7 +218,7 @@ pub struct FunnelLine {
 }
 
 /// Time-to-convert histogram.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TimeToConvert {
     /// `(bin start in seconds, actors)`; one more entry than bins (spec §3.6).
     pub bins: Vec<(f64, u64)>,
@@ -220,7 +227,7 @@ pub struct TimeToConvert {
 }
 
 /// One bucket of funnel trends.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FunnelTrendPoint {
     /// Bucket label.
     pub label: String,
@@ -235,7 +242,7 @@ pub struct FunnelTrendPoint {
 }
 
 /// Funnel trends of one breakdown value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FunnelTrendsLine {
     /// Breakdown value; `None` without a breakdown.
     pub breakdown_value: Option<String>,
@@ -244,7 +251,7 @@ pub struct FunnelTrendsLine {
 }
 
 /// The answer to a [`FunnelQuery`].
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct FunnelResult {
     /// Resolved start (µs).
     pub date_from: i64,

@@ -43,7 +43,8 @@ pub const DEFAULT_PERIODS: usize = 7;
 pub const MAX_PERIODS: usize = 512;
 
 /// How cohorts are formed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RetentionType {
     /// An actor joins the cohort of every period in which it did the target event.
     #[default]
@@ -54,7 +55,8 @@ pub enum RetentionType {
 }
 
 /// The target or returning event.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetentionEntity {
     /// Event name; `None` for any event.
     pub event: Option<String>,
@@ -63,7 +65,8 @@ pub struct RetentionEntity {
 }
 
 /// A retention request.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetentionQuery {
     /// The event that puts an actor in a cohort.
     pub target: RetentionEntity,
@@ -90,7 +93,7 @@ pub struct RetentionQuery {
 }
 
 /// One cohort.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Cohort {
     /// "Day 0", "Week 3", …
     pub label: String,
@@ -106,7 +109,7 @@ pub struct Cohort {
 }
 
 /// The answer to a [`RetentionQuery`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RetentionResult {
     /// Period length used.
     pub period: Interval,

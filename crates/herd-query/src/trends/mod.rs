@@ -30,7 +30,8 @@ pub const DEFAULT_BREAKDOWN_LIMIT: usize = 25;
 pub const MAX_SERIES: usize = 50;
 
 /// What a series computes per bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Math {
     /// Number of events.
     Total,
@@ -84,7 +85,8 @@ impl Math {
 }
 
 /// How the series are shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Display {
     /// One value per bucket.
     #[default]
@@ -96,7 +98,8 @@ pub enum Display {
 }
 
 /// One series of a trends query.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Series {
     /// Event name; `None` for any event.
     pub event: Option<String>,
@@ -109,7 +112,8 @@ pub struct Series {
 }
 
 /// A math with its parameters.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MathSpec {
     /// The aggregate.
     pub math: Math,
@@ -131,15 +135,19 @@ impl Default for MathSpec {
 }
 
 /// Breakdown by a property.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Breakdown {
     /// Property name.
     pub property: String,
     /// Event property or the current property of a group type.
+    #[serde(default)]
     pub source: PropertySource,
     /// Values shown (ranked by the series' value over the range); 0 = 25.
+    #[serde(default)]
     pub limit: usize,
     /// Drop values beyond the limit instead of collecting them in the "other" bucket.
+    #[serde(default)]
     pub hide_other: bool,
 }
 
@@ -157,7 +165,8 @@ impl Breakdown {
 }
 
 /// A trends request.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrendsQuery {
     /// One or more series.
     pub series: Vec<Series>,
@@ -180,7 +189,7 @@ pub struct TrendsQuery {
 }
 
 /// One result line: a series, or one breakdown value of a series.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SeriesResult {
     /// Index of the series in the request.
     pub series_index: usize,
@@ -198,7 +207,7 @@ pub struct SeriesResult {
 }
 
 /// The answer to a [`TrendsQuery`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TrendsResult {
     /// Bucket width used.
     pub interval: Interval,

@@ -18,9 +18,6 @@ use crate::grpc::proto::{
     RelatedGroup,
 };
 
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
-
 /// The groups service over one store.
 #[derive(Debug)]
 pub struct Groups {
@@ -77,19 +74,6 @@ fn group(index: u8, group_type: &str, key: &str, state: &GroupState) -> Group {
 }
 
 /// Case-insensitive match of the key or any property value (as text).
-fn matches(key: &str, state: &GroupState, needle: &str) -> bool {
-    if needle.is_empty() || key.to_lowercase().contains(needle) {
-        return true;
-    }
-    state.properties().values().any(|v| {
-        let text = match v {
-            serde_json::Value::String(s) => s.to_lowercase(),
-            other => other.to_string().to_lowercase(),
-        };
-        text.contains(needle)
-    })
-}
-
 #[tonic::async_trait]
 impl GroupsService for Groups {
     async fn list_group_types(
@@ -118,40 +102,23 @@ impl GroupsService for Groups {
         let req = request.into_inner();
         let mapping = self.mapping(project).await;
         let index = type_index(&mapping, &req.group_type)?;
-        let page = match req.page_size as usize {
-            0 => DEFAULT_PAGE,
-            n if n > MAX_PAGE => {
-                return Err(status::invalid("page_size", format!("at most {MAX_PAGE}")));
-            }
-            n => n,
-        };
-        let needle = req.search.to_lowercase();
-        let groups = self
-            .db
-            .current_groups_of_type(project, index)
-            .await
-            .unwrap_or_default();
-        let mut keys: Vec<(&String, &GroupState)> = groups
-            .iter()
-            .filter(|(key, state)| {
-                key.as_str() > req.cursor.as_str() && matches(key, state, &needle)
-            })
-            .map(|(key, state)| (key, state))
-            .collect();
-        keys.sort_by(|a, b| a.0.cmp(b.0));
-        let more = keys.len() > page;
-        keys.truncate(page);
-        let next_cursor = if more {
-            keys.last().map(|(k, _)| (*k).clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let page = crate::groups::page(
+            &self.db,
+            project,
+            index,
+            &req.search,
+            &req.cursor,
+            req.page_size as usize,
+        )
+        .await
+        .map_err(status::query)?;
         Ok(Response::new(ListGroupsResponse {
-            groups: keys
-                .into_iter()
+            groups: page
+                .groups
+                .iter()
                 .map(|(k, s)| group(index, &req.group_type, k, s))
                 .collect(),
-            next_cursor,
+            next_cursor: page.next_cursor,
         }))
     }
 

@@ -100,6 +100,7 @@ impl ServerInfoService for ServerInfo {
 pub async fn serve(
     listener: TcpListener,
     db: Arc<Db>,
+    engine: herd_query::QueryEngine,
     flags: Arc<crate::flags::FlagsState>,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<()> {
@@ -130,8 +131,6 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| Error::Grpc(format!("reflection: {e}")))?;
-    let engine = herd_query::QueryEngine::new(db.clone())
-        .map_err(|e| Error::Grpc(format!("query engine: {e}")))?;
     let groups = crate::grpc::groups::Groups::new(db.clone(), engine.clone());
     let insights = crate::grpc::insights::Insights::new(engine);
     let info = ServerInfo {

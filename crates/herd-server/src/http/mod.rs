@@ -84,6 +84,80 @@ impl From<herd_ingest::Error> for ApiError {
     }
 }
 
+impl ApiError {
+    /// An error with PostHog's `{type, code, detail}` body.
+    pub(crate) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            detail: herd_core::message::clip(detail.into()),
+        }
+    }
+
+    /// A request field the client must fix.
+    pub(crate) fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            "invalid_request",
+            detail,
+        )
+    }
+
+    /// No, a malformed or an unknown key.
+    pub(crate) fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_api_key",
+            detail,
+        )
+    }
+}
+
+/// Query errors as the console's JSON API answers them: the same kinds as gRPC's map
+/// ([`crate::grpc::status::query`]).
+impl From<herd_query::Error> for ApiError {
+    fn from(e: herd_query::Error) -> Self {
+        use herd_query::Error as E;
+        let text = e.to_string();
+        match e {
+            E::Invalid { .. } => Self::invalid(text),
+            E::UnknownProject(_) => {
+                Self::new(StatusCode::NOT_FOUND, "invalid_request", "not_found", text)
+            }
+            E::DataFusion(d)
+                if matches!(
+                    d.find_root(),
+                    datafusion::error::DataFusionError::ResourcesExhausted(_)
+                ) =>
+            {
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "resources_exhausted",
+                    text,
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "console query failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"type": self.kind, "code": self.code, "detail": self.detail});
