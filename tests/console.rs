@@ -74,7 +74,11 @@ async fn grpc_answers(server: &Server) -> (Vec<f64>, Vec<u64>, Vec<Vec<u64>>) {
     let funnel = insights
         .funnel(with_key(
             proto::FunnelRequest {
-                steps: vec![step("$pageview"), step("signed_up"), step("created_project")],
+                steps: vec![
+                    step("$pageview"),
+                    step("signed_up"),
+                    step("created_project"),
+                ],
                 aggregation_group_type: "company".into(),
                 window: Some(proto::ConversionWindow {
                     value: 14,
@@ -114,11 +118,7 @@ async fn grpc_answers(server: &Server) -> (Vec<f64>, Vec<u64>, Vec<Vec<u64>>) {
     (
         trend.results[0].data.clone(),
         funnel.lines[0].steps.iter().map(|s| s.count).collect(),
-        retention
-            .cohorts
-            .iter()
-            .map(|c| c.values.clone())
-            .collect(),
+        retention.cohorts.iter().map(|c| c.values.clone()).collect(),
     )
 }
 
@@ -134,7 +134,10 @@ async fn post(server: &Server, path: &str, key: &str, body: &Value) -> (u16, Val
 }
 
 fn number(text: &str) -> f64 {
-    text.replace(',', "").trim_end_matches('%').parse().expect("a number")
+    text.replace(',', "")
+        .trim_end_matches('%')
+        .parse()
+        .expect("a number")
 }
 
 #[tokio::test]
@@ -146,10 +149,22 @@ async fn the_console_shows_the_grpc_answers_in_a_real_browser() {
     let q = queries();
 
     // The JSON API: the same answers, the same refusals, no public token.
-    let (status, r) = post(&server, "/api/v1/insights/trends", SAMPLE_SECRET, &q["trends"]).await;
+    let (status, r) = post(
+        &server,
+        "/api/v1/insights/trends",
+        SAMPLE_SECRET,
+        &q["trends"],
+    )
+    .await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["results"][0]["data"], json!(trend));
-    let (status, r) = post(&server, "/api/v1/insights/funnel", SAMPLE_SECRET, &q["funnel"]).await;
+    let (status, r) = post(
+        &server,
+        "/api/v1/insights/funnel",
+        SAMPLE_SECRET,
+        &q["funnel"],
+    )
+    .await;
     assert_eq!(status, 200, "{r}");
     let counts: Vec<u64> = r["lines"][0]["steps"]
         .as_array()
@@ -188,7 +203,10 @@ async fn the_console_shows_the_grpc_answers_in_a_real_browser() {
     .await;
     assert_eq!(status, 400);
     let detail = r["detail"].as_str().expect("detail");
-    assert!(detail.starts_with("window.unit: unknown variant `fortnight`"), "{detail}");
+    assert!(
+        detail.starts_with("window.unit: unknown variant `fortnight`"),
+        "{detail}"
+    );
     for key in ["", "phc_herd_sample_token", "phs_wrong"] {
         let (status, r) = post(&server, "/api/v1/insights/trends", key, &q["trends"]).await;
         assert_eq!(status, 401, "{key:?}: {r}");

@@ -29,7 +29,9 @@ pub enum Interval {
 }
 
 /// First day of a week.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum WeekStart {
     /// PostHog's default (`toStartOfWeek` mode 0).

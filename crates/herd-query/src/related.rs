@@ -2,12 +2,12 @@
 //! types that shared at least one event with the group in a recent window (PostHog: 90 days),
 //! and the group's latest events.
 
+use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::lit;
 use datafusion::prelude::col;
 use herd_core::ProjectId;
-use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use herd_core::schema::{DISTINCT_ID, EVENT, PROPERTIES, TIMESTAMP};
 
 use crate::filters::group_column;
@@ -109,7 +109,12 @@ impl QueryEngine {
             .events(project)
             .await?
             .filter(col(group_column(index)).eq(lit(key)))?
-            .select(vec![col(TIMESTAMP), col(EVENT), col(DISTINCT_ID), col(PROPERTIES)])?
+            .select(vec![
+                col(TIMESTAMP),
+                col(EVENT),
+                col(DISTINCT_ID),
+                col(PROPERTIES),
+            ])?
             .sort(vec![col(TIMESTAMP).sort(false, true)])?
             .limit(0, Some(limit))?
             .collect()

@@ -17,7 +17,9 @@ pub const MAX_STEPS: usize = 20;
 pub const NO_VALUE: u32 = u32::MAX;
 
 /// Step order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Order {
     /// Steps in order; other events in between are allowed.
@@ -30,7 +32,9 @@ pub enum Order {
 }
 
 /// How an actor's breakdown value is chosen (spec §3.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Attribution {
     /// The value of the actor's earliest event that has one.

@@ -102,11 +102,7 @@ async fn groups(
         params.page_size,
     )
     .await?;
-    let groups: Vec<Value> = page
-        .groups
-        .iter()
-        .map(|(k, s)| group_json(k, s))
-        .collect();
+    let groups: Vec<Value> = page.groups.iter().map(|(k, s)| group_json(k, s)).collect();
     Ok(Json(
         json!({"groups": groups, "next_cursor": page.next_cursor}),
     ))

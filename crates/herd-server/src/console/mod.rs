@@ -59,7 +59,10 @@ async fn asset(Path(path): Path<String>) -> Response {
         false => "no-cache",
     };
     (
-        [(header::CONTENT_TYPE, mime), (header::CACHE_CONTROL, cache.into())],
+        [
+            (header::CONTENT_TYPE, mime),
+            (header::CACHE_CONTROL, cache.into()),
+        ],
         file.data.into_owned(),
     )
         .into_response()
@@ -75,8 +78,13 @@ fn authenticate(db: &Db, headers: &HeaderMap) -> Result<Arc<ProjectHandle>, ApiE
     let key = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <project secret key>`"))?
+        .ok_or_else(|| {
+            ApiError::unauthorized("Authorization must be `Bearer <project secret key>`")
+        })?
         .trim();
-    db.project_by_secret(key)
-        .ok_or_else(|| ApiError::unauthorized("unknown secret key (the console takes a project's secret key, not its public token)"))
+    db.project_by_secret(key).ok_or_else(|| {
+        ApiError::unauthorized(
+            "unknown secret key (the console takes a project's secret key, not its public token)",
+        )
+    })
 }
