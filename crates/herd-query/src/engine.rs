@@ -132,31 +132,6 @@ impl QueryEngine {
         self.events_provider(&snapshot).await
     }
 
-    /// `df` left-joined, for each group type index in `indexes`, to the current groups table
-    /// of that type on `$group_N` (see [`Self::groups_table`]): what group-property filters
-    /// and breakdowns read.
-    pub(crate) async fn join_groups<'a>(
-        &self,
-        project: ProjectId,
-        mut df: DataFrame,
-        indexes: impl IntoIterator<Item = &'a u8>,
-    ) -> Result<DataFrame> {
-        for &n in indexes {
-            let right = self
-                .context()
-                .read_table(self.groups_table(project, n).await?)?;
-            let key = filters::group_key_column(n);
-            df = df.join(
-                right,
-                datafusion::logical_expr::JoinType::Left,
-                &[filters::group_column(n)],
-                &[key.as_str()],
-                None,
-            )?;
-        }
-        Ok(df)
-    }
-
     /// The current properties of the project's groups of type `index`, as a table with the
     /// columns `__g<index>_key` and `__g<index>_properties` (JSON text), for left joins from
     /// `$group_<index>`.

@@ -5,7 +5,8 @@
 //! has its folder: [`trends`], [`funnel`], [`retention`] (request and answer types, resolve,
 //! plan, fold); what they share sits beside them: [`filters`] (property filters, breakdown
 //! and group columns), [`calendar`] and [`bucket`] (time buckets), [`unique`] (exact unique
-//! counts), the session's planner for herd's plan nodes. One plan per request, built with
+//! counts), `rows` (what every insight does first: events in range, names, actor, group joins,
+//! filters), the session's planner for herd's plan nodes. One plan per request, built with
 //! DataFusion's APIs; no user input is ever spliced into SQL text.
 
 mod actors;
@@ -23,6 +24,7 @@ mod number_set;
 mod planner;
 pub mod related;
 pub mod retention;
+mod rows;
 pub mod trends;
 pub mod unique;
 

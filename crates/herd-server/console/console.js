@@ -297,14 +297,23 @@ function readBreakdown(form) {
   return key ? { property: key, source: source(form.bsource.value) } : undefined;
 }
 
-async function trendsPage(params) {
-  const q = queryFromUrl(params, defaultTrends());
-  const s = q.series[0] || {};
+/** One series row of the trends form: event, what is counted, and of which actors. */
+function seriesRow(s) {
   const m = s.math || { math: 'total' };
-  const form = h('form', { class: 'query', id: 'trends-form' },
+  const row = h('div', { class: 'row series' },
     field('Event', h('input', { name: 'event', value: s.event || '', placeholder: 'any event' })),
     field('Counting', select('math', MATHS, m.math || 'total')),
     field('of', h('select', { name: 'group_type' }, groupTypeOptions(m.group_type, true))),
+    h('button', { type: 'button', title: 'remove series', onclick: () => row.remove() }, '×'));
+  return row;
+}
+
+async function trendsPage(params) {
+  const q = queryFromUrl(params, defaultTrends());
+  const m = (q.series[0] || {}).math || { math: 'total' };
+  const series = h('div', { class: 'rows', id: 'series' }, q.series.map(seriesRow));
+  const form = h('form', { class: 'query', id: 'trends-form' }, series,
+    h('button', { type: 'button', onclick: () => series.append(seriesRow({})) }, '+ series'),
     field('Interval', select('interval', INTERVALS, q.interval || 'day')),
     field('Display', select('display', [['time_series', 'time series'], ['total_value', 'total'], ['cumulative', 'cumulative']], q.display || 'time_series')),
     ...dateFields(q), ...breakdownFields(q.breakdown),
@@ -313,9 +322,13 @@ async function trendsPage(params) {
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     const f = e.target;
-    const math = { math: f.math.value };
-    if (f.group_type.value) math.group_type = f.group_type.value;
-    const next = { series: [{ event: f.event.value.trim() || null, math }], interval: f.interval.value,
+    const rows = [...f.querySelectorAll('.series')].map((r) => {
+      const math = { math: r.querySelector('[name=math]').value };
+      const g = r.querySelector('[name=group_type]').value;
+      if (g) math.group_type = g;
+      return { event: r.querySelector('[name=event]').value.trim() || null, math };
+    });
+    const next = { series: rows, interval: f.interval.value,
       date_from: f.date_from.value, date_to: f.date_to.value, timezone: f.timezone.value, display: f.display.value };
     const b = readBreakdown(f);
     if (b) next.breakdown = b;

@@ -26,12 +26,12 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, cast as cast_expr, lit, when};
 use datafusion::prelude::{DataFrame, col};
-use herd_core::schema::{DISTINCT_ID, DISTINCT_ID_NUM, EVENT, TIMESTAMP};
+use herd_core::schema::{EVENT, TIMESTAMP};
 
 use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, Interval, WeekStart};
 use crate::event_mask::EventMaskUdf;
-use crate::filters::{PropertyGroup, group_column, group_number_column};
+use crate::filters::PropertyGroup;
 use crate::trends::Breakdown;
 use crate::{Error, QueryEngine, Result};
 
@@ -398,31 +398,23 @@ impl QueryEngine {
     async fn funnel_events(
         &self,
         project: herd_core::ProjectId,
-        mut df: DataFrame,
+        df: DataFrame,
         r: &Resolved,
         numbered: bool,
         split: bool,
     ) -> Result<DataFrame> {
-        let mut pred = Vec::new();
         // A split funnel's parts are each narrowed by their own steps' names (below): the
         // list of all names would be one more string lookup per row.
-        if let Some(names) = r.event_names.as_ref().filter(|_| !split) {
-            let list = names.iter().map(|n| lit(n.as_str())).collect();
-            pred.push(col(EVENT).in_list(list, false));
-        }
-        if let Some(n) = r.actor_group {
-            pred.push(match numbered {
-                true => col(group_number_column(n)).not_eq(lit(0u32)),
-                false => col(group_column(n)).not_eq(lit("")),
-            });
-        }
-        if let Some(pred) = pred.into_iter().reduce(Expr::and) {
-            df = df.filter(pred)?;
-        }
-        df = self.join_groups(project, df, &r.joins).await?;
-        if let Some(g) = &r.global {
-            df = df.filter(g.clone())?;
-        }
+        let names = r.event_names.as_deref().filter(|_| !split).unwrap_or(&[]);
+        let tables = self.group_tables(project, &r.joins).await?;
+        let spec = crate::rows::RowSpec {
+            names,
+            actor_group: r.actor_group,
+            numbered,
+            joins: &r.joins,
+            filter: r.global.as_ref(),
+        };
+        let df = self.insight_rows(df, &spec, &tables)?;
         Ok(df)
     }
 
@@ -559,12 +551,7 @@ fn row_columns(
     masks: &Masks,
     buckets: Option<&Buckets>,
 ) -> Vec<Expr> {
-    let actor = match (r.actor_group, numbered) {
-        (Some(n), true) => col(group_number_column(n)),
-        (None, true) => col(DISTINCT_ID_NUM),
-        (Some(n), false) => col(group_column(n)),
-        (None, false) => col(DISTINCT_ID),
-    };
+    let actor = crate::rows::actor(r.actor_group, numbered);
     let bd = match &r.breakdown {
         Some(e) => cast_expr(e.clone(), DataType::Utf8),
         None => lit(ScalarValue::Utf8(None)),

@@ -25,14 +25,13 @@ use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{Expr, cast as cast_expr, lit, when};
 use datafusion::prelude::{DataFrame, col};
 
-use herd_core::schema::{DISTINCT_ID, EVENT, TIMESTAMP};
+use herd_core::schema::TIMESTAMP;
 pub use udaf::RetentionUdaf;
 
 use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, End, Interval, TimeRange, WeekStart, parse_date, parse_timezone};
 use crate::filters::{
-    FilterBudget, PropertyGroup, PropertySource, event_condition, group_column, group_index,
-    property_expr,
+    FilterBudget, PropertyGroup, PropertySource, event_condition, group_index, property_expr,
 };
 use crate::trends::{BREAKDOWN_NULL, BREAKDOWN_OTHER, Breakdown, DEFAULT_BREAKDOWN_LIMIT};
 use crate::{Error, QueryEngine, Result};
@@ -296,30 +295,26 @@ impl QueryEngine {
             .gt_eq(ts(from))
             .and(col(TIMESTAMP).lt(ts(end)));
         // First-time cohorts need every earlier target event too.
-        let mut pred = match query.retention_type {
+        let pred = match query.retention_type {
             RetentionType::Recurring => in_range.clone(),
             RetentionType::FirstTime => col(TIMESTAMP).lt(ts(end)),
         };
-        let names: Option<Vec<&str>> = match (&query.target.event, &query.returning.event) {
-            (Some(a), Some(b)) => Some(vec![a.as_str(), b.as_str()]),
-            _ => None,
+        let names: Vec<String> = match (&query.target.event, &query.returning.event) {
+            (Some(a), Some(b)) => vec![a.clone(), b.clone()],
+            _ => Vec::new(),
         };
-        if let Some(names) = names {
-            pred = pred.and(col(EVENT).in_list(names.into_iter().map(lit).collect(), false));
-        }
-        if let Some(n) = actor_group {
-            pred = pred.and(col(group_column(n)).not_eq(lit("")));
-        }
         let events = self.events_table(project).await?;
-        let mut df = self.context().read_table(events)?.filter(pred)?;
-        df = self.join_groups(project, df, &joins).await?;
-        if let Some(g) = global {
-            df = df.filter(g)?;
-        }
-        let actor = match actor_group {
-            Some(n) => col(group_column(n)),
-            None => col(DISTINCT_ID),
+        let tables = self.group_tables(project, &joins).await?;
+        let spec = crate::rows::RowSpec {
+            names: &names,
+            actor_group,
+            numbered: false,
+            joins: &joins,
+            filter: global.as_ref(),
         };
+        let events = self.context().read_table(events)?.filter(pred)?;
+        let mut df = self.insight_rows(events, &spec, &tables)?;
+        let actor = crate::rows::actor(actor_group, false);
         let bucket = BucketUdf::expr(&buckets, col(TIMESTAMP));
         let null_bucket = lit(ScalarValue::Int32(None));
         let bd = match &breakdown {

@@ -14,8 +14,6 @@ mod fold;
 mod plan;
 mod resolve;
 
-use std::collections::HashMap;
-
 use crate::calendar::{Buckets, Interval, WeekStart};
 use crate::filters::{PropertyGroup, PropertySource};
 use crate::{QueryEngine, Result};
@@ -252,14 +250,10 @@ impl QueryEngine {
             .map(|(i, s)| resolve::plan_series(i, s, query, &mapping, &resolved))
             .collect::<Result<Vec<_>>>()?;
         let events = self.events_source(project).await?;
-        let mut groups = HashMap::new();
-        for p in &plans {
-            for n in p.joins.iter().chain(&p.late_join) {
-                if !groups.contains_key(n) {
-                    groups.insert(*n, self.groups_table(project, *n).await?);
-                }
-            }
-        }
+        let joined = plans
+            .iter()
+            .flat_map(|p| p.joins.iter().chain(&p.late_join));
+        let groups = self.group_tables(project, joined).await?;
         let buckets = Buckets::new(resolved.range, resolved.interval, resolved.week_start, 0)?;
         let (plan, shapes) =
             self.trends_plan(&events, &groups, &resolved, &buckets, &plans, query.display)?;

@@ -5,18 +5,14 @@
 //! plans are united, each row tagged with its series index, so the answer is one stream of
 //! `(__series, __label, __order, __bucket, __v)` rows that [`super::fold`] turns into lines.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use datafusion::arrow::datatypes::DataType;
-use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::expr_fn::{
     avg, count, max, median, min, percentile_cont, sum,
 };
-use datafusion::logical_expr::{Expr, ExprFunctionExt, JoinType, cast as cast_expr, lit};
+use datafusion::logical_expr::{Expr, ExprFunctionExt, cast as cast_expr, lit};
 use datafusion::prelude::{DataFrame, coalesce, col};
-use herd_core::schema::{DISTINCT_ID, DISTINCT_ID_NUM, EVENT, TIMESTAMP};
+use herd_core::schema::TIMESTAMP;
 
 use super::breakdown::{BreakdownNode, Limit};
 use super::resolve::{Plan, Resolved};
@@ -26,7 +22,7 @@ use super::{
 };
 use crate::bucket::BucketUdf;
 use crate::calendar::{Buckets, Interval, TimeRange};
-use crate::filters::{group_column, group_key_column, group_number_column};
+use crate::rows::{self, GroupTables, RowSpec};
 use crate::{Error, QueryEngine, Result};
 
 /// How the fold reads a series' `__v`.
@@ -144,7 +140,7 @@ impl QueryEngine {
     pub(super) fn trends_plan(
         &self,
         events: &crate::Events,
-        groups: &HashMap<u8, Arc<dyn TableProvider>>,
+        groups: &GroupTables,
         r: &Resolved,
         visible: &Buckets,
         plans: &[Plan<'_>],
@@ -169,7 +165,7 @@ impl QueryEngine {
     fn series_plan(
         &self,
         events: &crate::Events,
-        groups: &HashMap<u8, Arc<dyn TableProvider>>,
+        groups: &GroupTables,
         r: &Resolved,
         visible: &Buckets,
         p: &Plan<'_>,
@@ -252,50 +248,30 @@ impl QueryEngine {
     fn series_frame(
         &self,
         events: &crate::Events,
-        groups: &HashMap<u8, Arc<dyn TableProvider>>,
+        groups: &GroupTables,
         r: &Resolved,
         buckets: &Buckets,
         p: &Plan<'_>,
     ) -> Result<DataFrame> {
-        let mut df = self.events_between(events, buckets.scan_from(), r.range.to)?;
-        let mut pred = Vec::new();
-        if let Some(e) = &p.series.event {
-            pred.push(col(EVENT).eq(lit(e.as_str())));
-        }
         // Unique actors are counted by their numbers when every row has them; a breakdown
         // joined after reduction needs the group keys themselves.
         let numbered = events.numbered()
             && p.late_join.is_none()
             && matches!(p.math, Math::Dau | Math::UniqueGroup);
-        if let Some(n) = p.actor_group {
-            pred.push(match numbered {
-                true => col(group_number_column(n)).not_eq(lit(0u32)),
-                false => col(group_column(n)).not_eq(lit("")),
-            });
-        }
-        if let Some(pred) = pred.into_iter().reduce(Expr::and) {
-            df = df.filter(pred)?;
-        }
-        let join = |df: DataFrame, n: u8, left: &str| -> Result<DataFrame> {
-            let table = groups
-                .get(&n)
-                .ok_or_else(|| Error::Internal(format!("groups table {n} not loaded")))?;
-            let right = self.context().read_table(table.clone())?;
-            let right_col = group_key_column(n);
-            Ok(df.join(right, JoinType::Left, &[left], &[right_col.as_str()], None)?)
+        let names: Vec<String> = p.series.event.iter().cloned().collect();
+        let spec = RowSpec {
+            names: &names,
+            actor_group: p.actor_group,
+            numbered,
+            joins: &p.joins,
+            filter: p.filter.as_ref(),
         };
-        for n in &p.joins {
-            df = join(df, *n, group_column(*n))?;
-        }
-        if let Some(f) = &p.filter {
-            df = df.filter(f.clone())?;
-        }
-        let actor = match (p.actor_group, numbered) {
-            (Some(n), true) => col(group_number_column(n)),
-            (None, true) => col(DISTINCT_ID_NUM),
-            (Some(n), false) => col(group_column(n)),
-            (None, false) => col(DISTINCT_ID),
-        };
+        let df = self.insight_rows(
+            self.events_between(events, buckets.scan_from(), r.range.to)?,
+            &spec,
+            groups,
+        )?;
+        let actor = rows::actor(p.actor_group, numbered);
         let raw = match &r.breakdown {
             Some((e, _)) => cast_expr(e.clone(), DataType::Utf8),
             None => lit(ScalarValue::Utf8(None)),
@@ -304,7 +280,7 @@ impl QueryEngine {
         if let Some(n) = p.late_join {
             // Only unique actors are counted: distinct (bucket, actor) first, then the join.
             let reduced = df.select(vec![bucket, actor.alias(ACTOR)])?.distinct()?;
-            return Ok(join(reduced, n, ACTOR)?.select(vec![
+            return Ok(groups.join(self, reduced, n, ACTOR)?.select(vec![
                 col(BUCKET),
                 raw.alias(RAW),
                 col(ACTOR),
