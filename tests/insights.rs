@@ -609,7 +609,8 @@ async fn funnel_and_retention_by_company_from_python_grpcio_and_herd_query() {
     ]);
     println!("herd query funnel --explain:\n{plan}");
     let first = plan.lines().next().unwrap_or_default();
-    assert!(first.starts_with("FunnelExec: steps=3"), "{plan}");
+    assert!(first.starts_with("FunnelFoldExec: stage=Final"), "{plan}");
+    assert!(plan.contains("FunnelExec: steps=3"), "{plan}");
     assert!(plan.contains("as __actor"), "{plan}");
     assert!(
         plan.contains("$group_0"),

@@ -299,6 +299,34 @@ async fn info(args: ClientArgs) -> anyhow::Result<()> {
 }
 
 async fn trends(args: TrendsArgs) -> anyhow::Result<()> {
+    let request = trends_request(&args)?;
+    let mut client = InsightsServiceClient::new(channel(&args.client).await?);
+    let r = client
+        .trends(authorized(&args.client, request)?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.explain {
+        print!("{}", r.plan);
+        return Ok(());
+    }
+    if args.client.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&trends_json(&r))?);
+        return Ok(());
+    }
+    print_trends(&r);
+    let nothing = r
+        .results
+        .iter()
+        .all(|s| s.count == 0.0 && s.aggregated_value.unwrap_or(0.0) == 0.0);
+    if nothing {
+        empty_range_note(&args.from);
+    }
+    Ok(())
+}
+
+/// The gRPC request of `herd query trends`'s arguments.
+fn trends_request(args: &TrendsArgs) -> anyhow::Result<proto::TrendsRequest> {
     let math = match args.math {
         MathArg::Total => proto::Math::Total,
         MathArg::Dau => proto::Math::Dau,
@@ -335,7 +363,7 @@ async fn trends(args: TrendsArgs) -> anyhow::Result<()> {
         .iter()
         .map(|f| parse_filter(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let request = proto::TrendsRequest {
+    Ok(proto::TrendsRequest {
         series,
         interval: interval(args.interval) as i32,
         date_from: args.from.clone(),
@@ -366,21 +394,11 @@ async fn trends(args: TrendsArgs) -> anyhow::Result<()> {
             DisplayArg::Cumulative => proto::Display::Cumulative,
         } as i32,
         explain: args.explain,
-    };
-    let mut client = InsightsServiceClient::new(channel(&args.client).await?);
-    let r = client
-        .trends(authorized(&args.client, request)?)
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    if args.explain {
-        print!("{}", r.plan);
-        return Ok(());
-    }
-    if args.client.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&trends_json(&r))?);
-        return Ok(());
-    }
+    })
+}
+
+/// The answer as a table on standard output: a column per line, a row per bucket.
+fn print_trends(r: &proto::TrendsResponse) {
     let heads: Vec<String> = r
         .results
         .iter()
@@ -412,14 +430,6 @@ async fn trends(args: TrendsArgs) -> anyhow::Result<()> {
             println!();
         }
     }
-    let nothing = r
-        .results
-        .iter()
-        .all(|s| s.count == 0.0 && s.aggregated_value.unwrap_or(0.0) == 0.0);
-    if nothing {
-        empty_range_note(&args.from);
-    }
-    Ok(())
 }
 
 /// Says so on stderr when a table of zeros came from the default range, which a new user's

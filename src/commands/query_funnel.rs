@@ -166,6 +166,55 @@ fn breakdown(text: &Option<String>, limit: u32) -> Option<proto::Breakdown> {
 
 /// Runs `herd query funnel`.
 pub(crate) async fn funnel(args: FunnelArgs) -> anyhow::Result<()> {
+    let request = funnel_request(&args)?;
+    let mut client = InsightsServiceClient::new(channel(&args.client).await?);
+    let r = client
+        .funnel(authorized(&args.client, request)?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.explain {
+        print!("{}", r.plan);
+        return Ok(());
+    }
+    if args.client.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&funnel_json(&r))?);
+        return Ok(());
+    }
+    print_funnel(&args, &r);
+    let entered = r
+        .lines
+        .iter()
+        .any(|l| l.steps.first().is_some_and(|s| s.count > 0))
+        || r.trends
+            .iter()
+            .any(|l| l.data.iter().any(|p| p.reached_from_step_count > 0))
+        || r.time_to_convert
+            .as_ref()
+            .is_some_and(|t| t.bins.iter().any(|b| b.actors > 0));
+    if !entered {
+        super::query::empty_range_note(&args.from);
+    }
+    Ok(())
+}
+
+/// The `(attribution, step)` of `--attribution`.
+fn attribution(text: &str) -> anyhow::Result<(proto::Attribution, u32)> {
+    Ok(match text {
+        "first_touch" => (proto::Attribution::FirstTouch, 0),
+        "last_touch" => (proto::Attribution::LastTouch, 0),
+        "all_events" => (proto::Attribution::AllEvents, 0),
+        other => match other.strip_prefix("step:").map(str::parse::<u32>) {
+            Some(Ok(n)) => (proto::Attribution::Step, n),
+            _ => bail!(
+                "--attribution {other:?}: expected first_touch, last_touch, all_events or step:N"
+            ),
+        },
+    })
+}
+
+/// The gRPC request of `herd query funnel`'s arguments.
+fn funnel_request(args: &FunnelArgs) -> anyhow::Result<proto::FunnelRequest> {
     let steps = args
         .steps
         .iter()
@@ -198,18 +247,8 @@ pub(crate) async fn funnel(args: FunnelArgs) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (attribution, attribution_step) = match args.attribution.as_str() {
-        "first_touch" => (proto::Attribution::FirstTouch, 0),
-        "last_touch" => (proto::Attribution::LastTouch, 0),
-        "all_events" => (proto::Attribution::AllEvents, 0),
-        other => match other.strip_prefix("step:").map(str::parse::<u32>) {
-            Some(Ok(n)) => (proto::Attribution::Step, n),
-            _ => bail!(
-                "--attribution {other:?}: expected first_touch, last_touch, all_events or step:N"
-            ),
-        },
-    };
-    let request = proto::FunnelRequest {
+    let (attribution, attribution_step) = attribution(&args.attribution)?;
+    Ok(proto::FunnelRequest {
         steps,
         order: match args.order {
             OrderArg::Ordered => proto::FunnelOrder::Ordered,
@@ -248,21 +287,11 @@ pub(crate) async fn funnel(args: FunnelArgs) -> anyhow::Result<()> {
         bin_count: args.bins,
         window_past_date_to: args.window_past_date_to,
         explain: args.explain,
-    };
-    let mut client = InsightsServiceClient::new(channel(&args.client).await?);
-    let r = client
-        .funnel(authorized(&args.client, request)?)
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    if args.explain {
-        print!("{}", r.plan);
-        return Ok(());
-    }
-    if args.client.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&funnel_json(&r))?);
-        return Ok(());
-    }
+    })
+}
+
+/// The answer as tables on standard output.
+fn print_funnel(args: &FunnelArgs, r: &proto::FunnelResponse) {
     let seconds = |v: Option<f64>| v.map_or("-".to_string(), number);
     match args.viz {
         VizArg::Steps => {
@@ -322,20 +351,6 @@ pub(crate) async fn funnel(args: FunnelArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let entered = r
-        .lines
-        .iter()
-        .any(|l| l.steps.first().is_some_and(|s| s.count > 0))
-        || r.trends
-            .iter()
-            .any(|l| l.data.iter().any(|p| p.reached_from_step_count > 0))
-        || r.time_to_convert
-            .as_ref()
-            .is_some_and(|t| t.bins.iter().any(|b| b.actors > 0));
-    if !entered {
-        super::query::empty_range_note(&args.from);
-    }
-    Ok(())
 }
 
 /// The documented JSON shape of a funnel answer.

@@ -65,8 +65,8 @@ impl QueryEngine {
     ) -> Result<GroupTables> {
         let mut out = GroupTables::default();
         for &n in indexes {
-            if !out.tables.contains_key(&n) {
-                out.tables.insert(n, self.groups_table(project, n).await?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = out.tables.entry(n) {
+                slot.insert(self.groups_table(project, n).await?);
             }
         }
         Ok(out)

@@ -250,10 +250,11 @@ impl QueryEngine {
             .map(|(i, s)| resolve::plan_series(i, s, query, &mapping, &resolved))
             .collect::<Result<Vec<_>>>()?;
         let events = self.events_source(project).await?;
-        let joined = plans
+        let joined: Vec<u8> = plans
             .iter()
-            .flat_map(|p| p.joins.iter().chain(&p.late_join));
-        let groups = self.group_tables(project, joined).await?;
+            .flat_map(|p| p.joins.iter().chain(&p.late_join).copied())
+            .collect();
+        let groups = self.group_tables(project, &joined).await?;
         let buckets = Buckets::new(resolved.range, resolved.interval, resolved.week_start, 0)?;
         let (plan, shapes) =
             self.trends_plan(&events, &groups, &resolved, &buckets, &plans, query.display)?;
