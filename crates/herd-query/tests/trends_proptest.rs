@@ -434,7 +434,7 @@ fn check(c: Case) {
 
 /// The `src` property of event `i` (none for every fifth).
 fn source(i: usize) -> Option<String> {
-    (i % 5 != 0).then(|| format!("s{}", (i * 7 + i / 3) % 4))
+    (!i.is_multiple_of(5)).then(|| format!("s{}", (i * 7 + i / 3) % 4))
 }
 
 /// Lines of a breakdown by `src`, computed plainly: rank the values in range by the
