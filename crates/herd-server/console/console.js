@@ -349,7 +349,7 @@ async function trendsPage(params) {
   const table = h('table', { id: 'trends-table' },
     h('tr', {}, h('th', {}, 'series'), r.labels.map((x) => h('th', { class: 'num' }, x)), h('th', { class: 'num' }, 'total')),
     r.results.map((l, i) => h('tr', { 'data-line': i }, h('td', {}, label(l)), l.data.map((v) => h('td', { class: 'num' }, fmt(v))), h('td', { class: 'num' }, fmt(l.count)))));
-  main.replaceChildren(h('h1', {}, 'Trends'), form, lineChart(r.bucket_starts, lines, m.math), table);
+  main.replaceChildren(h('h1', {}, 'Trends'), form, lineChart(r.bucket_starts, lines, m.math), h('div', { class: 'scroll' }, table));
 }
 
 // ---- funnel -------------------------------------------------------------------------------
@@ -461,7 +461,7 @@ async function retentionPage(params) {
         return h('td', { class: 'num', title: fmt(v), style: visible ? 'background: rgba(29,74,255,' + (pct / 100 * 0.85 + 0.05).toFixed(2) + ')' + (pct > 50 ? ';color:#fff' : '') : '' },
           visible ? pct.toFixed(1) + '%' : '');
       }))));
-  main.replaceChildren(h('h1', {}, 'Retention'), form, table);
+  main.replaceChildren(h('h1', {}, 'Retention'), form, h('div', { class: 'scroll' }, table));
 }
 
 // ---- routing ------------------------------------------------------------------------------
