@@ -42,8 +42,19 @@ fn queries() -> Value {
     })
 }
 
-/// The same three over gRPC: (trend data, funnel step counts, retention cohort rows).
-async fn grpc_answers(server: &Server) -> (Vec<f64>, Vec<u64>, Vec<Vec<u64>>) {
+/// The answers over gRPC the page must draw.
+struct Answers {
+    trend: Vec<f64>,
+    funnel: Vec<u64>,
+    /// (label, entered, converted) per week of a funnel trend.
+    funnel_trend: Vec<(String, u64, u64)>,
+    /// Bins of the time-to-convert histogram.
+    bins: usize,
+    retention: Vec<Vec<u64>>,
+}
+
+/// The console's insights over gRPC.
+async fn grpc_answers(server: &Server) -> Answers {
     let mut insights = InsightsServiceClient::connect(format!("http://{}", server.grpc))
         .await
         .expect("connect");
@@ -71,29 +82,41 @@ async fn grpc_answers(server: &Server) -> (Vec<f64>, Vec<u64>, Vec<Vec<u64>>) {
         event: e.into(),
         ..Default::default()
     };
-    let funnel = insights
-        .funnel(with_key(
-            proto::FunnelRequest {
-                steps: vec![
-                    step("$pageview"),
-                    step("signed_up"),
-                    step("created_project"),
-                ],
-                aggregation_group_type: "company".into(),
-                window: Some(proto::ConversionWindow {
-                    value: 14,
-                    unit: proto::WindowUnit::Day as i32,
-                }),
-                date_from: "2024-01-01".into(),
-                date_to: "2024-03-31".into(),
-                timezone: "UTC".into(),
-                ..Default::default()
-            },
-            SAMPLE_SECRET,
-        ))
-        .await
-        .expect("funnel")
-        .into_inner();
+    let request = proto::FunnelRequest {
+        steps: vec![
+            step("$pageview"),
+            step("signed_up"),
+            step("created_project"),
+        ],
+        aggregation_group_type: "company".into(),
+        window: Some(proto::ConversionWindow {
+            value: 14,
+            unit: proto::WindowUnit::Day as i32,
+        }),
+        date_from: "2024-01-01".into(),
+        date_to: "2024-03-31".into(),
+        timezone: "UTC".into(),
+        interval: proto::Interval::Week as i32,
+        ..Default::default()
+    };
+    let mut funnels = Vec::new();
+    for viz in [
+        proto::FunnelViz::Steps,
+        proto::FunnelViz::Trends,
+        proto::FunnelViz::TimeToConvert,
+    ] {
+        let request = proto::FunnelRequest {
+            viz: viz as i32,
+            ..request.clone()
+        };
+        let r = insights
+            .funnel(with_key(request, SAMPLE_SECRET))
+            .await
+            .expect("funnel")
+            .into_inner();
+        funnels.push(r);
+    }
+    let [steps, trend_of_funnel, ttc] = <[_; 3]>::try_from(funnels).expect("three funnels");
     let entity = |e: &str| proto::RetentionEntity {
         event: e.into(),
         ..Default::default()
@@ -115,11 +138,23 @@ async fn grpc_answers(server: &Server) -> (Vec<f64>, Vec<u64>, Vec<Vec<u64>>) {
         .await
         .expect("retention")
         .into_inner();
-    (
-        trend.results[0].data.clone(),
-        funnel.lines[0].steps.iter().map(|s| s.count).collect(),
-        retention.cohorts.iter().map(|c| c.values.clone()).collect(),
-    )
+    Answers {
+        trend: trend.results[0].data.clone(),
+        funnel: steps.lines[0].steps.iter().map(|s| s.count).collect(),
+        funnel_trend: trend_of_funnel.trends[0]
+            .data
+            .iter()
+            .map(|p| {
+                (
+                    p.label.clone(),
+                    p.reached_from_step_count,
+                    p.reached_to_step_count,
+                )
+            })
+            .collect(),
+        bins: ttc.time_to_convert.map_or(0, |t| t.bins.len()),
+        retention: retention.cohorts.iter().map(|c| c.values.clone()).collect(),
+    }
 }
 
 async fn post(server: &Server, path: &str, key: &str, body: &Value) -> (u16, Value) {
@@ -145,7 +180,8 @@ async fn the_console_shows_the_grpc_answers_in_a_real_browser() {
     let dir = tempfile::tempdir().expect("tempdir");
     copy_dir(&repo().join("data"), dir.path());
     let server = Server::start(dir.path(), &[]);
-    let (trend, funnel, retention) = grpc_answers(&server).await;
+    let answers = grpc_answers(&server).await;
+    let (trend, funnel, retention) = (&answers.trend, &answers.funnel, &answers.retention);
     let q = queries();
 
     // The JSON API: the same answers, the same refusals, no public token.
@@ -172,7 +208,7 @@ async fn the_console_shows_the_grpc_answers_in_a_real_browser() {
         .iter()
         .map(|s| s["count"].as_u64().expect("count"))
         .collect();
-    assert_eq!(counts, funnel);
+    assert_eq!(&counts, funnel);
     let (status, r) = post(
         &server,
         "/api/v1/insights/retention",
@@ -276,10 +312,28 @@ async fn the_console_shows_the_grpc_answers_in_a_real_browser() {
         .iter()
         .map(|r| number(r[2].as_str().expect("count")) as u64)
         .collect();
-    assert_eq!(drawn, funnel, "funnel counts");
+    assert_eq!(&drawn, funnel, "funnel counts");
+    let drawn: Vec<(String, u64, u64)> = page["funnel_trends"]
+        .as_array()
+        .expect("funnel trend rows")
+        .iter()
+        .map(|r| {
+            let cell = |i: usize| r[i].as_str().expect("cell").to_string();
+            (cell(0), number(&cell(1)) as u64, number(&cell(2)) as u64)
+        })
+        .collect();
+    assert_eq!(
+        drawn, answers.funnel_trend,
+        "funnel trend: entered and converted per week"
+    );
+    assert_eq!(
+        page["time_to_convert_bins"].as_u64(),
+        Some(answers.bins as u64),
+        "one bar per time-to-convert bin"
+    );
     let cohorts = page["retention"].as_array().expect("cohorts");
     assert_eq!(cohorts.len(), retention.len());
-    for (row, values) in cohorts.iter().zip(&retention) {
+    for (row, values) in cohorts.iter().zip(retention) {
         let size = number(row[1].as_str().expect("size")) as u64;
         assert_eq!(size, values[0], "cohort size {row}");
         // Each later period as a percentage of the cohort, to one decimal.

@@ -97,6 +97,12 @@ def run(args):
         page.wait_for_selector("#funnel-table")
         out["funnel"] = numbers(page, "#funnel-table")
         page.screenshot(path=str(shots / "console-funnel.png"))
+        page.goto(link(args.herd, "funnel", dict(queries["funnel"], viz="trends", interval="week")))
+        page.wait_for_selector("#chart[data-drawn=true]")
+        out["funnel_trends"] = numbers(page, "#funnel-table")
+        page.goto(link(args.herd, "funnel", dict(queries["funnel"], viz="time_to_convert")))
+        page.wait_for_selector(".bars .bar")
+        out["time_to_convert_bins"] = len(page.query_selector_all(".bars .bar"))
 
         page.goto(link(args.herd, "retention", queries["retention"]))
         page.wait_for_selector("#retention-table")
