@@ -257,7 +257,7 @@ impl QueryEngine {
         // joined after reduction needs the group keys themselves.
         let numbered = events.numbered()
             && p.late_join.is_none()
-            && matches!(p.math, Math::Dau | Math::UniqueGroup);
+            && p.math.counts_actors();
         let names: Vec<String> = p.series.event.iter().cloned().collect();
         let spec = RowSpec {
             names: &names,
