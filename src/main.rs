@@ -34,6 +34,8 @@ struct Cli {
 enum Command {
     /// Serve HTTP capture and gRPC on a data folder (creates a default project when empty).
     Serve(ServeArgs),
+    /// Run insight plan stages for `herd serve --workers` (reads the same data location).
+    Worker(WorkerArgs),
     /// Load Parquet history (herd's layout or PostHog-style exports) into a project.
     Backfill(commands::backfill::BackfillArgs),
     /// Generate a deterministic PostHog-like dataset (through the backfill path).
@@ -89,6 +91,30 @@ struct ServeArgs {
     /// MiB: flushes failing (a full disk) or behind. Half of it starts a flush.
     #[arg(long, env = "HERD_MAX_BUFFER_MB", default_value_t = 1024)]
     max_buffer_mb: usize,
+    /// Plan insights for these herd workers (`http://host:port`, comma-separated); without
+    /// any, or while none is reachable, insights run in this process.
+    #[arg(long, env = "HERD_WORKERS")]
+    workers: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "HERD_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// Data location, the same as the coordinating `herd serve --data`.
+    #[arg(long, env = "HERD_DATA", default_value = "./herd-data")]
+    data: String,
+    /// gRPC listen address of the worker service.
+    #[arg(long, env = "HERD_WORKER_LISTEN", default_value = "127.0.0.1:50061")]
+    listen: String,
+    /// Parallel partitions per task (default: the CPU count).
+    #[arg(long)]
+    partitions: Option<usize>,
+    /// Memory the worker's queries share, in MiB; operators that can spill do (default:
+    /// unbounded).
+    #[arg(long)]
+    memory_limit_mib: Option<usize>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "HERD_LOG_JSON")]
     log_json: bool,
@@ -197,6 +223,7 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Worker(args) => worker(args).await,
         Command::Backfill(args) => {
             init_logs(false);
             commands::backfill::run(args).await
@@ -267,6 +294,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         compact_interval: Duration::from_millis(args.compact_interval_ms),
         compact_min_files: args.compact_min_files,
         max_buffer_bytes: args.max_buffer_mb.saturating_mul(1 << 20),
+        workers: args.workers,
     };
     // Handlers first: a SIGTERM that arrives right after the listening line must shut down
     // gracefully, not kill the process.
@@ -287,6 +315,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     server.wait().await.context("herd serve")?;
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    init_logs(args.log_json);
+    let config = herd_server::WorkerConfig {
+        data: args.data,
+        listen: args.listen,
+        partitions: args.partitions,
+        memory_limit: args.memory_limit_mib.map(|m| m.saturating_mul(1 << 20)),
+    };
+    let signal = shutdown_signal()?;
+    let worker = herd_server::start_worker(config, signal)
+        .await
+        .context("start herd worker")?;
+    print_json(&serde_json::json!({ "listening": { "worker": worker.addr.to_string() } }))?;
+    worker.wait().await.context("herd worker")?;
     Ok(())
 }
 

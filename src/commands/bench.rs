@@ -38,6 +38,10 @@ pub(crate) struct BenchArgs {
     /// (`$distinct_id_num`, `$group_N_num`): to compare the two in one session.
     #[arg(long)]
     by_strings: bool,
+    /// Run the queries on these herd workers (`http://host:port`, comma-separated), as
+    /// `herd serve --workers` does.
+    #[arg(long)]
+    workers: Option<String>,
     /// First day of Q1 and Q4 (the generator writes a few `$groupidentify` events just
     /// before its start day).
     #[arg(long, default_value = "2023-12-31")]
@@ -209,10 +213,20 @@ fn reset_peak_rss() {
 /// Runs `herd bench`.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (db, project) = args.store.open(1_000_000).await?;
-    let engine = QueryEngine::with_options(
+    let workers = match &args.workers {
+        Some(list) => {
+            let workers = herd_query::cluster::Workers::parse(list).map_err(anyhow::Error::msg)?;
+            let live = workers.probe().await;
+            anyhow::ensure!(live > 0, "none of the workers {list} is reachable");
+            Some(workers)
+        }
+        None => None,
+    };
+    let engine = QueryEngine::with_cluster(
         db.clone(),
         Some(args.threads),
         args.memory_limit_mib.map(|m| m << 20),
+        workers,
     )?
     .with_funnel_memory(args.funnel_memory_mib << 20)
     .with_actor_numbers(!args.by_strings);

@@ -1,5 +1,5 @@
-//! `herd_bucket(timestamp)`: the index of the time bucket an event falls in, as a DataFusion
-//! scalar function configured with one request's [`Buckets`].
+//! `herd_bucket(timestamp, bounds)`: the index of the time bucket an event falls in, as a
+//! DataFusion scalar function given one request's [`Buckets`] as its second argument.
 //!
 //! Bucket starts are computed once per request in the request's timezone, so the per-row work
 //! is a division when all buckets have the same length (UTC days, hours, weeks in a zone
@@ -16,28 +16,78 @@ use datafusion::logical_expr::{
 
 use crate::calendar::Buckets;
 
-/// The bucket function of one request.
+/// `herd_bucket(timestamp, bounds)`: the function, registered by name; the bounds are
+/// its second argument ([`crate::params`]).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct BucketUdf {
-    bounds: Vec<i64>,
-    /// Bucket length when all buckets are equally long.
-    uniform: Option<i64>,
     signature: Signature,
 }
 
+/// Bucket bounds as they travel: equally long buckets as their first start, length and
+/// count; others listed.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Bounds {
+    Uniform {
+        first: i64,
+        width: i64,
+        buckets: usize,
+    },
+    Listed(Vec<i64>),
+}
+
+/// The buckets one call of the function puts timestamps in.
+#[derive(Debug)]
+struct Bucketing {
+    bounds: Vec<i64>,
+    /// Bucket length when all buckets are equally long.
+    uniform: Option<i64>,
+}
+
 impl BucketUdf {
-    /// `herd_bucket(timestamp)` → bucket index (Int32, counted from the first lookback bucket),
-    /// `NULL` outside the buckets.
+    /// `herd_bucket(timestamp, bounds)` → bucket index (Int32, counted from the first
+    /// lookback bucket), `NULL` outside the buckets.
     pub fn expr(buckets: &Buckets, timestamp: Expr) -> Expr {
-        let bounds = buckets.bounds.clone();
+        let bounds = &buckets.bounds;
         let width = bounds.get(1).zip(bounds.first()).map(|(b, a)| b - a);
         let uniform = width.filter(|w| *w > 0 && bounds.windows(2).all(|p| p[1] - p[0] == *w));
-        let udf = ScalarUDF::new_from_impl(Self {
-            bounds,
-            uniform,
-            signature: Signature::any(1, Volatility::Immutable),
-        });
-        udf.call(vec![timestamp])
+        let param = match (uniform, bounds.first()) {
+            (Some(width), Some(&first)) => Bounds::Uniform {
+                first,
+                width,
+                buckets: bounds.len() - 1,
+            },
+            _ => Bounds::Listed(bounds.clone()),
+        };
+        Self::udf().call(vec![timestamp, crate::params::arg(&param)])
+    }
+
+    /// The function.
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        })
+    }
+}
+
+impl Bucketing {
+    fn new(bounds: Bounds) -> Self {
+        match bounds {
+            Bounds::Uniform {
+                first,
+                width,
+                buckets,
+            } => Self {
+                bounds: (0..=buckets as i64)
+                    .map(|i| first.saturating_add(i.saturating_mul(width)))
+                    .collect(),
+                uniform: (width > 0).then_some(width),
+            },
+            Bounds::Listed(bounds) => Self {
+                bounds,
+                uniform: None,
+            },
+        }
     }
 
     fn index(&self, t: i64) -> Option<i32> {
@@ -68,14 +118,15 @@ impl ScalarUDFImpl for BucketUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [arg] = args.args.as_slice() else {
+        let [arg, bounds] = args.args.as_slice() else {
             return Err(DataFusionError::Internal(
-                "herd_bucket takes one argument".into(),
+                "herd_bucket takes a timestamp and its bounds".into(),
             ));
         };
+        let bucketing = Bucketing::new(crate::params::of("herd_bucket", bounds)?);
         match arg {
             ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(t, _)) => Ok(
-                ColumnarValue::Scalar(ScalarValue::Int32(t.and_then(|t| self.index(t)))),
+                ColumnarValue::Scalar(ScalarValue::Int32(t.and_then(|t| bucketing.index(t)))),
             ),
             ColumnarValue::Scalar(other) => Err(DataFusionError::Internal(format!(
                 "herd_bucket: expected a µs timestamp, got {other:?}"
@@ -91,9 +142,11 @@ impl ScalarUDFImpl for BucketUdf {
                         ))
                     })?;
                 let out: Int32Array = if ts.null_count() == 0 {
-                    ts.values().iter().map(|t| self.index(*t)).collect()
+                    ts.values().iter().map(|t| bucketing.index(*t)).collect()
                 } else {
-                    ts.iter().map(|t| t.and_then(|t| self.index(t))).collect()
+                    ts.iter()
+                        .map(|t| t.and_then(|t| bucketing.index(t)))
+                        .collect()
                 };
                 Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
             }

@@ -300,7 +300,7 @@ pub const MAX_BUCKETS: usize = 50_000;
 
 /// The buckets of a range: their start instants, plus `lookback` extra buckets before the
 /// first one (for trailing-window math), and the instant after the last one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Buckets {
     /// Start instants of the lookback buckets and then of the visible buckets, ascending,
     /// followed by the end (exclusive) of the last visible bucket.

@@ -18,6 +18,7 @@ use herd_core::schema::stored_events_schema;
 use herd_storage::catalog::FileEntry;
 use herd_storage::{Db, TableSnapshot};
 
+use crate::cluster::{self, Workers};
 use crate::{Error, Result, files, filters, funnel, planner};
 
 /// The URL under which the data folder's object store is registered with DataFusion.
@@ -26,7 +27,10 @@ pub const STORE_URL: &str = "herd://data/";
 /// A DataFusion session over one herd store.
 #[derive(Clone)]
 pub struct QueryEngine {
+    /// The session that plans in this process.
     ctx: SessionContext,
+    /// With workers: the session that plans for them, and which are live.
+    cluster: Option<(SessionContext, Workers)>,
     db: Arc<Db>,
     /// Bytes of funnel rows held in memory before they spill to disk.
     pub(crate) funnel_memory: usize,
@@ -63,6 +67,17 @@ impl QueryEngine {
         partitions: Option<usize>,
         memory_limit: Option<usize>,
     ) -> Result<Self> {
+        Self::with_cluster(db, partitions, memory_limit, None)
+    }
+
+    /// As [`QueryEngine::with_options`], planning every query for `workers` (see
+    /// [`crate::cluster`]) while any of them is live, and in this process when none is.
+    pub fn with_cluster(
+        db: Arc<Db>,
+        partitions: Option<usize>,
+        memory_limit: Option<usize>,
+        workers: Option<Workers>,
+    ) -> Result<Self> {
         // DATAFUSION_* environment variables override DataFusion's defaults (for experiments,
         // e.g. DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS=false).
         let mut config = SessionConfig::from_env()?.with_information_schema(false);
@@ -73,21 +88,30 @@ impl QueryEngine {
         if let Some(limit) = memory_limit {
             runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
         }
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime.build_arc()?)
-            .with_default_features()
-            .with_query_planner(Arc::new(planner::HerdQueryPlanner))
-            .build();
-        let ctx = SessionContext::new_with_state(state);
+        let runtime = runtime.build_arc()?;
         let url = url::Url::parse(STORE_URL).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        ctx.register_object_store(&url, db.storage().object_store());
+        runtime.register_object_store(&url, db.storage().object_store());
+        let builder = || {
+            let builder = SessionStateBuilder::new()
+                .with_config(config.clone())
+                .with_runtime_env(runtime.clone())
+                .with_default_features()
+                .with_query_planner(Arc::new(planner::HerdQueryPlanner));
+            cluster::functions::register(builder)
+        };
+        let indexes: Arc<files::FileIndexes> = Arc::default();
+        let ctx = SessionContext::new_with_state(builder().build());
+        let cluster = workers.map(|w| {
+            let state = cluster::distributed(builder(), w.clone(), indexes.clone()).build();
+            (SessionContext::new_with_state(state), w)
+        });
         Ok(Self {
             ctx,
+            cluster,
             db,
             funnel_memory: funnel::DEFAULT_FUNNEL_MEMORY,
             actor_numbers: true,
-            indexes: Arc::default(),
+            indexes,
         })
     }
 
@@ -106,9 +130,47 @@ impl QueryEngine {
         self
     }
 
-    /// The session.
+    /// The session queries are planned in: the cluster's while any worker is live, else
+    /// this process's.
     pub fn context(&self) -> &SessionContext {
-        &self.ctx
+        match &self.cluster {
+            Some((ctx, workers)) if !workers.live().is_empty() => ctx,
+            _ => &self.ctx,
+        }
+    }
+
+    /// The workers, when the engine plans for a cluster.
+    pub fn workers(&self) -> Option<&Workers> {
+        self.cluster.as_ref().map(|(_, w)| w)
+    }
+
+    /// Runs `query`. On a cluster, when it fails and a probe then finds a worker that was
+    /// live gone (it died under the query), runs it once more on the workers left (in this
+    /// process when none is); if that fails too, the error is [`Error::Unavailable`].
+    pub(crate) async fn on_cluster<T, F, Fut>(&self, query: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let Some(workers) = self.workers() else {
+            return query().await;
+        };
+        let before = workers.live().len();
+        let first = match query().await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => e,
+        };
+        if matches!(first, Error::Invalid { .. } | Error::UnknownProject(_))
+            || workers.probe().await >= before
+        {
+            return Err(first);
+        }
+        tracing::warn!(error = %first, live = workers.live().len(), "a worker left during a query; running it again");
+        query().await.map_err(|again| {
+            Error::Unavailable(format!(
+                "a worker failed during the query ({first}); the retry failed: {again}"
+            ))
+        })
     }
 
     /// The store.
@@ -119,7 +181,7 @@ impl QueryEngine {
     /// The project's events as one DataFrame (files of the current catalog + write buffer).
     pub async fn events(&self, project: ProjectId) -> Result<DataFrame> {
         let provider = self.events_table(project).await?;
-        Ok(self.ctx.read_table(provider)?)
+        Ok(self.context().read_table(provider)?)
     }
 
     /// The project's events as a table: the files of the current catalog and the write
@@ -175,9 +237,9 @@ impl QueryEngine {
         }
         let files = self.files_table(snapshot.catalog.events.iter())?;
         let union = self
-            .ctx
+            .context()
             .read_table(files)?
-            .union(self.ctx.read_table(buffered)?)?;
+            .union(self.context().read_table(buffered)?)?;
         Ok(union.into_view())
     }
 
@@ -237,19 +299,22 @@ impl QueryEngine {
         }
         let mut parts = Vec::new();
         if !inside.is_empty() {
-            parts.push(self.ctx.read_table(self.files_table(inside.into_iter())?)?);
+            parts.push(
+                self.context()
+                    .read_table(self.files_table(inside.into_iter())?)?,
+            );
         }
         if !straddling.is_empty() {
             let files = self.files_table(straddling.into_iter())?;
-            parts.push(self.ctx.read_table(files)?.filter(in_range.clone())?);
+            parts.push(self.context().read_table(files)?.filter(in_range.clone())?);
         }
         if let Some(b) = &events.buffered {
-            parts.push(self.ctx.read_table(b.clone())?.filter(in_range)?);
+            parts.push(self.context().read_table(b.clone())?.filter(in_range)?);
         }
         let mut parts = parts.into_iter();
         let Some(first) = parts.next() else {
             let empty = MemTable::try_new(query_events_schema(), vec![vec![]])?;
-            return Ok(self.ctx.read_table(Arc::new(empty))?);
+            return Ok(self.context().read_table(Arc::new(empty))?);
         };
         parts.try_fold(first, |all, part| Ok(all.union(part)?))
     }

@@ -24,6 +24,9 @@ pub enum Error {
     /// No such project.
     #[error("unknown project {0}")]
     UnknownProject(ProjectId),
+    /// A worker of the cluster failed during the query and running it again failed too.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// A bug: an invariant of the planner does not hold.
     #[error("internal: {0}")]
     Internal(String),

@@ -1,5 +1,5 @@
-//! `herd_event_mask(event)`: the OR of the bit masks of the event names an event equals, as a
-//! DataFusion scalar function configured with one request's `(name, mask)` pairs.
+//! `herd_event_mask(event, masks)`: the OR of the bit masks of the event names an event
+//! equals, as a DataFusion scalar function given one request's `(name, mask)` pairs.
 //!
 //! A funnel marks each event with the steps it matches; for a step that is an event name
 //! alone, this replaces one `CASE WHEN event = name` per step (every row compared with every
@@ -16,30 +16,35 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-/// The mask function of one request.
+/// `herd_event_mask(event, masks)`: the function, registered by name; the `(name, mask)`
+/// pairs are its second argument ([`crate::params`]).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct EventMaskUdf {
-    masks: Vec<(String, u32)>,
     signature: Signature,
 }
 
+/// The masks one call of the function applies.
+#[derive(Debug)]
+struct Masks(Vec<(String, u32)>);
+
 impl EventMaskUdf {
-    /// `herd_event_mask(event)` → UInt32: the OR of the masks of the names equal to the event
-    /// (0 when none is, or the event is null).
+    /// `herd_event_mask(event, masks)` → UInt32: the OR of the masks of the names equal to
+    /// the event (0 when none is, or the event is null).
     pub fn expr(masks: Vec<(String, u32)>, event: Expr) -> Expr {
-        let udf = ScalarUDF::new_from_impl(Self {
-            masks,
-            signature: Signature::uniform(
-                1,
-                vec![DataType::Utf8View, DataType::Utf8, DataType::LargeUtf8],
-                Volatility::Immutable,
-            ),
-        });
-        udf.call(vec![event])
+        Self::udf().call(vec![event, crate::params::arg(&masks)])
     }
 
+    /// The function.
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        })
+    }
+}
+
+impl Masks {
     fn mask(&self, event: &str) -> u32 {
-        self.masks
+        self.0
             .iter()
             .filter(|(name, _)| name == event)
             .fold(0, |m, (_, bits)| m | bits)
@@ -60,16 +65,17 @@ impl ScalarUDFImpl for EventMaskUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [arg] = args.args.as_slice() else {
+        let [arg, masks] = args.args.as_slice() else {
             return Err(DataFusionError::Internal(
-                "herd_event_mask takes one argument".into(),
+                "herd_event_mask takes an event and the masks".into(),
             ));
         };
+        let masks = Masks(crate::params::of("herd_event_mask", masks)?);
         let array = match arg {
             ColumnarValue::Scalar(s) => {
                 let mask = match s {
                     ScalarValue::Utf8View(v) | ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) => {
-                        v.as_deref().map_or(0, |e| self.mask(e))
+                        v.as_deref().map_or(0, |e| masks.mask(e))
                     }
                     other => {
                         return Err(DataFusionError::Internal(format!(
@@ -97,7 +103,7 @@ impl ScalarUDFImpl for EventMaskUdf {
                         match last {
                             Some((v, m)) if v == view => m,
                             _ => {
-                                let m = self.mask(events.value(row));
+                                let m = masks.mask(events.value(row));
                                 last = Some((view, m));
                                 m
                             }
@@ -109,7 +115,7 @@ impl ScalarUDFImpl for EventMaskUdf {
                 let cast = datafusion::arrow::compute::cast(array, &DataType::Utf8)?;
                 cast.as_string::<i32>()
                     .iter()
-                    .map(|e| e.map_or(0, |e| self.mask(e)))
+                    .map(|e| e.map_or(0, |e| masks.mask(e)))
                     .collect()
             }
         };
@@ -124,11 +130,16 @@ mod tests {
     use datafusion::arrow::datatypes::Field;
     use datafusion::config::ConfigOptions;
 
-    fn run(udf: &EventMaskUdf, array: ArrayRef) -> Vec<u32> {
+    fn run(masks: &[(String, u32)], array: ArrayRef) -> Vec<u32> {
         let n = array.len();
+        let udf = EventMaskUdf::udf();
+        let masks = ScalarValue::Utf8(Some(serde_json::to_string(masks).expect("json")));
         let args = ScalarFunctionArgs {
-            arg_fields: vec![Arc::new(Field::new("e", array.data_type().clone(), true))],
-            args: vec![ColumnarValue::Array(array)],
+            arg_fields: vec![
+                Arc::new(Field::new("e", array.data_type().clone(), true)),
+                Arc::new(Field::new("m", DataType::Utf8, false)),
+            ],
+            args: vec![ColumnarValue::Array(array), ColumnarValue::Scalar(masks)],
             number_rows: n,
             return_field: Arc::new(Field::new("m", DataType::UInt32, false)),
             config_options: Arc::new(ConfigOptions::default()),
@@ -143,14 +154,11 @@ mod tests {
 
     #[test]
     fn masks_by_name_over_views_and_plain_strings() {
-        let udf = EventMaskUdf {
-            masks: vec![
-                ("$pageview".into(), 1),
-                ("a_rather_long_event_name".into(), 2),
-                ("$pageview".into(), 8),
-            ],
-            signature: Signature::any(1, Volatility::Immutable),
-        };
+        let udf = vec![
+            ("$pageview".to_string(), 1),
+            ("a_rather_long_event_name".to_string(), 2),
+            ("$pageview".to_string(), 8),
+        ];
         let values = vec![
             Some("$pageview"),
             Some("$pageview"),

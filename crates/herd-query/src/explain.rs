@@ -47,11 +47,18 @@ pub(crate) fn show_plans(
     use datafusion::physical_plan::display::DisplayableExecutionPlan;
     let shown: Vec<String> = plans
         .iter()
-        .map(|p| match metrics {
-            true => DisplayableExecutionPlan::with_metrics(p.as_ref()),
-            false => DisplayableExecutionPlan::new(p.as_ref()),
-        })
-        .map(|d| d.indent(true).to_string())
+        .map(
+            |p| match p.is::<datafusion_distributed::DistributedExec>() {
+                // Stages, their tasks and the network boundaries between them.
+                true => datafusion_distributed::display_plan_ascii(p.as_ref(), metrics),
+                false => match metrics {
+                    true => DisplayableExecutionPlan::with_metrics(p.as_ref()),
+                    false => DisplayableExecutionPlan::new(p.as_ref()),
+                }
+                .indent(true)
+                .to_string(),
+            },
+        )
         .collect();
     shown.join("\n")
 }

@@ -594,6 +594,93 @@ impl ParquetFileReaderFactory for IndexedReaderFactory {
     }
 }
 
+/// Hands the Parquet reader each file's metadata from a worker's own [`FileIndexes`],
+/// read the first time a file is scanned there (a worker runs a scan the coordinator
+/// planned: it gets the files and their row selections, not their footers).
+#[derive(Debug)]
+pub(crate) struct WorkerReaderFactory {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) indexes: Arc<FileIndexes>,
+    pub(crate) schema: SchemaRef,
+}
+
+impl ParquetFileReaderFactory for WorkerReaderFactory {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        file: PartitionedFile,
+        _metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
+        let path = file.object_meta.location;
+        let bytes_scanned = MetricBuilder::new(metrics)
+            .with_new_label("filename", path.to_string())
+            .counter("bytes_scanned", partition_index);
+        Ok(Box::new(IndexedFileReader {
+            reader: StoreReader {
+                store: self.store.clone(),
+                metadata: None,
+                path,
+                size: file.object_meta.size,
+                bytes_scanned: Some(bytes_scanned),
+            },
+            indexes: self.indexes.clone(),
+            schema: self.schema.clone(),
+        }))
+    }
+}
+
+/// A [`StoreReader`] whose metadata comes from a [`FileIndexes`] (loaded there if missing).
+struct IndexedFileReader {
+    reader: StoreReader,
+    indexes: Arc<FileIndexes>,
+    schema: SchemaRef,
+}
+
+impl AsyncFileReader for IndexedFileReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.reader.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        self.reader.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let entry = FileEntry {
+                path: self.reader.path.to_string(),
+                rows: 0,
+                bytes: self.reader.size,
+                day: None,
+                min_ts: None,
+                max_ts: None,
+                numbered: false,
+            };
+            let store = self.reader.store.clone();
+            let index = self
+                .indexes
+                .get(&store, std::slice::from_ref(&entry), &self.schema)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+            match index.first() {
+                Some(index) => Ok(index.metadata.clone()),
+                None => Err(parquet::errors::ParquetError::General(format!(
+                    "{}: no footer",
+                    entry.path
+                ))),
+            }
+        }
+        .boxed()
+    }
+}
+
 /// Bytes read from the end of a file for its footer in one request (the footer of a day's
 /// events file with its page index is tens to hundreds of KiB).
 const FOOTER_HINT: usize = 256 << 10;

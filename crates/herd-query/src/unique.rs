@@ -37,7 +37,12 @@ pub struct UniqueUdaf {
 impl UniqueUdaf {
     /// `herd_unique(arg)`.
     pub fn expr(arg: Expr) -> Expr {
-        let udaf = AggregateUDF::new_from_impl(Self {
+        Self::udaf().call(vec![arg])
+    }
+
+    /// The aggregate.
+    pub(crate) fn udaf() -> AggregateUDF {
+        AggregateUDF::new_from_impl(Self {
             // Any string type (values that are not views are cast to views), or actor
             // numbers (`crate::number_set`).
             signature: Signature::uniform(
@@ -50,8 +55,7 @@ impl UniqueUdaf {
                 ],
                 Volatility::Immutable,
             ),
-        });
-        udaf.call(vec![arg])
+        })
     }
 }
 

@@ -29,6 +29,8 @@ pub struct ServeConfig {
     pub compact_min_files: usize,
     /// Capture answers 503 while the write buffers hold more than this many bytes.
     pub max_buffer_bytes: usize,
+    /// Workers to plan insights for (`http://host:port`, comma-separated); none: in process.
+    pub workers: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -43,6 +45,7 @@ impl Default for ServeConfig {
             compact_interval: Duration::from_secs(60),
             compact_min_files: 8,
             max_buffer_bytes: herd_storage::db::DEFAULT_MAX_BUFFER_BYTES,
+            workers: None,
         }
     }
 }

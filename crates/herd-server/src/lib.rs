@@ -15,6 +15,7 @@ pub mod flags;
 pub mod groups;
 pub mod grpc;
 pub mod http;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::ServeConfig;
+pub use worker::{RunningWorker, WorkerConfig, start_worker};
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -156,9 +158,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
     let (stop, stop_rx) = watch::channel(false);
     let ingestor = Arc::new(Ingestor::new(db.clone()));
     // One query session for the gRPC services and the console (they share its caches).
-    let engine = herd_query::QueryEngine::new(db.clone())
+    let workers = match &config.workers {
+        Some(list) => Some(herd_query::cluster::Workers::parse(list).map_err(Error::Config)?),
+        None => None,
+    };
+    let engine = herd_query::QueryEngine::with_cluster(db.clone(), None, None, workers.clone())
         .map_err(|e| Error::Grpc(format!("query engine: {e}")))?;
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(with_grace(
             http::serve(
                 http_listener,
@@ -185,9 +191,24 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
             db.clone(),
             config.compact_interval,
             config.compact_min_files,
-            stopped(stop_rx),
+            stopped(stop_rx.clone()),
         )),
     ];
+    if let Some(workers) = workers {
+        workers.probe().await;
+        tracing::info!(
+            live = workers.live().len(),
+            configured = workers.configured().len(),
+            "planning insights for workers"
+        );
+        let probe = workers.spawn_probe(WORKER_PROBE_INTERVAL);
+        let stop = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            stop.await;
+            probe.abort();
+            Ok(())
+        }));
+    }
     tracing::info!(%http_addr, %grpc_addr, data = db.storage().location(), "herd serving");
     Ok(RunningServer {
         http_addr,
@@ -201,6 +222,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
 
 /// How long in-flight requests and open connections get after a stop before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often `herd serve --workers` checks which workers are live.
+const WORKER_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs a server until it finishes its graceful shutdown, or until [`SHUTDOWN_GRACE`] after
 /// `stop` (clients that keep idle connections open must not hold the process up).

@@ -471,7 +471,42 @@ pub(crate) fn output_schema(params: &Params, mode: &Mode) -> SchemaRef {
     )]))
 }
 
+/// A [`FunnelExec`] besides its inputs, as it travels to a worker.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FunnelWire {
+    params: Params,
+    mode: Mode,
+    memory: usize,
+    buckets: usize,
+}
+
 impl FunnelExec {
+    /// This node besides its inputs.
+    pub(crate) fn wire(&self) -> FunnelWire {
+        FunnelWire {
+            params: self.params.clone(),
+            mode: self.mode.clone(),
+            memory: self.memory,
+            buckets: self.buckets,
+        }
+    }
+
+    /// The node `wire` describes over `inputs` (as [`ExecutionPlan::children`] lists them).
+    pub(crate) fn from_wire(wire: FunnelWire, inputs: &[Arc<dyn ExecutionPlan>]) -> DFResult<Self> {
+        let (later, entries) = match inputs {
+            [later] => (later.clone(), None),
+            [later, entries] => (later.clone(), Some(entries.clone())),
+            _ => {
+                return Err(DataFusionError::Internal(
+                    "FunnelExec: one or two inputs".into(),
+                ));
+            }
+        };
+        let mut exec = Self::new(later, entries, wire.params, wire.mode, wire.memory);
+        exec.buckets = wire.buckets.clamp(1, BUCKETS);
+        Ok(exec)
+    }
+
     /// The funnel over `later` (all rows, or a split funnel's later steps) and a split
     /// funnel's `entries`.
     pub(crate) fn new(

@@ -19,7 +19,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Typ
 use crate::{Error, Result};
 
 /// What a fold computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) enum FoldKind {
     /// Step counts and conversion times per breakdown value; the time to convert from
     /// `from_step` to `to_step`.

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use super::fold::{Fold, FoldKind, state_schema};
 
 /// Which half of the fold an operator is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Stage {
     /// Outcome lists → states, per partition.
     Partial,
@@ -42,6 +42,11 @@ pub(crate) struct FunnelFoldExec {
 }
 
 impl FunnelFoldExec {
+    /// The fold's stage and kind (what [`FunnelFoldExec::new`] takes besides the input).
+    pub(crate) fn parts(&self) -> (Stage, FoldKind) {
+        (self.stage, self.kind)
+    }
+
     pub(crate) fn new(input: Arc<dyn ExecutionPlan>, stage: Stage, kind: FoldKind) -> Self {
         let partitions = match stage {
             Stage::Partial => input.output_partitioning().partition_count(),

@@ -50,7 +50,7 @@ pub enum Attribution {
 }
 
 /// The parameters of the state machine.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Params {
     /// Number of steps (2..=[`MAX_STEPS`]).
     pub steps: usize,

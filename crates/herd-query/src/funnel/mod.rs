@@ -36,6 +36,9 @@ use crate::trends::Breakdown;
 use crate::{Error, QueryEngine, Result};
 
 pub use exec::DEFAULT_FUNNEL_MEMORY;
+pub(crate) use exec::{FunnelExec, FunnelWire};
+pub(crate) use fold::FoldKind;
+pub(crate) use fold_exec::{FunnelFoldExec, Stage as FoldStage};
 use machine::Params;
 pub use machine::{Attribution, MAX_STEPS, Order};
 use resolve::{Resolved, resolve};
@@ -277,6 +280,16 @@ impl QueryEngine {
         query: &FunnelQuery,
         now: i64,
     ) -> Result<FunnelResult> {
+        self.on_cluster(|| self.funnel_once(project, query, now))
+            .await
+    }
+
+    async fn funnel_once(
+        &self,
+        project: herd_core::ProjectId,
+        query: &FunnelQuery,
+        now: i64,
+    ) -> Result<FunnelResult> {
         let mapping = self.db().group_types(project).await.unwrap_or_default();
         let r = resolve(query, &mapping, now)?;
         let (input, mode, buckets) = self.funnel_input(project, query, &r).await?;
@@ -331,9 +344,7 @@ impl QueryEngine {
         let (input, mode, buckets) = self.funnel_input(project, query, &r).await?;
         let kind = fold_kind(&r, &mode, buckets.as_ref());
         let plan = self.funnel_plan(input, &r.params, &mode, kind).await?;
-        Ok(datafusion::physical_plan::displayable(plan.as_ref())
-            .indent(true)
-            .to_string())
+        Ok(crate::show_plans(std::slice::from_ref(&plan), false))
     }
 
     /// Runs a funnel query (`EXPLAIN ANALYZE`): its answer and its physical plan with each

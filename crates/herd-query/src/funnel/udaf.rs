@@ -30,7 +30,7 @@ use datafusion::logical_expr::{
 use super::machine::{self, Ev, NO_VALUE, Params};
 
 /// What the aggregate computes per actor.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
     /// Furthest step and step times per breakdown value.
     Steps,
@@ -70,7 +70,12 @@ impl FunnelUdaf {
     /// Int32)` for one request. Returns a list of structs per actor: for [`Mode::Steps`]
     /// `{bd, bits, t0 … t(n−1)}`, for [`Mode::Trends`] `{bd, bucket, converted}`.
     pub fn expr(params: Params, mode: Mode, args: Vec<Expr>) -> Expr {
-        let udaf = AggregateUDF::new_from_impl(Self {
+        Self::udaf(params, mode).call(args)
+    }
+
+    /// The aggregate of one request.
+    pub(crate) fn udaf(params: Params, mode: Mode) -> AggregateUDF {
+        AggregateUDF::new_from_impl(Self {
             params,
             mode,
             signature: Signature::exact(
@@ -83,8 +88,7 @@ impl FunnelUdaf {
                 ],
                 Volatility::Immutable,
             ),
-        });
-        udaf.call(args)
+        })
     }
 
     fn output_type(&self) -> DataType {

@@ -1,4 +1,4 @@
-//! `herd_retention_cells(state)`: the cells of the cohort table one actor counts in, from its
+//! `herd_retention_cells(state, params)`: the cells of the cohort table one actor counts in, from its
 //! [`super::udaf::RetentionUdaf`] state, as a list of codes `cohort × periods + period`
 //! (period 0 is the cohort itself). Unnested and counted per code in the plan, these are the
 //! table.
@@ -15,13 +15,19 @@ use datafusion::logical_expr::{
 use super::RetentionType;
 use crate::calendar::Buckets;
 
-/// The function with the query's periods, cohort type and cohort buckets.
+/// `herd_retention_cells(state, params)`: the function, registered by name; the query's
+/// periods, cohort type and cohort buckets are its second argument ([`crate::params`]).
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub(super) struct CellsUdf {
+pub(crate) struct CellsUdf {
+    signature: Signature,
+}
+
+/// What one call of the function needs of the query.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Cells {
     periods: usize,
     first_time: bool,
     buckets: Buckets,
-    signature: Signature,
 }
 
 impl CellsUdf {
@@ -31,15 +37,23 @@ impl CellsUdf {
         buckets: &Buckets,
         state: Expr,
     ) -> Expr {
-        ScalarUDF::new_from_impl(Self {
+        let params = Cells {
             periods,
             first_time: kind == RetentionType::FirstTime,
             buckets: buckets.clone(),
-            signature: Signature::any(1, Volatility::Immutable),
-        })
-        .call(vec![state])
+        };
+        Self::udf().call(vec![state, crate::params::arg(&params)])
     }
 
+    /// The function.
+    pub(crate) fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        })
+    }
+}
+
+impl Cells {
     /// The cells of one actor: `has(set, period)` reads its bitsets (0 targets, 1 returns).
     fn cells(&self, has: impl Fn(usize, usize) -> bool, first: Option<i64>, out: &mut Vec<i32>) {
         let n = self.periods;
@@ -77,9 +91,10 @@ impl ScalarUDFImpl for CellsUdf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let internal = |m: &str| DataFusionError::Internal(format!("herd_retention_cells: {m}"));
-        let [ColumnarValue::Array(state)] = args.args.as_slice() else {
-            return Err(internal("one array argument"));
+        let [ColumnarValue::Array(state), params] = args.args.as_slice() else {
+            return Err(internal("the state and the parameters"));
         };
+        let cells: Cells = crate::params::of("herd_retention_cells", params)?;
         let state = state
             .as_struct_opt()
             .ok_or_else(|| internal("the state is a struct"))?;
@@ -92,9 +107,9 @@ impl ScalarUDFImpl for CellsUdf {
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| internal("the first time is Int64"))?;
-        let words = self.periods.div_ceil(64);
+        let words = cells.periods.div_ceil(64);
         let mut out = ListBuilder::new(Int32Builder::new());
-        let mut cells = Vec::new();
+        let mut codes = Vec::new();
         for row in 0..state.len() {
             let raw = bits.value(row);
             let word = |w: usize| -> u64 {
@@ -103,13 +118,13 @@ impl ScalarUDFImpl for CellsUdf {
                     .map_or(0, u64::from_le_bytes)
             };
             let has = |set: usize, i: usize| word(set * words + i / 64) & (1 << (i % 64)) != 0;
-            cells.clear();
-            self.cells(
+            codes.clear();
+            cells.cells(
                 has,
                 first.is_valid(row).then(|| first.value(row)),
-                &mut cells,
+                &mut codes,
             );
-            out.append_value(cells.iter().map(|c| Some(*c)));
+            out.append_value(codes.iter().map(|c| Some(*c)));
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
     }

@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 
 mod cells;
 mod udaf;
+pub(crate) use cells::CellsUdf;
 
 use datafusion::arrow::array::{Array, Int32Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
@@ -158,6 +159,16 @@ impl QueryEngine {
         query: &RetentionQuery,
         now: i64,
     ) -> Result<RetentionResult> {
+        self.on_cluster(|| self.retention_once(project, query, now))
+            .await
+    }
+
+    async fn retention_once(
+        &self,
+        project: herd_core::ProjectId,
+        query: &RetentionQuery,
+        now: i64,
+    ) -> Result<RetentionResult> {
         let (df, plan) = self.retention_plan(project, query, now).await?;
         let RetentionPlan {
             periods,
@@ -258,9 +269,7 @@ impl QueryEngine {
     ) -> Result<String> {
         let (df, _) = self.retention_plan(project, query, now).await?;
         let plan = df.create_physical_plan().await?;
-        Ok(datafusion::physical_plan::displayable(plan.as_ref())
-            .indent(true)
-            .to_string())
+        Ok(crate::show_plans(std::slice::from_ref(&plan), false))
     }
 
     /// The retention query's one plan (events in range → group joins → filters → per-actor

@@ -18,26 +18,31 @@ use datafusion::logical_expr::{
 /// targets then returns) and the earliest target time.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct RetentionUdaf {
-    periods: usize,
     signature: Signature,
 }
 
 impl RetentionUdaf {
     /// The aggregate over `[target bucket: Int32, return bucket: Int32, target time: Int64]`.
-    pub fn expr(periods: usize, args: Vec<Expr>) -> Expr {
+    pub fn expr(periods: usize, mut args: Vec<Expr>) -> Expr {
+        args.push(crate::params::arg(&periods));
+        Self::udaf().call(args)
+    }
+
+    /// The aggregate: `herd_retention(target, return, time, breakdown, periods)`, the
+    /// periods a text literal ([`crate::params`]).
+    pub(crate) fn udaf() -> AggregateUDF {
         AggregateUDF::new_from_impl(Self {
-            periods,
             signature: Signature::exact(
                 vec![
                     DataType::Int32,
                     DataType::Int32,
                     DataType::Int64,
                     DataType::Utf8,
+                    DataType::Utf8,
                 ],
                 Volatility::Immutable,
             ),
         })
-        .call(args)
     }
 
     fn fields() -> Fields {
@@ -48,8 +53,9 @@ impl RetentionUdaf {
         ])
     }
 
-    fn state(&self) -> RetentionState {
-        RetentionState::new(self.periods)
+    fn state(args: &AccumulatorArgs) -> datafusion::common::Result<RetentionState> {
+        let periods: usize = crate::params::of_expr("herd_retention", args.exprs.get(4))?;
+        Ok(RetentionState::new(periods))
     }
 }
 
@@ -93,9 +99,9 @@ impl AggregateUDFImpl for RetentionUdaf {
 
     fn accumulator(
         &self,
-        _args: AccumulatorArgs,
+        args: AccumulatorArgs,
     ) -> datafusion::common::Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SingleRetention(self.state())))
+        Ok(Box::new(SingleRetention(Self::state(&args)?)))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
@@ -104,9 +110,9 @@ impl AggregateUDFImpl for RetentionUdaf {
 
     fn create_groups_accumulator(
         &self,
-        _args: AccumulatorArgs,
+        args: AccumulatorArgs,
     ) -> datafusion::common::Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(self.state()))
+        Ok(Box::new(Self::state(&args)?))
     }
 }
 
@@ -255,7 +261,7 @@ impl RetentionState {
         values: &[ArrayRef],
         group_of: &dyn Fn(usize) -> Option<usize>,
     ) -> datafusion::common::Result<()> {
-        let [target, returning, first, bd] = values else {
+        let [target, returning, first, bd, ..] = values else {
             return Err(internal("takes 4 arguments"));
         };
         let target = target

@@ -51,7 +51,10 @@ pub(crate) fn covers(units: &Buckets, window: usize, visible: &Buckets) -> Vec<(
 /// `(keys…, __bucket, __v)` rows of `+1`/`-1` changes of the number of active actors from
 /// `rows` (`keys…`, `__actor`, `__bucket` = unit index); the fold sums them in bucket order.
 pub(crate) fn changes(rows: DataFrame, keys: &[Expr], cover: Vec<(i32, i32)>) -> Result<DataFrame> {
-    let (lo, hi) = CoverUdf::pair(cover);
+    let lo_table: Vec<i32> = cover.iter().map(|c| c.0).collect();
+    let hi_table: Vec<i32> = cover.iter().map(|c| c.1).collect();
+    let lo = |unit: Expr| CoverUdf::udf(COVER_LO).call(vec![unit, crate::params::arg(&lo_table)]);
+    let hi = |unit: Expr| CoverUdf::udf(COVER_HI).call(vec![unit, crate::params::arg(&hi_table)]);
     let with_actor = |rest: Vec<Expr>| -> Vec<Expr> {
         keys.iter()
             .cloned()
@@ -65,8 +68,8 @@ pub(crate) fn changes(rows: DataFrame, keys: &[Expr], cover: Vec<(i32, i32)>) ->
         .distinct()?
         .select(with_actor(vec![
             col(BUCKET),
-            lo.call(vec![col(BUCKET)]).alias(LO),
-            hi.call(vec![col(BUCKET)]).alias(HI),
+            lo(col(BUCKET)).alias(LO),
+            hi(col(BUCKET)).alias(HI),
         ]))?
         .filter(col(LO).lt_eq(col(HI)))?;
     let partition: Vec<Expr> = keys.iter().cloned().chain([col(ACTOR)]).collect();
@@ -107,36 +110,41 @@ pub(crate) fn changes(rows: DataFrame, keys: &[Expr], cover: Vec<(i32, i32)>) ->
         .aggregate(by, vec![sum(col(V)).alias(V)])?)
 }
 
-/// `herd_cover_lo(unit)` / `herd_cover_hi(unit)`: the first and last visible bucket a
-/// trailing window starting at `unit` covers (Int32; NULL outside the table).
+const COVER_LO: &str = "herd_cover_lo";
+const COVER_HI: &str = "herd_cover_hi";
+
+/// `herd_cover_lo(unit, table)` / `herd_cover_hi(unit, table)`: the first and last visible
+/// bucket a trailing window starting at `unit` covers (Int32; NULL outside the table, the
+/// second argument, see [`crate::params`]).
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct CoverUdf {
+pub(crate) struct CoverUdf {
     name: &'static str,
-    table: Vec<i32>,
     signature: Signature,
 }
 
 impl CoverUdf {
-    fn pair(cover: Vec<(i32, i32)>) -> (ScalarUDF, ScalarUDF) {
-        let make = |name, table| {
-            ScalarUDF::new_from_impl(Self {
-                name,
-                table,
-                signature: Signature::exact(vec![DataType::Int32], Volatility::Immutable),
-            })
-        };
-        (
-            make("herd_cover_lo", cover.iter().map(|c| c.0).collect()),
-            make("herd_cover_hi", cover.iter().map(|c| c.1).collect()),
-        )
+    /// The function named `name` (`herd_cover_lo` or `herd_cover_hi`).
+    fn udf(name: &'static str) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            name,
+            signature: Signature::exact(
+                vec![DataType::Int32, DataType::Utf8],
+                Volatility::Immutable,
+            ),
+        })
     }
 
-    fn at(&self, unit: i32) -> Option<i32> {
-        usize::try_from(unit)
-            .ok()
-            .and_then(|u| self.table.get(u))
-            .copied()
+    /// Both functions.
+    pub(crate) fn udfs() -> [ScalarUDF; 2] {
+        [Self::udf(COVER_LO), Self::udf(COVER_HI)]
     }
+}
+
+fn at(table: &[i32], unit: i32) -> Option<i32> {
+    usize::try_from(unit)
+        .ok()
+        .and_then(|u| table.get(u))
+        .copied()
 }
 
 impl ScalarUDFImpl for CoverUdf {
@@ -153,19 +161,26 @@ impl ScalarUDFImpl for CoverUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let table: Vec<i32> = match args.args.get(1) {
+            Some(t) => crate::params::of(self.name, t)?,
+            None => Vec::new(),
+        };
         match args.args.as_slice() {
-            [ColumnarValue::Scalar(ScalarValue::Int32(u))] => Ok(ColumnarValue::Scalar(
-                ScalarValue::Int32(u.and_then(|u| self.at(u))),
+            [ColumnarValue::Scalar(ScalarValue::Int32(u)), _] => Ok(ColumnarValue::Scalar(
+                ScalarValue::Int32(u.and_then(|u| at(&table, u))),
             )),
-            [ColumnarValue::Array(a)] => {
+            [ColumnarValue::Array(a), _] => {
                 let units = a.as_any().downcast_ref::<Int32Array>().ok_or_else(|| {
                     DataFusionError::Internal(format!("{}: expected Int32", self.name))
                 })?;
-                let out: Int32Array = units.iter().map(|u| u.and_then(|u| self.at(u))).collect();
+                let out: Int32Array = units
+                    .iter()
+                    .map(|u| u.and_then(|u| at(&table, u)))
+                    .collect();
                 Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
             }
             other => Err(DataFusionError::Internal(format!(
-                "{}: one Int32 argument, got {other:?}",
+                "{}: an Int32 and the table, got {other:?}",
                 self.name
             ))),
         }

@@ -47,7 +47,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::{BREAKDOWN_NULL, BREAKDOWN_OTHER, BUCKET, LABEL, ORDER, RAW};
 
 /// What the node ranks by and how many values it keeps.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Limit {
     /// Values shown.
     pub limit: usize,
@@ -213,7 +213,13 @@ pub(crate) struct BreakdownExec {
 }
 
 impl BreakdownExec {
-    fn try_new(
+    /// The ranking aggregate and the limit (what [`BreakdownExec::try_new`] takes besides
+    /// the input).
+    pub(crate) fn parts(&self) -> (&Arc<AggregateFunctionExpr>, &Limit) {
+        (&self.rank, &self.limit)
+    }
+
+    pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         rank: Arc<AggregateFunctionExpr>,
         limit: Limit,

@@ -9,6 +9,7 @@
 //! series united. [`resolve`] checks the request; [`fold`] zero-fills the rows into lines.
 
 mod active;
+pub(crate) use active::CoverUdf;
 pub(crate) mod breakdown;
 mod fold;
 mod plan;
@@ -236,6 +237,16 @@ const V: &str = "__v";
 impl QueryEngine {
     /// Answers a trends query on `project`; `now` (µs) resolves relative dates.
     pub async fn trends(
+        &self,
+        project: herd_core::ProjectId,
+        query: &TrendsQuery,
+        now: i64,
+    ) -> Result<TrendsResult> {
+        self.on_cluster(|| self.trends_once(project, query, now))
+            .await
+    }
+
+    async fn trends_once(
         &self,
         project: herd_core::ProjectId,
         query: &TrendsQuery,

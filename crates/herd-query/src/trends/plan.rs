@@ -255,9 +255,7 @@ impl QueryEngine {
     ) -> Result<DataFrame> {
         // Unique actors are counted by their numbers when every row has them; a breakdown
         // joined after reduction needs the group keys themselves.
-        let numbered = events.numbered()
-            && p.late_join.is_none()
-            && p.math.counts_actors();
+        let numbered = events.numbered() && p.late_join.is_none() && p.math.counts_actors();
         let names: Vec<String> = p.series.event.iter().cloned().collect();
         let spec = RowSpec {
             names: &names,

@@ -16,6 +16,7 @@ pub fn query(e: herd_query::Error) -> Status {
     match e {
         E::Invalid { .. } => Status::invalid_argument(text),
         E::UnknownProject(_) => Status::not_found(text),
+        E::Unavailable(_) => Status::unavailable(text),
         E::DataFusion(datafusion_error)
             if matches!(
                 datafusion_error.find_root(),
