@@ -101,10 +101,13 @@ impl QueryEngine {
         };
         let indexes: Arc<files::FileIndexes> = Arc::default();
         let ctx = SessionContext::new_with_state(builder().build());
-        let cluster = workers.map(|w| {
-            let state = cluster::distributed(builder(), w.clone(), indexes.clone()).build();
-            (SessionContext::new_with_state(state), w)
-        });
+        let cluster = match workers {
+            Some(w) => {
+                let state = cluster::distributed(builder(), w.clone(), indexes.clone())?.build();
+                Some((SessionContext::new_with_state(state), w))
+            }
+            None => None,
+        };
         Ok(Self {
             ctx,
             cluster,

@@ -32,13 +32,20 @@ pub(crate) fn distributed(
     builder: SessionStateBuilder,
     workers: Workers,
     indexes: Arc<FileIndexes>,
-) -> SessionStateBuilder {
+) -> Result<SessionStateBuilder> {
     builder
         .with_distributed_worker_resolver(workers)
         .with_distributed_user_codec(HerdCodec::new(indexes))
         .with_distributed_desired_task_count_handler(scan::desired_task_count)
         .with_distributed_scale_up_leaf_node_handler(scan::scale_up)
-        .with_distributed_planner()
+        .with_distributed_scale_up_leaf_node_handler(scan::scale_up_memory)
+        // Every task runs every input of a union, each input's leaf split among all the
+        // tasks (rather than each input on some of them): the write buffer's few rows do
+        // not take a task from the files.
+        .with_distributed_children_isolator_unions(false)
+        .and_then(|b| b.with_distributed_metrics_collection(true))
+        .map(SessionStateBuilderExt::with_distributed_planner)
+        .map_err(Into::into)
 }
 
 /// The worker service of `herd worker`: runs the stages coordinators send it, reading

@@ -1,5 +1,9 @@
-//! The events scan on a cluster: how many tasks a scan of herd's events files asks for, how
-//! its files are shared out among them, and [`EventsScanExec`], the leaf a task runs.
+//! The leaves of insight plans on a cluster: how many tasks a scan of herd's events files
+//! (or of rows in memory: the write buffer, a groups table) asks for, how its files or
+//! batches are shared out among them, and [`EventsScanExec`], the leaf a task runs.
+//!
+//! Every leaf is split so that each row is read by exactly one task; the distributed
+//! planner's shuffles, broadcasts and coalesces above it then see every row once.
 //!
 //! A single-process scan is a `DataSourceExec` whose files carry the row selection the
 //! coordinator computed from its file index (a `ParquetAccessPlan` per file) and whose
@@ -15,10 +19,12 @@ use std::sync::Arc;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::{ParquetAccessPlan, RowGroupAccess};
 use datafusion::datasource::physical_plan::{
     FileGroup, FileScanConfig, FileScanConfigBuilder, ParquetSource,
 };
+use datafusion::datasource::source::DataSource;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
@@ -145,13 +151,57 @@ fn rows_of(file: &PartitionedFile) -> usize {
         .unwrap_or(1)
 }
 
-/// Desired tasks of an events scan: one per file (the planner caps it at the workers).
+/// Rows in memory that can be split among tasks (no limit, no declared order).
+fn memory_source(plan: &Arc<dyn ExecutionPlan>) -> Option<&MemorySourceConfig> {
+    let scan = plan.downcast_ref::<DataSourceExec>()?;
+    let memory = scan.data_source().downcast_ref::<MemorySourceConfig>()?;
+    (memory.fetch().is_none() && memory.sort_information().is_empty()).then_some(memory)
+}
+
+/// Desired tasks of a leaf: one per events file or batch in memory (the planner caps it
+/// at the workers).
 pub(crate) fn desired_task_count(
     ev: DesiredTaskCountEvent,
 ) -> Option<Result<DesiredTaskCountEventResponse>> {
-    let config = scan_config(ev.plan)?;
-    let files: usize = config.file_groups.iter().map(FileGroup::len).sum();
-    Some(Ok(DesiredTaskCountEventResponse::desired(files.max(1))))
+    let units: usize = match (scan_config(ev.plan), memory_source(ev.plan)) {
+        (Some(config), _) => config.file_groups.iter().map(FileGroup::len).sum(),
+        (None, Some(memory)) => memory.partitions().iter().map(Vec::len).sum(),
+        (None, None) => return None,
+    };
+    Some(Ok(DesiredTaskCountEventResponse::desired(units.max(1))))
+}
+
+/// Shares the batches of rows in memory out among `ev.task_count` tasks, round-robin, each
+/// task with the source's partition count.
+pub(crate) fn scale_up_memory(
+    ev: ScaleUpLeafNodeEvent,
+) -> Option<Result<ScaleUpLeafNodeEventResponse>> {
+    let memory = memory_source(ev.plan)?;
+    let partitions = memory.partitions().len().max(1);
+    let tasks = ev.task_count.max(1);
+    let mut shares = vec![vec![Vec::new(); partitions]; tasks];
+    let batches = memory.partitions().iter().flatten().cloned();
+    for (i, batch) in batches.enumerate() {
+        shares[i % tasks][(i / tasks) % partitions].push(batch);
+    }
+    let variants = shares
+        .into_iter()
+        .map(|parts| {
+            MemorySourceConfig::try_new(
+                &parts,
+                memory.original_schema(),
+                memory.projection().clone(),
+            )
+            .map(|m| {
+                DataSourceExec::from_data_source(m.with_show_sizes(memory.show_sizes()))
+                    as Arc<dyn ExecutionPlan>
+            })
+        })
+        .collect::<Result<Vec<_>>>();
+    Some(variants.and_then(|v| {
+        DistributedLeafExec::try_new(ev.plan.clone(), v)
+            .map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf)))
+    }))
 }
 
 /// Shares an events scan's files out among `task_count` tasks, whole files balanced by the
