@@ -14,7 +14,7 @@ use herd_storage::projects::NewProject;
 pub type Ev<'a> = (&'a str, &'a str, &'a str, [&'a str; 2], &'a str);
 
 pub struct Fixture {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     pub db: Arc<Db>,
     pub engine: QueryEngine,
     pub project: ProjectId,
@@ -32,6 +32,14 @@ impl Fixture {
     pub async fn new(types: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open_local(dir.path()).await.expect("db");
+        let engine = QueryEngine::new(db.clone()).expect("engine");
+        let mut f = Self::in_db(db, engine, types).await;
+        f._dir = Some(dir);
+        f
+    }
+
+    /// A new project in `db`, queried with `engine`, whose group types are `types`.
+    pub async fn in_db(db: Arc<Db>, engine: QueryEngine, types: &[&str]) -> Self {
         let project = db
             .create_project(NewProject::default())
             .await
@@ -44,9 +52,8 @@ impl Fixture {
                 guard.resolve_group_type(t).await.expect("group type");
             }
         }
-        let engine = QueryEngine::new(db.clone()).expect("engine");
         Self {
-            _dir: dir,
+            _dir: None,
             db,
             engine,
             project,
