@@ -42,6 +42,10 @@ pub(crate) struct BenchArgs {
     /// `herd serve --workers` does.
     #[arg(long)]
     workers: Option<String>,
+    /// Print each query's plans with their execution metrics (EXPLAIN ANALYZE; on a
+    /// cluster, the stages and the bytes their shuffles moved) to standard error.
+    #[arg(long)]
+    explain_analyze: bool,
     /// First day of Q1 and Q4 (the generator writes a few `$groupidentify` events just
     /// before its start day).
     #[arg(long, default_value = "2023-12-31")]
@@ -235,10 +239,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for name in &args.queries {
         let q = job(name, &args.from, &args.to)?;
         reset_peak_rss();
-        let first = q
-            .run(&engine, project, now, name)
-            .await
-            .with_context(|| name.clone())?;
+        let first = match args.explain_analyze {
+            false => q.run(&engine, project, now, name).await,
+            true => {
+                let run = async {
+                    q.run(&engine, project, now, name)
+                        .await
+                        .map_err(|e| herd_query::Error::Internal(format!("{e:#}")))
+                };
+                let (answer, plans) = herd_query::analyze(run).await?;
+                eprintln!("EXPLAIN ANALYZE {name}:\n{plans}");
+                Ok(answer)
+            }
+        }
+        .with_context(|| name.clone())?;
         let mut times = Vec::with_capacity(args.runs);
         for _ in 0..args.runs {
             let t = Instant::now();

@@ -38,6 +38,24 @@ pub(crate) async fn record_plans<T>(
         .await
 }
 
+/// Runs `query` (`EXPLAIN ANALYZE`): its answer and the physical plans it ran with their
+/// execution metrics; for a plan run on a cluster, the metrics its workers reported (each
+/// stage's rows, time and the bytes its shuffles moved).
+pub async fn analyze<T>(query: impl Future<Output = Result<T>>) -> Result<(T, String)> {
+    let (answer, plans) = record_plans(query).await?;
+    let mut shown = Vec::with_capacity(plans.len());
+    for plan in plans {
+        shown.push(
+            datafusion_distributed::explain_analyze(
+                plan,
+                datafusion_distributed::DistributedMetricsFormat::Aggregated,
+            )
+            .await?,
+        );
+    }
+    Ok((answer, shown.join("\n")))
+}
+
 /// Plans one per line as `EXPLAIN` shows them (children indented), a blank line between;
 /// with `metrics`, as `EXPLAIN ANALYZE` does.
 pub(crate) fn show_plans(

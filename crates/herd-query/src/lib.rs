@@ -34,7 +34,7 @@ pub(crate) use arrays::{column_as, strings};
 pub use calendar::{Interval, WeekStart};
 pub use engine::{Events, QueryEngine, STORE_URL, query_events_schema};
 pub use error::{Error, Result};
-pub use explain::EXPLAIN_ENV;
+pub use explain::{EXPLAIN_ENV, analyze};
 pub(crate) use explain::{Explain, collect, record_plans, show_plans};
 pub use filters::{BoolOp, Operator, PropertyFilter, PropertyGroup, PropertySource};
 pub use funnel::{
