@@ -368,6 +368,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn buffered_batches_are_each_read_by_one_task() {
+        use datafusion::arrow::array::{Int64Array, RecordBatch};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::physical_plan::ExecutionPlanProperties;
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = |from: i64| {
+            let values: Vec<i64> = (from..from + 3).collect();
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))])
+                .expect("batch")
+        };
+        let batches: Vec<RecordBatch> = (0..5).map(|i| batch(i * 3)).collect();
+        let plan = MemorySourceConfig::try_new_exec(&[batches], schema.clone(), None)
+            .expect("memory") as Arc<dyn ExecutionPlan>;
+        let config = datafusion::prelude::SessionConfig::new();
+        let ev = ScaleUpLeafNodeEvent {
+            plan: &plan,
+            task_count: 2,
+            session_config: &config,
+        };
+        let leaf = scale_up_memory(ev).expect("handled").expect("scaled").plan;
+        let leaf = leaf
+            .downcast_ref::<DistributedLeafExec>()
+            .expect("a leaf per task");
+        let mut seen = Vec::new();
+        for variant in leaf.variants() {
+            assert_eq!(variant.output_partitioning().partition_count(), 1);
+            let memory = memory_source(variant).expect("memory");
+            for b in memory.partitions().iter().flatten() {
+                let n = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("i64");
+                seen.extend(n.values().iter().copied());
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..15).collect::<Vec<i64>>());
+    }
+
+    #[test]
     fn selections_travel_unchanged() {
         let mut plan = ParquetAccessPlan::new_none(3);
         plan.scan(0);
