@@ -95,6 +95,9 @@ struct ServeArgs {
     /// any, or while none is reachable, insights run in this process.
     #[arg(long, env = "HERD_WORKERS")]
     workers: Option<String>,
+    /// A secret sent with every task to the workers, which refuse tasks without theirs.
+    #[arg(long, env = "HERD_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "HERD_LOG_JSON")]
     log_json: bool,
@@ -115,6 +118,10 @@ struct WorkerArgs {
     /// unbounded).
     #[arg(long)]
     memory_limit_mib: Option<usize>,
+    /// Run only tasks that carry this secret (the server's `--cluster-secret`); without it,
+    /// any client that reaches the port can run plans over the data.
+    #[arg(long, env = "HERD_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "HERD_LOG_JSON")]
     log_json: bool,
@@ -295,6 +302,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         compact_min_files: args.compact_min_files,
         max_buffer_bytes: args.max_buffer_mb.saturating_mul(1 << 20),
         workers: args.workers,
+        cluster_secret: args.cluster_secret,
     };
     // Handlers first: a SIGTERM that arrives right after the listening line must shut down
     // gracefully, not kill the process.
@@ -325,6 +333,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         listen: args.listen,
         partitions: args.partitions,
         memory_limit: args.memory_limit_mib.map(|m| m.saturating_mul(1 << 20)),
+        secret: args.cluster_secret,
     };
     let signal = shutdown_signal()?;
     let worker = herd_server::start_worker(config, signal)

@@ -137,6 +137,7 @@ fn start_worker(s3: &S3, listen: &str) -> (Proc, String) {
         "--partitions",
         "2",
     ]);
+    cmd.env("HERD_CLUSTER_SECRET", CLUSTER_SECRET);
     let (child, l) = start_listening(cmd);
     let addr = l["worker"].as_str().expect("worker addr").to_string();
     (child, addr)
@@ -384,6 +385,7 @@ async fn insights_on_two_workers_over_s3_equal_the_single_process_answers() {
     ]);
     serve.arg("--wal-dir").arg(tmp.path().join("wal"));
     serve.args(["--workers", &format!("http://{a1},http://{a2}")]);
+    serve.env("HERD_CLUSTER_SECRET", CLUSTER_SECRET);
     let (_serve, listening) = start_listening(serve);
     let http = format!("http://{}", listening["http"].as_str().expect("http"));
     let grpc = listening["grpc"].as_str().expect("grpc").to_string();

@@ -42,6 +42,9 @@ pub(crate) struct BenchArgs {
     /// `herd serve --workers` does.
     #[arg(long)]
     workers: Option<String>,
+    /// The workers' `--cluster-secret`.
+    #[arg(long, env = "HERD_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Print each query's plans with their execution metrics (EXPLAIN ANALYZE; on a
     /// cluster, the stages and the bytes their shuffles moved) to standard error.
     #[arg(long)]
@@ -219,7 +222,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (db, project) = args.store.open(1_000_000).await?;
     let workers = match &args.workers {
         Some(list) => {
-            let workers = herd_query::cluster::Workers::parse(list).map_err(anyhow::Error::msg)?;
+            let workers = herd_query::cluster::Workers::parse(list)
+                .map_err(anyhow::Error::msg)?
+                .with_secret(args.cluster_secret.clone());
             let live = workers.probe().await;
             anyhow::ensure!(live > 0, "none of the workers {list} is reachable");
             Some(workers)

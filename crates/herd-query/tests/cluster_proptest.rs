@@ -44,9 +44,13 @@ fn cluster() -> &'static Cluster {
             let db = Db::open_local(dir.path()).await.expect("db");
             let mut urls = Vec::new();
             for _ in 0..2 {
-                let worker =
-                    herd_query::cluster::worker(db.storage().object_store(), Some(2), None)
-                        .expect("worker");
+                let worker = herd_query::cluster::worker(
+                    db.storage().object_store(),
+                    Some(2),
+                    None,
+                    Some("proptest".into()),
+                )
+                .expect("worker");
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind");
@@ -61,7 +65,7 @@ fn cluster() -> &'static Cluster {
                 urls.push(url::Url::parse(&format!("http://{addr}")).expect("url"));
             }
             let local = QueryEngine::with_partitions(db.clone(), Some(2)).expect("engine");
-            let workers = Workers::new(urls);
+            let workers = Workers::new(urls).with_secret(Some("proptest".into()));
             let distributed = QueryEngine::with_cluster(db.clone(), Some(2), None, Some(workers))
                 .expect("engine");
             (db, local, distributed)

@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub max_buffer_bytes: usize,
     /// Workers to plan insights for (`http://host:port`, comma-separated); none: in process.
     pub workers: Option<String>,
+    /// The secret sent with every task to the workers (their `--cluster-secret`).
+    pub cluster_secret: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -46,6 +48,7 @@ impl Default for ServeConfig {
             compact_min_files: 8,
             max_buffer_bytes: herd_storage::db::DEFAULT_MAX_BUFFER_BYTES,
             workers: None,
+            cluster_secret: None,
         }
     }
 }

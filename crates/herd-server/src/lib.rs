@@ -159,7 +159,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer> {
     let ingestor = Arc::new(Ingestor::new(db.clone()));
     // One query session for the gRPC services and the console (they share its caches).
     let workers = match &config.workers {
-        Some(list) => Some(herd_query::cluster::Workers::parse(list).map_err(Error::Config)?),
+        Some(list) => Some(
+            herd_query::cluster::Workers::parse(list)
+                .map_err(Error::Config)?
+                .with_secret(config.cluster_secret.clone()),
+        ),
         None => None,
     };
     let engine = herd_query::QueryEngine::with_cluster(db.clone(), None, None, workers.clone())

@@ -22,6 +22,8 @@ pub struct WorkerConfig {
     pub partitions: Option<usize>,
     /// Bytes of memory the worker's queries share (default: unbounded).
     pub memory_limit: Option<usize>,
+    /// The secret every task must carry (the coordinators' `--cluster-secret`); none: any.
+    pub secret: Option<String>,
 }
 
 /// A started worker: its address and its serving task.
@@ -51,6 +53,7 @@ pub async fn start_worker(
         storage.object_store(),
         config.partitions,
         config.memory_limit,
+        config.secret.clone(),
     )
     .map_err(|e| Error::Config(format!("worker: {e}")))?;
     let listener = TcpListener::bind(&config.listen)
@@ -71,6 +74,9 @@ pub async fn start_worker(
             .await
             .map_err(|e| Error::Grpc(e.to_string()))
     });
+    if config.secret.is_none() {
+        tracing::warn!("no --cluster-secret: any client that reaches {addr} can run plans here");
+    }
     tracing::info!(%addr, data = storage.location(), "herd worker serving");
     Ok(RunningWorker { addr, task })
 }

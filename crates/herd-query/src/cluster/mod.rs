@@ -20,6 +20,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, Worker, WorkerQueryContext};
 use object_store::ObjectStore;
+use tonic::codegen::http::{HeaderMap, HeaderValue};
 
 pub use codec::HerdCodec;
 pub use workers::Workers;
@@ -27,13 +28,31 @@ pub use workers::Workers;
 use crate::files::FileIndexes;
 use crate::{Result, STORE_URL};
 
+/// The header that carries a cluster's shared secret with every task, from the coordinator
+/// to its workers and from worker to worker.
+const SECRET_HEADER: &str = "x-herd-cluster-secret";
+
+/// Headers that carry `secret`.
+fn secret_headers(secret: Option<&str>) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    if let Some(s) = secret {
+        let value = HeaderValue::from_str(s).map_err(|_| {
+            crate::Error::invalid("cluster_secret", "use printable ASCII characters only")
+        })?;
+        headers.insert(SECRET_HEADER, value);
+    }
+    Ok(headers)
+}
+
 /// `builder` (herd's session, its query planner set) planning every query for `workers`.
 pub(crate) fn distributed(
     builder: SessionStateBuilder,
     workers: Workers,
     indexes: Arc<FileIndexes>,
 ) -> Result<SessionStateBuilder> {
-    builder
+    let headers = secret_headers(workers.secret())?;
+    Ok(builder
+        .with_distributed_passthrough_headers(headers)?
         .with_distributed_worker_resolver(workers)
         .with_distributed_user_codec(HerdCodec::new(indexes))
         .with_distributed_desired_task_count_handler(scan::desired_task_count)
@@ -44,19 +63,22 @@ pub(crate) fn distributed(
         // not take a task from the files.
         .with_distributed_children_isolator_unions(false)
         .and_then(|b| b.with_distributed_metrics_collection(true))
-        .map(SessionStateBuilderExt::with_distributed_planner)
-        .map_err(Into::into)
+        .map(SessionStateBuilderExt::with_distributed_planner)?)
 }
 
 /// The worker service of `herd worker`: runs the stages coordinators send it, reading
 /// events files from `store` (the same data the coordinators read), with `partitions`
 /// parallel partitions per task (default: the CPU count) and an optional memory pool of
-/// `memory_limit` bytes shared by its queries.
+/// `memory_limit` bytes shared by its queries. With `secret`, it runs only tasks that carry
+/// it (the coordinator's `--cluster-secret`) and passes it on to the workers it reads from.
 pub fn worker(
     store: Arc<dyn ObjectStore>,
     partitions: Option<usize>,
     memory_limit: Option<usize>,
+    secret: Option<String>,
 ) -> Result<Worker> {
+    let secret: Option<Arc<str>> = secret.filter(|s| !s.is_empty()).map(Arc::from);
+    let forwarded = secret_headers(secret.as_deref())?;
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(limit) = memory_limit {
         runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
@@ -67,8 +89,17 @@ pub fn worker(
     let codec = Arc::new(HerdCodec::new(Arc::default()));
     let session = move |ctx: WorkerQueryContext| {
         let (codec, runtime) = (codec.clone(), runtime.clone());
+        let allowed = admits(secret.as_deref(), &ctx.headers);
+        let forwarded = forwarded.clone();
         async move {
+            if !allowed {
+                return Err(DataFusionError::Execution(
+                    "herd worker: the task's cluster secret is missing or wrong (--cluster-secret)"
+                        .into(),
+                ));
+            }
             let mut builder = functions::register(ctx.builder)
+                .with_distributed_passthrough_headers(forwarded)?
                 .with_runtime_env(runtime)
                 .with_distributed_user_codec_arc(codec);
             if let Some(n) = partitions {
@@ -79,4 +110,31 @@ pub fn worker(
         }
     };
     Ok(Worker::from_session_builder(session))
+}
+
+/// Whether a task with `headers` may run on a worker that requires `secret`.
+fn admits(secret: Option<&str>, headers: &HeaderMap) -> bool {
+    use subtle::ConstantTimeEq;
+    match secret {
+        None => true,
+        Some(s) => headers
+            .get(SECRET_HEADER)
+            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(s.as_bytes()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_need_the_cluster_secret_when_one_is_set() {
+        let with = secret_headers(Some("s3cret")).expect("headers");
+        let wrong = secret_headers(Some("other")).expect("headers");
+        assert!(admits(None, &HeaderMap::new()));
+        assert!(admits(Some("s3cret"), &with));
+        assert!(!admits(Some("s3cret"), &wrong));
+        assert!(!admits(Some("s3cret"), &HeaderMap::new()));
+        assert!(secret_headers(Some("new\nline")).is_err());
+    }
 }

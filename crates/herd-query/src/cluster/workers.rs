@@ -17,6 +17,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Workers {
     urls: Arc<Vec<Url>>,
     live: Arc<RwLock<Vec<bool>>>,
+    secret: Option<Arc<str>>,
 }
 
 impl Workers {
@@ -26,7 +27,20 @@ impl Workers {
         Self {
             urls: Arc::new(urls),
             live,
+            secret: None,
         }
+    }
+
+    /// These workers, sent `secret` with every task (they refuse tasks without their
+    /// `--cluster-secret`).
+    pub fn with_secret(mut self, secret: Option<String>) -> Self {
+        self.secret = secret.filter(|s| !s.is_empty()).map(Arc::from);
+        self
+    }
+
+    /// The secret sent with every task, if any.
+    pub(crate) fn secret(&self) -> Option<&str> {
+        self.secret.as_deref()
     }
 
     /// Parses `http://host:port` URLs separated by commas.
