@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -97,7 +95,7 @@ impl S3 {
     }
 }
 
-/// Starts `cmd` and returns it with the `listening` object of its first JSON line that has one.
+/// Starts `cmd` and returns it with the `listening` object it prints once bound.
 fn start_listening(mut cmd: Command) -> (Proc, serde_json::Value) {
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -106,24 +104,7 @@ fn start_listening(mut cmd: Command) -> (Proc, serde_json::Value) {
         .expect("spawn herd");
     let stdout = child.stdout.take().expect("stdout");
     let child = Proc(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("no listening line within 60 s");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON lines");
-        if let Some(l) = v.get("listening") {
-            return (child, l.clone());
-        }
-    }
+    (child, listening(stdout).0)
 }
 
 fn start_worker(s3: &S3, listen: &str) -> (Proc, String) {

@@ -84,6 +84,31 @@ pub struct Server {
     pub data: PathBuf,
 }
 
+/// The `listening` object a herd process prints on `stdout` once bound, and the JSON lines
+/// it printed before it.
+pub fn listening(stdout: std::process::ChildStdout) -> (Value, Vec<Value>) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("herd did not print its listening line within 60 s");
+        let v: Value = serde_json::from_str(&line).expect("herd prints JSON lines");
+        if let Some(l) = v.get("listening") {
+            return (l.clone(), printed);
+        }
+        printed.push(v);
+    }
+}
+
 impl Server {
     /// Starts `herd serve` on `data` with ephemeral ports.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
@@ -106,28 +131,11 @@ impl Server {
             printed: Vec::new(),
             data: data.to_path_buf(),
         };
-        let stdout = stdout.expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("herd serve did not print its listening line within 60 s");
-            let v: Value = serde_json::from_str(&line).expect("herd serve prints JSON lines");
-            if let Some(l) = v.get("listening") {
-                server.http = format!("http://{}", l["http"].as_str().expect("http addr"));
-                server.grpc = l["grpc"].as_str().expect("grpc addr").to_string();
-                return server;
-            }
-            server.printed.push(v);
-        }
+        let (l, printed) = listening(stdout.expect("stdout"));
+        server.http = format!("http://{}", l["http"].as_str().expect("http addr"));
+        server.grpc = l["grpc"].as_str().expect("grpc addr").to_string();
+        server.printed = printed;
+        server
     }
 
     pub fn url(&self, path: &str) -> String {

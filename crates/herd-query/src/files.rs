@@ -580,17 +580,40 @@ impl ParquetFileReaderFactory for IndexedReaderFactory {
         _metadata_size_hint: Option<usize>,
         metrics: &ExecutionPlanMetricsSet,
     ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
+        let metadata = self
+            .metadata
+            .get(file.object_meta.location.as_ref())
+            .cloned();
+        Ok(Box::new(StoreReader::of(
+            &self.store,
+            file,
+            metadata,
+            partition_index,
+            metrics,
+        )))
+    }
+}
+
+impl StoreReader {
+    /// A reader of `file` counting the bytes it reads in `metrics`.
+    fn of(
+        store: &Arc<dyn ObjectStore>,
+        file: PartitionedFile,
+        metadata: Option<Arc<ParquetMetaData>>,
+        partition_index: usize,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Self {
         let path = file.object_meta.location;
         let bytes_scanned = MetricBuilder::new(metrics)
             .with_new_label("filename", path.to_string())
             .counter("bytes_scanned", partition_index);
-        Ok(Box::new(StoreReader {
-            store: self.store.clone(),
-            metadata: self.metadata.get(path.as_ref()).cloned(),
+        Self {
+            store: store.clone(),
+            metadata,
             path,
             size: file.object_meta.size,
             bytes_scanned: Some(bytes_scanned),
-        }))
+        }
     }
 }
 
@@ -612,18 +635,8 @@ impl ParquetFileReaderFactory for WorkerReaderFactory {
         _metadata_size_hint: Option<usize>,
         metrics: &ExecutionPlanMetricsSet,
     ) -> DfResult<Box<dyn AsyncFileReader + Send>> {
-        let path = file.object_meta.location;
-        let bytes_scanned = MetricBuilder::new(metrics)
-            .with_new_label("filename", path.to_string())
-            .counter("bytes_scanned", partition_index);
         Ok(Box::new(IndexedFileReader {
-            reader: StoreReader {
-                store: self.store.clone(),
-                metadata: None,
-                path,
-                size: file.object_meta.size,
-                bytes_scanned: Some(bytes_scanned),
-            },
+            reader: StoreReader::of(&self.store, file, None, partition_index, metrics),
             indexes: self.indexes.clone(),
             schema: self.schema.clone(),
         }))
