@@ -36,12 +36,12 @@ enum Bounds {
     Listed(Vec<i64>),
 }
 
-/// The buckets one call of the function puts timestamps in.
+/// The buckets one call of the function puts timestamps in: `[first, end)` in equally long
+/// buckets (a division per row, nothing built per batch), or listed starts (a binary search).
 #[derive(Debug)]
-struct Bucketing {
-    bounds: Vec<i64>,
-    /// Bucket length when all buckets are equally long.
-    uniform: Option<i64>,
+enum Bucketing {
+    Uniform { first: i64, end: i64, width: i64 },
+    Listed(Vec<i64>),
 }
 
 impl BucketUdf {
@@ -77,28 +77,31 @@ impl Bucketing {
                 first,
                 width,
                 buckets,
-            } => Self {
-                bounds: (0..=buckets as i64)
-                    .map(|i| first.saturating_add(i.saturating_mul(width)))
-                    .collect(),
-                uniform: (width > 0).then_some(width),
+            } if width > 0 => Self::Uniform {
+                first,
+                end: first.saturating_add((buckets as i64).saturating_mul(width)),
+                width,
             },
-            Bounds::Listed(bounds) => Self {
-                bounds,
-                uniform: None,
-            },
+            Bounds::Uniform { first, .. } => Self::Listed(vec![first]),
+            Bounds::Listed(bounds) => Self::Listed(bounds),
         }
     }
 
     fn index(&self, t: i64) -> Option<i32> {
-        let first = *self.bounds.first()?;
-        let last = *self.bounds.last()?;
-        if t < first || t >= last {
-            return None;
-        }
-        let i = match self.uniform {
-            Some(w) => (t - first) / w,
-            None => self.bounds.partition_point(|b| *b <= t) as i64 - 1,
+        let i = match self {
+            Self::Uniform { first, end, width } => {
+                if t < *first || t >= *end {
+                    return None;
+                }
+                (t - first) / width
+            }
+            Self::Listed(bounds) => {
+                let (first, last) = (*bounds.first()?, *bounds.last()?);
+                if t < first || t >= last {
+                    return None;
+                }
+                bounds.partition_point(|b| *b <= t) as i64 - 1
+            }
         };
         i32::try_from(i).ok()
     }
@@ -151,5 +154,36 @@ impl ScalarUDFImpl for BucketUdf {
                 Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equally_long_buckets_index_as_listed_ones() {
+        let (first, width, buckets) = (1_000i64, 60i64, 24usize);
+        let bounds: Vec<i64> = (0..=buckets as i64).map(|i| first + i * width).collect();
+        let uniform = Bucketing::new(Bounds::Uniform {
+            first,
+            width,
+            buckets,
+        });
+        let listed = Bucketing::new(Bounds::Listed(bounds));
+        for t in (first - 2 * width)..(first + (buckets as i64 + 2) * width) {
+            assert_eq!(uniform.index(t), listed.index(t), "t = {t}");
+        }
+        assert_eq!(uniform.index(first), Some(0));
+        assert_eq!(uniform.index(first + 24 * width - 1), Some(23));
+        assert_eq!(uniform.index(first + 24 * width), None);
+        assert_eq!(uniform.index(first - 1), None);
+    }
+
+    #[test]
+    fn bounds_travel_as_json() {
+        let json = serde_json::to_string(&Bounds::Listed(vec![0, 5, 9])).expect("json");
+        let back: Bounds = serde_json::from_str(&json).expect("parse");
+        assert_eq!(Bucketing::new(back).index(6), Some(1));
     }
 }

@@ -149,7 +149,8 @@ impl QueryEngine {
 
     /// Runs `query`. On a cluster, when it fails and a probe then finds a worker that was
     /// live gone (it died under the query), runs it once more on the workers left (in this
-    /// process when none is); if that fails too, the error is [`Error::Unavailable`].
+    /// process when none is); if that fails too and another worker has gone meanwhile, the
+    /// error is [`Error::Unavailable`], else the retry's own.
     pub(crate) async fn on_cluster<T, F, Fut>(&self, query: F) -> Result<T>
     where
         F: Fn() -> Fut,
@@ -158,22 +159,32 @@ impl QueryEngine {
         let Some(workers) = self.workers() else {
             return query().await;
         };
-        let before = workers.live().len();
+        let before = workers.live();
         let first = match query().await {
             Ok(answer) => return Ok(answer),
             Err(e) => e,
         };
-        if matches!(first, Error::Invalid { .. } | Error::UnknownProject(_))
-            || workers.probe().await >= before
-        {
+        if matches!(first, Error::Invalid { .. } | Error::UnknownProject(_)) {
             return Err(first);
         }
-        tracing::warn!(error = %first, live = workers.live().len(), "a worker left during a query; running it again");
-        query().await.map_err(|again| {
-            Error::Unavailable(format!(
-                "a worker failed during the query ({first}); the retry failed: {again}"
-            ))
-        })
+        workers.probe().await;
+        let after = workers.live();
+        if !lost(&before, &after) {
+            return Err(first);
+        }
+        tracing::warn!(error = %first, live = after.len(), "a worker left during a query; running it again");
+        match query().await {
+            Ok(answer) => Ok(answer),
+            Err(again) => {
+                workers.probe().await;
+                match lost(&after, &workers.live()) {
+                    true => Err(Error::Unavailable(format!(
+                        "workers failed during the query ({first}) and during its retry ({again})"
+                    ))),
+                    false => Err(again),
+                }
+            }
+        }
     }
 
     /// The store.
@@ -321,6 +332,11 @@ impl QueryEngine {
         };
         parts.try_fold(first, |all, part| Ok(all.union(part)?))
     }
+}
+
+/// Whether a worker live in `before` is not in `now`.
+fn lost(before: &[url::Url], now: &[url::Url]) -> bool {
+    before.iter().any(|u| !now.contains(u))
 }
 
 /// One snapshot of a project's events: the catalog's files (with their recorded time

@@ -75,7 +75,14 @@ pub async fn start_worker(
             .map_err(|e| Error::Grpc(e.to_string()))
     });
     if config.secret.is_none() {
-        tracing::warn!("no --cluster-secret: any client that reaches {addr} can run plans here");
+        if !addr.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "--cluster-secret is required to listen on {addr}: without one, anyone who reaches the port can run plans over the data"
+            )));
+        }
+        tracing::warn!(
+            "no --cluster-secret: any local client that reaches {addr} can run plans here"
+        );
     }
     tracing::info!(%addr, data = storage.location(), "herd worker serving");
     Ok(RunningWorker { addr, task })

@@ -18,12 +18,14 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_expr::aggregate::AggregateExprBuilder;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
-use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+use datafusion_proto::physical_plan::from_proto::{parse_physical_expr, parse_physical_sort_exprs};
+use datafusion_proto::physical_plan::to_proto::{
+    serialize_physical_expr, serialize_physical_sort_exprs,
+};
 use datafusion_proto::physical_plan::{
     PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
 };
-use datafusion_proto::protobuf::{PhysicalExprNode, PhysicalPlanNode};
+use datafusion_proto::protobuf::{PhysicalExprNode, PhysicalPlanNode, PhysicalSortExprNode};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +77,9 @@ struct AggregateWire {
     args: Vec<String>,
     distinct: bool,
     ignore_nulls: bool,
+    reversed: bool,
+    /// Its ordering (`WITHIN GROUP (ORDER BY …)`), each a protobuf `PhysicalSortExprNode`.
+    order_by: Vec<String>,
     alias: String,
 }
 
@@ -131,6 +136,15 @@ impl HerdCodec {
                 args,
                 distinct: rank.is_distinct(),
                 ignore_nulls: rank.ignore_nulls(),
+                reversed: rank.is_reversed(),
+                order_by: serialize_physical_sort_exprs(
+                    rank.order_bys().iter().cloned(),
+                    self,
+                    converter,
+                )?
+                .iter()
+                .map(encode_b64)
+                .collect(),
                 alias: rank.name().to_string(),
             };
             return Ok(NodeWire::Breakdown {
@@ -183,11 +197,21 @@ impl HerdCodec {
                         parse_physical_expr(&proto, ctx, &schema, self)
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+                let order_by = rank
+                    .order_by
+                    .iter()
+                    .map(|o| decode_b64::<PhysicalSortExprNode>(o))
+                    .collect::<Result<Vec<_>>>()?;
+                let order_by =
+                    parse_physical_sort_exprs(&order_by, &decode_ctx, &schema, converter)?;
                 let rank = AggregateExprBuilder::new(udaf, args)
                     .schema(schema.clone())
                     .alias(rank.alias)
                     .with_distinct(rank.distinct)
                     .with_ignore_nulls(rank.ignore_nulls)
+                    .with_reversed(rank.reversed)
+                    .order_by(order_by)
                     .build()?;
                 Arc::new(BreakdownExec::try_new(input, Arc::new(rank), limit)?)
             }

@@ -16,9 +16,13 @@ use std::sync::Arc;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
-use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, Worker, WorkerQueryContext};
+use datafusion_distributed::{
+    DistributedExt, SessionStateBuilderExt, Worker, WorkerPlanRewriteEvent,
+    WorkerPlanRewriteEventResponse, WorkerQueryContext,
+};
 use object_store::ObjectStore;
 use tonic::codegen::http::{HeaderMap, HeaderValue};
 
@@ -79,13 +83,14 @@ pub fn worker(
 ) -> Result<Worker> {
     let secret: Option<Arc<str>> = secret.filter(|s| !s.is_empty()).map(Arc::from);
     let forwarded = secret_headers(secret.as_deref())?;
-    let mut runtime = RuntimeEnvBuilder::new();
+    // The data location and nothing else: no `file://` (DataFusion's default registry has
+    // the local filesystem), so a plan cannot name another store.
+    let mut runtime =
+        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(OnlyData::new(store)?));
     if let Some(limit) = memory_limit {
         runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
     }
     let runtime = runtime.build_arc()?;
-    let url = url::Url::parse(STORE_URL).map_err(|e| DataFusionError::External(Box::new(e)))?;
-    runtime.register_object_store(&url, store);
     let codec = Arc::new(HerdCodec::new(Arc::default()));
     let session = move |ctx: WorkerQueryContext| {
         let (codec, runtime) = (codec.clone(), runtime.clone());
@@ -99,6 +104,7 @@ pub fn worker(
                 ));
             }
             let mut builder = functions::register(ctx.builder)
+                .with_distributed_worker_plan_rewrite_handler(refuse_outside_plans)
                 .with_distributed_passthrough_headers(forwarded)?
                 .with_runtime_env(runtime)
                 .with_distributed_user_codec_arc(codec);
@@ -110,6 +116,68 @@ pub fn worker(
         }
     };
     Ok(Worker::from_session_builder(session))
+}
+
+/// A worker's only object store: the data location, at [`STORE_URL`].
+#[derive(Debug)]
+struct OnlyData {
+    url: url::Url,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl OnlyData {
+    fn new(store: Arc<dyn ObjectStore>) -> Result<Self> {
+        let url = url::Url::parse(STORE_URL).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(Self { url, store })
+    }
+}
+
+impl ObjectStoreRegistry for OnlyData {
+    fn register_store(
+        &self,
+        _url: &url::Url,
+        _store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        None
+    }
+
+    fn get_store(&self, url: &url::Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        match url.scheme() == self.url.scheme() && url.host_str() == self.url.host_str() {
+            true => Ok(self.store.clone()),
+            false => Err(DataFusionError::Execution(format!(
+                "herd worker: no object store for {url} (a worker reads only the data location)"
+            ))),
+        }
+    }
+}
+
+/// Refuses a task that writes (a sink) or reads files outside the data location: a worker
+/// runs herd's insight stages only.
+fn refuse_outside_plans(
+    ev: WorkerPlanRewriteEvent,
+) -> datafusion::error::Result<WorkerPlanRewriteEventResponse> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::sink::DataSinkExec;
+    use datafusion::datasource::source::DataSourceExec;
+    ev.plan.apply(|node| {
+        if node.is::<DataSinkExec>() {
+            return Err(DataFusionError::Execution(
+                "herd worker: a task may not write".into(),
+            ));
+        }
+        let outside = node
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|s| s.data_source().downcast_ref::<FileScanConfig>())
+            .is_some_and(|c| c.object_store_url.as_str() != STORE_URL);
+        match outside {
+            true => Err(DataFusionError::Execution(
+                "herd worker: a task may read only the data location".into(),
+            )),
+            false => Ok(TreeNodeRecursion::Continue),
+        }
+    })?;
+    Ok(WorkerPlanRewriteEventResponse::new(ev.plan))
 }
 
 /// Whether a task with `headers` may run on a worker that requires `secret`.
@@ -126,6 +194,18 @@ fn admits(secret: Option<&str>, headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_reads_only_the_data_location() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let only = OnlyData::new(store).expect("registry");
+        let url = |u: &str| url::Url::parse(u).expect("url");
+        assert!(only.get_store(&url(STORE_URL)).is_ok());
+        assert!(only.get_store(&url("file:///etc/")).is_err());
+        assert!(only.get_store(&url("s3://other-bucket/")).is_err());
+        assert!(only.register_store(&url("file:///"), only.store.clone()).is_none());
+        assert!(only.get_store(&url("file:///")).is_err());
+    }
 
     #[test]
     fn tasks_need_the_cluster_secret_when_one_is_set() {

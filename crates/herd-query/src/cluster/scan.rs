@@ -164,6 +164,10 @@ pub(crate) fn desired_task_count(
     ev: DesiredTaskCountEvent,
 ) -> Option<Result<DesiredTaskCountEventResponse>> {
     let units: usize = match (scan_config(ev.plan), memory_source(ev.plan)) {
+        // A scan with a limit is not split: each task would apply it.
+        (Some(config), _) if config.limit.is_some() => {
+            return Some(Ok(DesiredTaskCountEventResponse::maximum(1)));
+        }
         (Some(config), _) => config.file_groups.iter().map(FileGroup::len).sum(),
         (None, Some(memory)) => memory.partitions().iter().map(Vec::len).sum(),
         (None, None) => return None,
@@ -210,7 +214,10 @@ pub(crate) fn scale_up_memory(
 pub(crate) fn scale_up(ev: ScaleUpLeafNodeEvent) -> Option<Result<ScaleUpLeafNodeEventResponse>> {
     let config = scan_config(ev.plan)?;
     let partitions = config.file_groups.len().max(1);
-    let tasks = ev.task_count.max(1);
+    let tasks = match config.limit {
+        Some(_) => 1,
+        None => ev.task_count.max(1),
+    };
     let mut files: Vec<PartitionedFile> = config
         .file_groups
         .iter()

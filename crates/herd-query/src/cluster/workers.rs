@@ -106,22 +106,26 @@ impl Workers {
     }
 }
 
-/// Whether `url`'s host accepts a TCP connection within [`PROBE_TIMEOUT`].
+/// Whether `url`'s host accepts a TCP connection at one of its addresses within
+/// [`PROBE_TIMEOUT`] (name lookup included).
 async fn accepts(url: Url) -> bool {
     let (Some(host), Some(port)) = (url.host_str().map(str::to_string), url.port()) else {
         return false;
     };
-    let addrs = match tokio::net::lookup_host((host.as_str(), port)).await {
-        Ok(a) => a.collect::<Vec<_>>(),
-        Err(_) => return false,
+    let connect = async move {
+        let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await else {
+            return false;
+        };
+        for addr in addrs {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return true;
+            }
+        }
+        false
     };
-    let Some(addr) = addrs.first() else {
-        return false;
-    };
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
-        Ok(Ok(_))
-    )
+    tokio::time::timeout(PROBE_TIMEOUT, connect)
+        .await
+        .unwrap_or(false)
 }
 
 impl WorkerResolver for Workers {

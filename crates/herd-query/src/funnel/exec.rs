@@ -653,13 +653,16 @@ impl ExecutionPlan for FunnelExec {
         }
         let entries = (expected == 2).then(|| children.remove(1));
         let later = children.remove(0);
-        Ok(Arc::new(Self::new(
+        let mut exec = Self::new(
             later,
             entries,
             self.params.clone(),
             self.mode.clone(),
             self.memory,
-        )))
+        );
+        // Sized once, at planning (a worker's inputs are shuffles without row counts).
+        exec.buckets = self.buckets;
+        Ok(Arc::new(exec))
     }
 
     fn execute(
