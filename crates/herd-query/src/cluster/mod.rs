@@ -6,6 +6,7 @@
 //! out among tasks ([`scan`]), the live set of workers ([`workers`]), and the worker's
 //! session ([`worker`]).
 
+mod channels;
 mod codec;
 pub(crate) mod functions;
 mod scan;
@@ -57,6 +58,7 @@ pub(crate) fn distributed(
     let headers = secret_headers(workers.secret())?;
     Ok(builder
         .with_distributed_passthrough_headers(headers)?
+        .with_distributed_channel_resolver(channels::Channels::default())
         .with_distributed_worker_resolver(workers)
         .with_distributed_user_codec(HerdCodec::new(indexes))
         .with_distributed_desired_task_count_handler(scan::desired_task_count)
@@ -92,8 +94,9 @@ pub fn worker(
     }
     let runtime = runtime.build_arc()?;
     let codec = Arc::new(HerdCodec::new(Arc::default()));
+    let channels = channels::Channels::default();
     let session = move |ctx: WorkerQueryContext| {
-        let (codec, runtime) = (codec.clone(), runtime.clone());
+        let (codec, runtime, channels) = (codec.clone(), runtime.clone(), channels.clone());
         let allowed = admits(secret.as_deref(), &ctx.headers);
         let forwarded = forwarded.clone();
         async move {
@@ -105,6 +108,7 @@ pub fn worker(
             }
             let mut builder = functions::register(ctx.builder)
                 .with_distributed_worker_plan_rewrite_handler(refuse_outside_plans)
+                .with_distributed_channel_resolver(channels)
                 .with_distributed_passthrough_headers(forwarded)?
                 .with_runtime_env(runtime)
                 .with_distributed_user_codec_arc(codec);
@@ -203,7 +207,10 @@ mod tests {
         assert!(only.get_store(&url(STORE_URL)).is_ok());
         assert!(only.get_store(&url("file:///etc/")).is_err());
         assert!(only.get_store(&url("s3://other-bucket/")).is_err());
-        assert!(only.register_store(&url("file:///"), only.store.clone()).is_none());
+        assert!(
+            only.register_store(&url("file:///"), only.store.clone())
+                .is_none()
+        );
         assert!(only.get_store(&url("file:///")).is_err());
     }
 
