@@ -31,6 +31,14 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.0.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal}");
+    }
+
     fn kill9(mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -436,6 +444,31 @@ async fn insights_on_two_workers_over_s3_equal_the_single_process_answers() {
     }
     // A worker started later (on the first one's address) joins.
     let (w1, _) = start_worker(&s3, &a1);
+    wait_for_tasks(&mut client, probe, 2).await;
+
+    // A worker stopped under a query (SIGSTOP: its port still accepts, nothing answers):
+    // the right answer or UNAVAILABLE, within the channels' keep-alive; then it is left out.
+    let slow = asks[2].1.clone();
+    let mut racing = client.clone();
+    let query = tokio::spawn(async move { answer(&mut racing, &slow, false).await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    w2.signal("-STOP");
+    let started = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(60), query).await {
+        Ok(Ok(Ok((a, _)))) => assert_eq!(a, distributed[2], "answer while a worker was stopped"),
+        Ok(Ok(Err(s))) => assert_eq!(s.code(), Code::Unavailable, "{s}"),
+        other => panic!("a query with a stopped worker: {other:?}"),
+    }
+    println!(
+        "a query with a stopped worker ended in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    wait_for_tasks(&mut client, probe, 1).await;
+    let (a, _) = answer(&mut client, &asks[2].1, false)
+        .await
+        .expect("funnel");
+    assert_eq!(a, distributed[2], "on the worker left");
+    w2.signal("-CONT");
     wait_for_tasks(&mut client, probe, 2).await;
 
     // In process once every worker is gone: the same answers.

@@ -27,6 +27,13 @@ pub(crate) struct Channels {
     open: Arc<Mutex<HashMap<Url, Channel>>>,
 }
 
+impl std::fmt::Debug for Channels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.open.lock().map(|o| o.len()).unwrap_or_default();
+        f.debug_struct("Channels").field("open", &n).finish()
+    }
+}
+
 impl Channels {
     fn channel(&self, url: &Url) -> Result<Channel, DataFusionError> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());

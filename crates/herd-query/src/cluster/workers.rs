@@ -1,16 +1,18 @@
 //! [`Workers`]: the herd workers a coordinator sends tasks to. Of the configured URLs, those
-//! that accepted a connection at the last probe are live; a background probe keeps that
+//! that answered the last probe (a `GetWorkerInfo` call) are live; a background probe keeps that
 //! current, so a worker that dies leaves the set and one started later joins it.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use datafusion::common::DataFusionError;
-use datafusion_distributed::WorkerResolver;
+use datafusion_distributed::{ChannelResolver, GetWorkerInfoRequest, WorkerResolver};
+
+use super::channels::Channels;
 use url::Url;
 
-/// How long a probe waits for a worker to accept a connection.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a probe waits for a worker's answer (connecting included).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The configured workers and which of them are live.
 #[derive(Debug, Clone)]
@@ -18,6 +20,8 @@ pub struct Workers {
     urls: Arc<Vec<Url>>,
     live: Arc<RwLock<Vec<bool>>>,
     secret: Option<Arc<str>>,
+    /// The probe's own connections.
+    channels: Channels,
 }
 
 impl Workers {
@@ -28,6 +32,7 @@ impl Workers {
             urls: Arc::new(urls),
             live,
             secret: None,
+            channels: Channels::default(),
         }
     }
 
@@ -81,7 +86,7 @@ impl Workers {
 
     /// Probes every worker now; returns how many are live.
     pub async fn probe(&self) -> usize {
-        let checks = self.urls.iter().map(|u| accepts(u.clone()));
+        let checks = self.urls.iter().map(|u| answers(&self.channels, u));
         let found = futures::future::join_all(checks).await;
         let n = found.iter().filter(|up| **up).count();
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
@@ -106,26 +111,15 @@ impl Workers {
     }
 }
 
-/// Whether `url`'s host accepts a TCP connection at one of its addresses within
-/// [`PROBE_TIMEOUT`] (name lookup included).
-async fn accepts(url: Url) -> bool {
-    let (Some(host), Some(port)) = (url.host_str().map(str::to_string), url.port()) else {
-        return false;
+/// Whether the worker at `url` answers a `GetWorkerInfo` call within [`PROBE_TIMEOUT`]: a
+/// worker whose process is stopped or stuck still has its port accept connections, so
+/// only an answer counts.
+async fn answers(channels: &Channels, url: &Url) -> bool {
+    let call = async {
+        let mut client = channels.get_worker_client_for_url(url).await.ok()?;
+        client.get_worker_info(GetWorkerInfoRequest {}).await.ok()
     };
-    let connect = async move {
-        let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await else {
-            return false;
-        };
-        for addr in addrs {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return true;
-            }
-        }
-        false
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, connect)
-        .await
-        .unwrap_or(false)
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, call).await, Ok(Some(_)))
 }
 
 impl WorkerResolver for Workers {
@@ -148,20 +142,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn probes_follow_workers_that_leave_and_join() {
+    async fn probes_count_only_workers_that_answer() {
+        let url = |a: std::net::SocketAddr| Url::parse(&format!("http://{a}")).expect("url");
+        // A real worker service.
+        let store: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::memory::InMemory::new());
+        let worker = super::super::worker(store, Some(1), None, None).expect("worker");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let url = |p: u16| Url::parse(&format!("http://127.0.0.1:{p}")).expect("url");
-        let w = Workers::new(vec![url(port)]);
-        assert_eq!(w.probe().await, 1);
-        drop(listener);
-        assert_eq!(w.probe().await, 0);
-        assert!(w.live().is_empty());
-        let _again = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        let serving = url(listener.local_addr().expect("addr"));
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(worker.into_worker_server())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        // A port that accepts connections and never answers (a stopped process).
+        let stuck = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("rebind");
+            .expect("bind");
+        let stuck_url = url(stuck.local_addr().expect("addr"));
+        // A port nothing listens on (a worker that died).
+        let gone = url(tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr"));
+        let w = Workers::new(vec![serving.clone(), stuck_url, gone]);
         assert_eq!(w.probe().await, 1);
+        assert_eq!(w.live(), vec![serving]);
+        server.abort();
     }
 }
