@@ -134,11 +134,17 @@ impl QueryEngine {
     }
 
     /// The session queries are planned in: the cluster's while any worker is live, else
-    /// this process's.
+    /// this process's. Within one insight ([`QueryEngine::on_cluster`]) the choice made at
+    /// its start holds for all its parts.
     pub fn context(&self) -> &SessionContext {
         match &self.cluster {
-            Some((ctx, workers)) if !workers.live().is_empty() => ctx,
-            _ => &self.ctx,
+            Some((ctx, workers)) => {
+                let on = ON_CLUSTER
+                    .try_with(|on| *on)
+                    .unwrap_or_else(|_| workers.any_live());
+                if on { ctx } else { &self.ctx }
+            }
+            None => &self.ctx,
         }
     }
 
@@ -159,8 +165,9 @@ impl QueryEngine {
         let Some(workers) = self.workers() else {
             return query().await;
         };
+        let once = || ON_CLUSTER.scope(workers.any_live(), query());
         let before = workers.live();
-        let first = match query().await {
+        let first = match once().await {
             Ok(answer) => return Ok(answer),
             Err(e) => e,
         };
@@ -173,7 +180,7 @@ impl QueryEngine {
             return Err(first);
         }
         tracing::warn!(error = %first, live = after.len(), "a worker left during a query; running it again");
-        match query().await {
+        match once().await {
             Ok(answer) => Ok(answer),
             Err(again) => {
                 workers.probe().await;
@@ -332,6 +339,12 @@ impl QueryEngine {
         };
         parts.try_fold(first, |all, part| Ok(all.union(part)?))
     }
+}
+
+tokio::task_local! {
+    /// Whether the insight running in this task plans for the cluster (see
+    /// [`QueryEngine::context`]).
+    static ON_CLUSTER: bool;
 }
 
 /// Whether a worker live in `before` is not in `now`.

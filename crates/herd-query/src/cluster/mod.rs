@@ -58,7 +58,7 @@ pub(crate) fn distributed(
     let headers = secret_headers(workers.secret())?;
     Ok(builder
         .with_distributed_passthrough_headers(headers)?
-        .with_distributed_channel_resolver(channels::Channels::default())
+        .with_distributed_channel_resolver(workers.channels())
         .with_distributed_worker_resolver(workers)
         .with_distributed_user_codec(HerdCodec::new(indexes))
         .with_distributed_desired_task_count_handler(scan::desired_task_count)

@@ -20,7 +20,7 @@ pub struct Workers {
     urls: Arc<Vec<Url>>,
     live: Arc<RwLock<Vec<bool>>>,
     secret: Option<Arc<str>>,
-    /// The probe's own connections.
+    /// Connections to the workers, for the probe and the queries.
     channels: Channels,
 }
 
@@ -71,6 +71,17 @@ impl Workers {
     /// Every configured URL.
     pub fn configured(&self) -> &[Url] {
         &self.urls
+    }
+
+    /// Whether any worker was live at the last probe.
+    pub fn any_live(&self) -> bool {
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        live.iter().any(|up| *up)
+    }
+
+    /// The connections to the workers (the probe's, shared with the queries').
+    pub(crate) fn channels(&self) -> Channels {
+        self.channels.clone()
     }
 
     /// The URLs live at the last probe.
