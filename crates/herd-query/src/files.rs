@@ -534,14 +534,7 @@ impl datafusion::catalog::TableProvider for EventFiles {
 
         // Files spread over the partitions, balanced by rows read.
         let partitions = state.config().target_partitions().clamp(1, chosen.len());
-        chosen.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); partitions];
-        for (part, n) in chosen {
-            if let Some(g) = groups.iter_mut().min_by_key(|(load, _)| *load) {
-                g.0 += n;
-                g.1.push(part);
-            }
-        }
+        let groups = balance(chosen, partitions);
 
         let mut options = state.table_options().parquet.clone();
         if wanted.is_some() {
@@ -556,13 +549,27 @@ impl datafusion::catalog::TableProvider for EventFiles {
         let mut stats = Statistics::new_unknown(&self.schema);
         stats.num_rows = Precision::Exact(total_rows as usize);
         let config = FileScanConfigBuilder::new(url, Arc::new(source))
-            .with_file_groups(groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect())
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
             .with_statistics(stats)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
     }
+}
+
+/// `items` with their weights (rows read) spread over `groups` groups (at least one), each
+/// to the lightest group so far, heaviest first.
+pub(crate) fn balance<T>(mut items: Vec<(T, u64)>, groups: usize) -> Vec<Vec<T>> {
+    items.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let mut out: Vec<(u64, Vec<T>)> = (0..groups.max(1)).map(|_| (0, Vec::new())).collect();
+    for (item, n) in items {
+        if let Some(g) = out.iter_mut().min_by_key(|(load, _)| *load) {
+            g.0 += n;
+            g.1.push(item);
+        }
+    }
+    out.into_iter().map(|(_, g)| g).collect()
 }
 
 /// Hands the Parquet reader each file's metadata from the index.
@@ -769,6 +776,30 @@ impl AsyncFileReader for StoreReader {
 mod tests {
     use super::*;
     use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn balance_spreads_weights_and_keeps_every_item() {
+        let groups = balance(vec![("a", 5), ("b", 4), ("c", 3), ("d", 3), ("e", 1)], 2);
+        let load = |g: &Vec<&str>| -> u64 {
+            g.iter()
+                .map(|i| match *i {
+                    "a" => 5,
+                    "b" => 4,
+                    "e" => 1,
+                    _ => 3,
+                })
+                .sum()
+        };
+        assert_eq!(groups.iter().map(load).collect::<Vec<_>>(), vec![8, 8]);
+        let mut all: Vec<&str> = groups.into_iter().flatten().collect();
+        all.sort_unstable();
+        assert_eq!(all, ["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            balance(vec![("x", 1)], 3).len(),
+            3,
+            "every group present, maybe empty"
+        );
+    }
 
     #[test]
     fn event_filters_are_recognised() {

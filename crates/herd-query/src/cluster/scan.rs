@@ -38,6 +38,7 @@ use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use serde::{Deserialize, Serialize};
 
 use crate::STORE_URL;
+use crate::files::balance;
 
 /// A task's share of an events scan: a `DataSourceExec` over herd's events files whose
 /// files may carry row selections. Runs exactly as the scan it wraps.
@@ -144,11 +145,11 @@ fn scan_config(plan: &Arc<dyn ExecutionPlan>) -> Option<&FileScanConfig> {
 }
 
 /// Rows a file's scan reads (its statistics, set by the table provider).
-fn rows_of(file: &PartitionedFile) -> usize {
+fn rows_of(file: &PartitionedFile) -> u64 {
     file.statistics
         .as_ref()
         .and_then(|s| s.num_rows.get_value().copied())
-        .unwrap_or(1)
+        .map_or(1, |n| n as u64)
 }
 
 /// Rows in memory that can be split among tasks (no limit, no declared order).
@@ -218,35 +219,21 @@ pub(crate) fn scale_up(ev: ScaleUpLeafNodeEvent) -> Option<Result<ScaleUpLeafNod
         Some(_) => 1,
         None => ev.task_count.max(1),
     };
-    let mut files: Vec<PartitionedFile> = config
+    let files: Vec<(PartitionedFile, u64)> = config
         .file_groups
         .iter()
-        .flat_map(|g| g.iter().cloned())
+        .flat_map(|g| g.iter().map(|f| (f.clone(), rows_of(f))))
         .collect();
-    files.sort_by_key(|f| std::cmp::Reverse(rows_of(f)));
-    // Greedy: each file to the least loaded of the tasks × partitions slots, task-major so
-    // that tasks balance first.
-    let mut slots: Vec<(usize, Vec<PartitionedFile>)> = vec![(0, Vec::new()); tasks * partitions];
-    for file in files {
-        let task = (0..tasks).min_by_key(|t| {
-            slots[t * partitions..(t + 1) * partitions]
-                .iter()
-                .map(|s| s.0)
-                .sum::<usize>()
+    // Whole files balanced over the tasks, then each task's over its partitions.
+    let variants = balance(files, tasks).into_iter().map(|share| {
+        let share = share.into_iter().map(|f| {
+            let n = rows_of(&f);
+            (f, n)
         });
-        let Some(task) = task else { continue };
-        let group = &mut slots[task * partitions..(task + 1) * partitions];
-        if let Some(slot) = group.iter_mut().min_by_key(|s| s.0) {
-            slot.0 += rows_of(&file);
-            slot.1.push(file);
-        }
-    }
-    let mut slots = slots.into_iter();
-    let variants = (0..tasks).map(|_| {
-        let groups: Vec<FileGroup> = slots
-            .by_ref()
-            .take(partitions)
-            .map(|(_, files)| FileGroup::new(files))
+        // `balance` gives every partition a group (maybe empty): the variants agree.
+        let groups: Vec<FileGroup> = balance(share.collect(), partitions)
+            .into_iter()
+            .map(FileGroup::new)
             .collect();
         let config = FileScanConfigBuilder::from(config.clone())
             .with_file_groups(groups)
